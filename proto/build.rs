@@ -10,7 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let files = ["proto/sov/v1/api.proto", "proto/sov/v1/agent.proto", "proto/sov/v1/raft.proto"];
+    let files = [
+        "proto/sov/v1/api.proto",
+        "proto/sov/v1/agent.proto",
+        "proto/sov/v1/raft.proto",
+    ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("sov_v1_descriptor.bin"))
         .compile_protos(&files, &["proto"])?;

@@ -1,1 +1,20 @@
+//! `sov-scheduler`: the Raft-replicated scheduler of sov.
+//!
+//! The crate is split into a pure core and an I/O shell (see `../shared/DESIGN.md` and
+//! `docs/architecture.md`):
+//! - core: [`state`] — replicated state, commands, the pure `apply`.
+//! - shell: [`raft`] (openraft glue: redb storage, tonic peer network, forwarding to the leader),
+//!   [`api`] (the public gRPC services), [`web`] (health, readiness, metrics), [`server`] (wires
+//!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher).
+//!
+//! To follow one write: `api::deployments` validates the request, `raft::Replica::propose`
+//! stamps it and hands it to openraft (or forwards it to the leader), `raft::log_store` makes it
+//! durable, and `raft::state_machine` calls `state::apply` on every replica.
 
+pub mod api;
+pub mod config;
+pub mod dev;
+pub mod raft;
+pub mod server;
+pub mod state;
+pub mod web;

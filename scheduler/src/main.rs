@@ -1,1 +1,64 @@
-fn main() {}
+//! `sov-scheduler`: run one scheduler (`run`), or a whole local cluster for development (`dev`).
+
+use clap::{Parser, Subcommand};
+use sov_scheduler::config::{LogFormat, RunArgs};
+use sov_scheduler::{dev, server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "sov-scheduler",
+    version,
+    about = "sov scheduler: places model-serving workloads only where residency and export policy allow",
+    long_about = "sov scheduler: places model-serving workloads only where residency and export policy allow.\n\n\
+        Start a local three-scheduler cluster for development:\n    sov-scheduler dev\n\n\
+        Run one scheduler of a real cluster (first one bootstraps, the others join):\n    \
+        sov-scheduler run --node-id 1 --data-dir /var/lib/sov --bootstrap\n    \
+        sov-scheduler run --node-id 2 --data-dir /var/lib/sov --join 10.0.0.1:7400\n\n\
+        Settings come from flags, then SOV_* environment variables, then a TOML file (--config).\n\
+        Logs: human-readable by default, JSON with --log-format json; filter with SOV_LOG (e.g. SOV_LOG=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scheduler until SIGINT/SIGTERM.
+    Run(Box<RunArgs>),
+    /// Start a local cluster: N scheduler processes on loopback; data is kept between runs.
+    Dev(dev::DevArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("SOV_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => match args.resolve() {
+            Ok(config) => {
+                init_logging(config.log_format);
+                server::run(config).await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Dev(args) => dev::run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,259 @@
+//! Scheduler configuration: a TOML file, overridden by `SOV_*` environment variables, overridden
+//! by command-line flags (in that order of increasing precedence).
+//!
+//! Owns: defaults, parsing, and the checks that turn a wrong setting into one clear sentence at
+//! start-up instead of a confusing failure later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::raft::RaftTuning;
+
+/// Default ports (see DESIGN.md, Interfaces).
+pub const API_PORT: u16 = 7400;
+pub const RAFT_PORT: u16 = 7401;
+pub const HTTP_PORT: u16 = 7402;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration of one scheduler process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unique, stable, greater than 0. Never reuse the id of a removed scheduler.
+    pub node_id: u64,
+    /// Raft log, vote and snapshots live here. Keep it on a disk with honest fsync.
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub raft_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// Addresses other schedulers and clients use to reach this one; default: the listen
+    /// addresses (which must then not be unspecified like 0.0.0.0).
+    pub api_advertise: Option<String>,
+    pub raft_advertise: Option<String>,
+    /// Initialize a new cluster with this scheduler as its only voter, if its data dir does not
+    /// already belong to a cluster. Use on exactly one scheduler, once.
+    pub bootstrap: bool,
+    /// API address (host:port) of a running member; a scheduler with an empty data dir asks
+    /// it to be added to that cluster.
+    pub join: Option<String>,
+    pub log_format: LogFormat,
+    pub raft: RaftTuning,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("sov-data"),
+            api_listen: local(API_PORT),
+            raft_listen: local(RAFT_PORT),
+            http_listen: local(HTTP_PORT),
+            api_advertise: None,
+            raft_advertise: None,
+            bootstrap: false,
+            join: None,
+            log_format: LogFormat::Text,
+            raft: RaftTuning::default(),
+        }
+    }
+}
+
+/// Flags of `sov-scheduler run`. Each also reads a `SOV_*` variable; unset ones fall back to
+/// the config file, then to the defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML config file (see deploy/scheduler.example.toml).
+    #[arg(long, short = 'c', env = "SOV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This scheduler's id (> 0, unique in the cluster) [default: 1]
+    #[arg(long, env = "SOV_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Directory for the Raft log and snapshots [default: ./sov-data]
+    #[arg(long, env = "SOV_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC API for clients and agents [default: 127.0.0.1:7400]
+    #[arg(long, env = "SOV_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// Raft peer service [default: 127.0.0.1:7401]
+    #[arg(long, env = "SOV_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// HTTP: /healthz, /readyz, /metrics [default: 127.0.0.1:7402]
+    #[arg(long, env = "SOV_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// API address others use to reach this scheduler [default: --api-listen]
+    #[arg(long, env = "SOV_API_ADVERTISE")]
+    pub api_advertise: Option<String>,
+    /// Raft address others use to reach this scheduler [default: --raft-listen]
+    #[arg(long, env = "SOV_RAFT_ADVERTISE")]
+    pub raft_advertise: Option<String>,
+    /// Start a new cluster with this scheduler as sole voter (no-op if already initialized)
+    #[arg(long, env = "SOV_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// Join the cluster that the scheduler at this API address (host:port) belongs to
+    #[arg(long, env = "SOV_JOIN", conflicts_with = "bootstrap")]
+    pub join: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "SOV_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl RunArgs {
+    /// Builds the effective configuration: defaults < file < environment < flags.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => load_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { config.$field = v.clone(); } )* };
+        }
+        set!(
+            node_id,
+            data_dir,
+            api_listen,
+            raft_listen,
+            http_listen,
+            log_format
+        );
+        if self.api_advertise.is_some() {
+            config.api_advertise.clone_from(&self.api_advertise);
+        }
+        if self.raft_advertise.is_some() {
+            config.raft_advertise.clone_from(&self.raft_advertise);
+        }
+        if self.join.is_some() {
+            config.join.clone_from(&self.join);
+        }
+        config.bootstrap |= self.bootstrap;
+        config.check()?;
+        Ok(config)
+    }
+}
+
+pub fn load_file(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+fn advertised(explicit: &Option<String>, listen: SocketAddr, flag: &str) -> anyhow::Result<String> {
+    match explicit {
+        Some(addr) => Ok(addr.clone()),
+        None if listen.ip().is_unspecified() => bail!(
+            "{flag} is required when listening on {listen}: other schedulers need a concrete address to reach this one"
+        ),
+        None => Ok(listen.to_string()),
+    }
+}
+
+impl Config {
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id must be greater than 0");
+        }
+        if self.bootstrap && self.join.is_some() {
+            bail!(
+                "bootstrap and join are mutually exclusive: bootstrap starts a new cluster, join enters an existing one"
+            );
+        }
+        let ports = [self.api_listen, self.raft_listen, self.http_listen];
+        for (i, a) in ports.iter().enumerate() {
+            if ports[..i].contains(a) && a.port() != 0 {
+                bail!("api_listen, raft_listen and http_listen must differ; {a} is used twice");
+            }
+        }
+        let r = &self.raft;
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms * 2
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            bail!(
+                "raft timing: need heartbeat_interval_ms * 2 < election_timeout_min_ms < election_timeout_max_ms"
+            );
+        }
+        self.api_advertise()?;
+        self.raft_advertise()?;
+        Ok(())
+    }
+
+    pub fn api_advertise(&self) -> anyhow::Result<String> {
+        advertised(&self.api_advertise, self.api_listen, "api_advertise")
+    }
+
+    pub fn raft_advertise(&self) -> anyhow::Result<String> {
+        advertised(&self.raft_advertise, self.raft_listen, "raft_advertise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "node_id = 3\napi_listen = \"127.0.0.1:9000\"\n[raft]\nsnapshot_logs_since_last = 50\n",
+        )
+        .unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            node_id: Some(4),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.node_id, 4, "flag beats file");
+        assert_eq!(c.api_listen.port(), 9000, "file beats default");
+        assert_eq!(c.raft.snapshot_logs_since_last, 50);
+        assert_eq!(c.raft_listen.port(), RAFT_PORT);
+        assert_eq!(c.api_advertise().unwrap(), "127.0.0.1:9000");
+
+        std::fs::write(&path, "node_id = 3\nnode_idd = 4\n").unwrap();
+        let err = RunArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `node_idd`"), "{err}");
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let mut c = Config {
+            node_id: 0,
+            ..Config::default()
+        };
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("greater than 0")
+        );
+        c.node_id = 1;
+        c.api_listen = "0.0.0.0:7400".parse().unwrap();
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("api_advertise is required")
+        );
+        c.api_advertise = Some("10.0.0.1:7400".into());
+        c.check().unwrap();
+        c.http_listen = c.raft_listen;
+        assert!(c.check().unwrap_err().to_string().contains("must differ"));
+    }
+}

@@ -1,0 +1,291 @@
+//! `sov-scheduler dev`: a working local cluster in one command.
+//!
+//! Starts N real `sov-scheduler run` processes (this same binary) on loopback, bootstraps the
+//! first, joins the others, waits until all are voters, prints what runs where and how to talk
+//! to it, and stops everything cleanly on Ctrl-C. Data lives under `--dir` and survives a
+//! restart of the same command (the bootstrap and joins are then no-ops).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sov_proto::v1::ClusterStatusRequest;
+use sov_proto::v1::cluster_service_client::ClusterServiceClient;
+use tokio::process::{Child, Command};
+
+const NODES_MAX: u16 = 7;
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Number of schedulers (1 to 7; 3 tolerates the loss of one).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Where each scheduler keeps its data dir and log file.
+    #[arg(long, default_value = ".sov-dev", env = "SOV_DEV_DIR")]
+    pub dir: PathBuf,
+    /// Scheduler i listens on BASE+10*(i-1) (API), +1 (Raft), +2 (HTTP).
+    #[arg(long, default_value_t = 7400)]
+    pub base_port: u16,
+    /// Delete the data of a previous run first.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+struct DevNode {
+    id: u16,
+    api: String,
+    raft: String,
+    http: String,
+    dir: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl DevArgs {
+    fn port(&self, id: u16, offset: u16) -> anyhow::Result<u16> {
+        self.base_port
+            .checked_add(10 * (id - 1) + offset)
+            .context("--base-port is too high for this many nodes")
+    }
+}
+
+fn spawn(exe: &Path, args: &DevArgs, id: u16) -> anyhow::Result<DevNode> {
+    let api = format!("127.0.0.1:{}", args.port(id, 0)?);
+    let raft = format!("127.0.0.1:{}", args.port(id, 1)?);
+    let http = format!("127.0.0.1:{}", args.port(id, 2)?);
+    let dir = args.dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let log = dir.join("scheduler.log");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .args(["--node-id", &id.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--api-listen",
+            &api,
+            "--raft-listen",
+            &raft,
+            "--http-listen",
+            &http,
+        ])
+        .env_remove("SOV_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        // Own process group: Ctrl-C reaches only this launcher, which then stops the
+        // schedulers in order instead of all of them racing.
+        .process_group(0)
+        .kill_on_drop(true);
+    if id == 1 {
+        cmd.arg("--bootstrap");
+    } else {
+        cmd.args(["--join", &format!("127.0.0.1:{}", args.port(1, 0)?)]);
+    }
+    // SAFETY: prctl is async-signal-safe; it makes the child stop if the launcher dies (even by
+    // SIGKILL), so a crashed launcher leaves no orphan schedulers behind.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    Ok(DevNode {
+        id,
+        api,
+        raft,
+        http,
+        dir,
+        log,
+        child,
+    })
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Polls the first scheduler until it reports `voters` voters and a leader, or fails with the
+/// reason (including a crashed child's log).
+async fn wait_for_cluster(nodes: &mut [DevNode], voters: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let endpoint = format!("http://{}", nodes[0].api);
+    let mut last_report = String::new();
+    loop {
+        for node in nodes.iter_mut() {
+            if let Some(status) = node.child.try_wait()? {
+                bail!(
+                    "scheduler {} exited ({status}) during start-up; last lines of {}:\n{}",
+                    node.id,
+                    node.log.display(),
+                    log_tail(&node.log)
+                );
+            }
+        }
+        let status = async {
+            let mut client = ClusterServiceClient::connect(endpoint.clone()).await.ok()?;
+            client
+                .status(ClusterStatusRequest {})
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+        .await;
+        let report = match &status {
+            None => "waiting for scheduler 1 to answer".to_string(),
+            Some(s) => {
+                let have = s.members.iter().filter(|m| m.voter).count();
+                if s.leader_id != 0 && have >= voters && !s.cluster_id.is_empty() {
+                    return Ok(());
+                }
+                format!(
+                    "leader: {}, voters: {have}/{voters}",
+                    if s.leader_id == 0 {
+                        "electing".into()
+                    } else {
+                        s.leader_id.to_string()
+                    }
+                )
+            }
+        };
+        if report != last_report {
+            eprintln!("  … {report}");
+            last_report = report;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the cluster did not form within {START_TIMEOUT:?} ({last_report}); see the logs under the dev dir"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn stop_all(nodes: &mut [DevNode]) {
+    for node in nodes.iter().rev() {
+        if let Some(pid) = node.child.id() {
+            // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for node in nodes.iter_mut() {
+        match tokio::time::timeout(STOP_TIMEOUT, node.child.wait()).await {
+            Ok(_) => eprintln!("  stopped scheduler {}", node.id),
+            Err(_) => {
+                eprintln!(
+                    "  scheduler {} did not stop within {STOP_TIMEOUT:?}; killing it",
+                    node.id
+                );
+                let _ = node.child.kill().await;
+            }
+        }
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > NODES_MAX {
+        bail!("--nodes must be between 1 and {NODES_MAX}");
+    }
+    if args.fresh && args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("cannot delete {}", args.dir.display()))?;
+    }
+    let reused = args.dir.join("node-1").join("data").exists();
+    let exe = std::env::current_exe().context("cannot find the sov-scheduler binary")?;
+    eprintln!(
+        "starting {} schedulers under {}{}",
+        args.nodes,
+        args.dir.display(),
+        if reused {
+            " (reusing the data of the previous run; --fresh starts over)"
+        } else {
+            ""
+        }
+    );
+    let mut nodes = Vec::new();
+    let mut result = Ok(());
+    for id in 1..=args.nodes {
+        match spawn(&exe, &args, id) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = wait_for_cluster(&mut nodes, args.nodes as usize).await;
+    }
+    if let Err(e) = result {
+        stop_all(&mut nodes).await;
+        return Err(e);
+    }
+
+    let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api)).collect();
+    println!(
+        "\nsov dev cluster is up: {} schedulers on loopback\n",
+        nodes.len()
+    );
+    println!(
+        "  {:<3} {:<17} {:<17} {:<17} LOG",
+        "ID", "API (gRPC)", "RAFT", "HTTP"
+    );
+    for n in &nodes {
+        println!(
+            "  {:<3} {:<17} {:<17} {:<17} {}",
+            n.id,
+            n.api,
+            n.raft,
+            n.http,
+            n.log.display()
+        );
+    }
+    println!("\nTalk to it (in another terminal):");
+    println!("  export SOV_ENDPOINT={}", endpoints.join(","));
+    println!("  cargo run -q --bin sovctl -- cluster status");
+    println!("  cargo run -q --bin sovctl -- deploy apply -f deploy/examples/tiny-echo.toml");
+    println!("  cargo run -q --bin sovctl -- deploy list");
+    println!("  curl -s http://{}/metrics | grep sov_raft", nodes[0].http);
+    println!("  grpcurl -plaintext {} list", nodes[0].api);
+    println!(
+        "\nData: {} (kept across restarts). Press Ctrl-C to stop.",
+        nodes[0].dir.parent().unwrap_or(&args.dir).display()
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let exited = async {
+        loop {
+            for node in nodes.iter_mut() {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    return (node.id, status, node.log.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => eprintln!("\nstopping the dev cluster…"),
+        _ = sigterm.recv() => eprintln!("\nstopping the dev cluster…"),
+        (id, status, log) = exited => {
+            eprintln!("\nscheduler {id} exited unexpectedly ({status}); last lines of {}:\n{}\nstopping the others…", log.display(), log_tail(&log));
+        }
+    }
+    stop_all(&mut nodes).await;
+    eprintln!(
+        "dev cluster stopped; start it again with the same command to continue where you left off"
+    );
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! One scheduler process, wired together: storage and Raft ([`Replica`]), the peer service on
+//! the Raft port, the public API (+ gRPC health and reflection) on the API port, and the HTTP
+//! endpoints; plus two small background duties (proposing the cluster id when first leader,
+//! joining a cluster when configured to).
+//!
+//! Owns: start-up order and clean shutdown. Tests start several of these in one process on
+//! ephemeral ports through [`Listeners`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
+use sov_proto::v1::JoinRequest;
+use sov_proto::v1::cluster_service_client::ClusterServiceClient;
+use sov_proto::v1::cluster_service_server::ClusterServiceServer;
+use sov_proto::v1::deployment_service_server::DeploymentServiceServer;
+use sov_proto::v1::raft_peer_server::RaftPeerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{ClusterApi, DeploymentApi, REQUEST_BYTES_MAX};
+use crate::config::Config;
+use crate::raft::network::PEER_MESSAGE_BYTES_MAX;
+use crate::raft::peer_service::PeerService;
+use crate::raft::{Replica, SovNode};
+
+/// Join attempts before giving up (about ten minutes with the backoff below); the operator can
+/// still add the node with `sovctl cluster join`.
+const JOIN_ATTEMPTS_MAX: u32 = 120;
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The three sockets of a scheduler, bound before anything starts so tests can use port 0.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub raft: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen for {what} on {addr} (port in use? set it with --{what}-listen)"
+                )
+            })
+        };
+        Ok(Self {
+            api: bind(config.api_listen, "api").await?,
+            raft: bind(config.raft_listen, "raft").await?,
+            http: bind(config.http_listen, "http").await?,
+        })
+    }
+}
+
+/// A running scheduler. Dropping it does not stop it; call [`Scheduler::shutdown`].
+pub struct Scheduler {
+    pub replica: Arc<Replica>,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Scheduler> {
+    let api_addr = listeners.api.local_addr()?;
+    let raft_addr = listeners.raft.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
+    let node = SovNode {
+        raft_addr: config
+            .raft_advertise
+            .clone()
+            .unwrap_or_else(|| raft_addr.to_string()),
+        api_addr: config
+            .api_advertise
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string()),
+    };
+    let replica = Replica::open(config.node_id, node.clone(), &config.data_dir, &config.raft)
+        .await
+        .with_context(|| format!("cannot open the data dir {}", config.data_dir.display()))?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let peer = RaftPeerServer::new(PeerService::new(replica.clone()))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let raft_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.raft),
+            stopped(shutdown_rx.clone()),
+        );
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = raft_server.await {
+            tracing::error!(error = %e, "raft peer server failed");
+        }
+    }));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ClusterServiceServer<ClusterApi>>()
+        .await;
+    health
+        .set_serving::<DeploymentServiceServer<DeploymentApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let api_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(
+            ClusterServiceServer::new(ClusterApi::new(replica.clone()))
+                .max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
+        .add_service(
+            DeploymentServiceServer::new(DeploymentApi::new(replica.clone()))
+                .max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.api),
+            stopped(shutdown_rx.clone()),
+        );
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = api_server.await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    }));
+
+    let web = axum::serve(listeners.http, crate::web::router(replica.clone()))
+        .with_graceful_shutdown(stopped(shutdown_rx.clone()));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = web.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+
+    if config.bootstrap {
+        if replica.bootstrap().await? {
+            tracing::info!(
+                node_id = config.node_id,
+                "bootstrapped a new cluster with this scheduler as its only voter"
+            );
+        } else {
+            tracing::info!("data dir already belongs to a cluster; --bootstrap ignored");
+        }
+    }
+    tasks.push(tokio::spawn(leader_duties(
+        replica.clone(),
+        shutdown_rx.clone(),
+    )));
+    if let Some(target) = config.join.clone() {
+        tasks.push(tokio::spawn(join_cluster(
+            replica.clone(),
+            target,
+            node,
+            shutdown_rx.clone(),
+        )));
+    }
+    tracing::info!(
+        node_id = config.node_id, %api_addr, %raft_addr, %http_addr, data_dir = %config.data_dir.display(),
+        "scheduler started"
+    );
+    Ok(Scheduler {
+        replica,
+        api_addr,
+        raft_addr,
+        http_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Work only the leader does; for now, giving a new cluster its id.
+async fn leader_duties(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
+    let mut metrics = replica.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if replica.is_leader()
+            && let Err(e) = replica.ensure_cluster_id().await
+        {
+            tracing::debug!(error = %e, "cluster id not proposed yet");
+        }
+        tokio::select! {
+            _ = metrics.changed() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Asks the cluster at `target` to add this scheduler, unless it is already a member. Retries
+/// with capped exponential backoff, a bounded number of times, and stops at once on an answer
+/// that retrying cannot change (e.g. the id is taken).
+async fn join_cluster(
+    replica: Arc<Replica>,
+    target: String,
+    node: SovNode,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=JOIN_ATTEMPTS_MAX {
+        if *shutdown.borrow() {
+            return;
+        }
+        match replica.raft.is_initialized().await {
+            Ok(true) => {
+                tracing::info!("this scheduler is a cluster member; nothing to join");
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "raft core stopped; not joining");
+                return;
+            }
+        }
+        let request = JoinRequest {
+            id: replica.id,
+            raft_addr: node.raft_addr.clone(),
+            api_addr: node.api_addr.clone(),
+            learner_only: false,
+        };
+        let endpoint = if target.contains("://") {
+            target.clone()
+        } else {
+            format!("http://{target}")
+        };
+        let result = async {
+            let mut client = ClusterServiceClient::connect(endpoint)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            client.join(request).await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(%target, "joined the cluster");
+                return;
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                tracing::error!(%target, reason = status.message(), "the cluster refused to add this scheduler; fix the configuration and restart");
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(%target, attempt, attempts_max = JOIN_ATTEMPTS_MAX, reason = status.message(), "join failed; retrying");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
+    }
+    tracing::error!(%target, "gave up joining after {JOIN_ATTEMPTS_MAX} attempts; add this scheduler with `sovctl cluster join`");
+}
+
+impl Scheduler {
+    /// Stops serving, stops the Raft core and waits (bounded) for every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.replica.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a server task did not stop within 5s");
+            }
+        }
+    }
+}
+
+/// Runs a scheduler until SIGINT or SIGTERM, then shuts it down cleanly.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    let scheduler = start(&config, listeners).await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = sigterm.recv() => tracing::info!("terminated; shutting down"),
+    }
+    scheduler.shutdown().await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}

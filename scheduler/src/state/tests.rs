@@ -1,0 +1,308 @@
+//! Unit and property tests of the pure core: apply is deterministic and total.
+
+use proptest::prelude::*;
+
+use super::validate::{NAME_LEN_MAX, REPLICAS_MAX};
+use super::*;
+
+fn spec(name: &str) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        model: "tiny".into(),
+        replicas: 1,
+        ..Default::default()
+    }
+}
+
+fn cmd(at_ms: i64, proposal: Proposal) -> Command {
+    Command { at_ms, proposal }
+}
+
+fn apply_spec(
+    state: &mut State,
+    index: u64,
+    s: DeploymentSpec,
+    expected_generation: Option<u64>,
+) -> Outcome {
+    apply(
+        state,
+        index,
+        &cmd(
+            index as i64 * 10,
+            Proposal::ApplyDeployment {
+                spec: s,
+                expected_generation,
+            },
+        ),
+    )
+}
+
+#[test]
+fn create_update_unchanged_delete() {
+    let mut state = State::default();
+    let Outcome::DeploymentApplied {
+        deployment,
+        created,
+        changed,
+    } = apply_spec(&mut state, 1, spec("a"), None)
+    else {
+        panic!("expected applied")
+    };
+    assert!(created && changed);
+    assert_eq!(
+        (
+            deployment.generation,
+            deployment.revision,
+            deployment.created_at_ms
+        ),
+        (1, 1, 10)
+    );
+
+    let mut changed_spec = spec("a");
+    changed_spec.replicas = 3;
+    let Outcome::DeploymentApplied {
+        deployment,
+        created,
+        changed,
+    } = apply_spec(&mut state, 2, changed_spec.clone(), Some(1))
+    else {
+        panic!("expected applied")
+    };
+    assert!(!created && changed);
+    assert_eq!(
+        (
+            deployment.generation,
+            deployment.created_at_ms,
+            deployment.updated_at_ms
+        ),
+        (2, 10, 20)
+    );
+
+    let Outcome::DeploymentApplied {
+        changed,
+        deployment,
+        ..
+    } = apply_spec(&mut state, 3, changed_spec, None)
+    else {
+        panic!("expected applied")
+    };
+    assert!(!changed, "same spec must not bump the generation");
+    assert_eq!(deployment.generation, 2);
+
+    assert_eq!(
+        apply(
+            &mut state,
+            4,
+            &cmd(40, Proposal::DeleteDeployment { name: "a".into() })
+        ),
+        Outcome::DeploymentDeleted { name: "a".into() }
+    );
+    assert!(state.deployments.is_empty());
+    assert_eq!(state.revision, 4);
+}
+
+#[test]
+fn rejections_change_nothing_but_the_revision() {
+    let mut state = State::default();
+    apply_spec(&mut state, 1, spec("a"), None);
+    let before = state.clone();
+
+    let stale = apply_spec(&mut state, 2, spec("a"), Some(7));
+    assert_eq!(
+        stale,
+        Outcome::Rejected(Rejection::GenerationMismatch {
+            name: "a".into(),
+            expected: 7,
+            actual: 1
+        })
+    );
+    let missing = apply(
+        &mut state,
+        3,
+        &cmd(
+            30,
+            Proposal::DeleteDeployment {
+                name: "nope".into(),
+            },
+        ),
+    );
+    assert_eq!(
+        missing,
+        Outcome::Rejected(Rejection::NotFound("nope".into()))
+    );
+    let invalid = apply_spec(&mut state, 4, spec("Bad_Name"), None);
+    assert!(
+        matches!(invalid, Outcome::Rejected(Rejection::Invalid(ref e)) if e.field == "spec.name")
+    );
+
+    assert_eq!(state.deployments, before.deployments);
+    assert_eq!(state.revision, 4);
+}
+
+#[test]
+fn create_only_when_expected_generation_is_zero() {
+    let mut state = State::default();
+    assert!(matches!(
+        apply_spec(&mut state, 1, spec("a"), Some(0)),
+        Outcome::DeploymentApplied { created: true, .. }
+    ));
+    assert!(matches!(
+        apply_spec(&mut state, 2, spec("a"), Some(0)),
+        Outcome::Rejected(Rejection::GenerationMismatch { .. })
+    ));
+}
+
+#[test]
+fn init_cluster_sets_the_id_once() {
+    let mut state = State::default();
+    apply(
+        &mut state,
+        1,
+        &cmd(
+            5,
+            Proposal::InitCluster {
+                cluster_id: "first".into(),
+            },
+        ),
+    );
+    apply(
+        &mut state,
+        2,
+        &cmd(
+            6,
+            Proposal::InitCluster {
+                cluster_id: "second".into(),
+            },
+        ),
+    );
+    assert_eq!(
+        state.cluster,
+        ClusterMeta {
+            cluster_id: "first".into(),
+            created_at_ms: 5
+        }
+    );
+}
+
+#[test]
+fn validation_messages_name_the_field_and_the_fix() {
+    let e = validate_spec(&spec("Foo")).unwrap_err();
+    assert_eq!(e.field, "spec.name");
+    assert!(e.message.contains("DNS label"), "{e}");
+
+    let mut s = spec("a");
+    s.replicas = REPLICAS_MAX + 1;
+    assert_eq!(
+        validate_spec(&s).unwrap_err().to_string(),
+        "spec.replicas: is 1001; the limit is 1000"
+    );
+
+    let mut s = spec("a");
+    s.env.insert("PORT".into(), "1".into());
+    assert!(
+        validate_spec(&s)
+            .unwrap_err()
+            .message
+            .contains("set by the agent")
+    );
+
+    let mut s = spec("a");
+    s.resources.gpu_memory_mib = 1000;
+    assert_eq!(
+        validate_spec(&s).unwrap_err().field,
+        "spec.resources.gpu_count"
+    );
+
+    let mut s = spec("a");
+    s.model = " ".into();
+    assert_eq!(validate_spec(&s).unwrap_err().field, "spec.model");
+
+    assert!(validate_deployment_name(&"a".repeat(NAME_LEN_MAX)).is_ok());
+    assert!(validate_deployment_name(&"a".repeat(NAME_LEN_MAX + 1)).is_err());
+    assert!(validate_deployment_name("a-").is_err());
+    assert!(validate_deployment_name("9a").is_err());
+    assert!(
+        validate_proposal(&Proposal::InitCluster {
+            cluster_id: String::new()
+        })
+        .is_err()
+    );
+}
+
+fn arb_name() -> impl Strategy<Value = String> {
+    // A small name space makes updates, deletes and conflicts frequent; a few invalid names
+    // exercise the rejection path.
+    prop_oneof![8 => "[a-d]", 1 => "[A-Z_]{1,3}"]
+}
+
+fn arb_proposal() -> impl Strategy<Value = Proposal> {
+    prop_oneof![
+        1 => "[a-z]{1,8}".prop_map(|cluster_id| Proposal::InitCluster { cluster_id }),
+        6 => (arb_name(), 0u32..5, 0u32..3, proptest::option::of(0u64..4)).prop_map(|(name, replicas, gpus, expected_generation)| {
+            let mut s = DeploymentSpec { name, model: "m".into(), replicas, ..Default::default() };
+            s.resources.gpu_count = gpus;
+            Proposal::ApplyDeployment { spec: s, expected_generation }
+        }),
+        2 => arb_name().prop_map(|name| Proposal::DeleteDeployment { name }),
+    ]
+}
+
+fn arb_commands() -> impl Strategy<Value = Vec<Command>> {
+    proptest::collection::vec(
+        (0i64..1_000_000, arb_proposal()).prop_map(|(at_ms, proposal)| Command { at_ms, proposal }),
+        0..64,
+    )
+}
+
+fn run(commands: &[Command]) -> (Vec<u8>, Vec<Outcome>) {
+    let mut state = State::default();
+    let outcomes = commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| apply(&mut state, i as u64 + 1, c))
+        .collect();
+    (encode(&state), outcomes)
+}
+
+proptest! {
+    /// I3: the same commands give byte-identical state and identical outcomes, and a state that
+    /// went through its own encoding (as in a snapshot) continues identically.
+    #[test]
+    fn apply_is_deterministic(commands in arb_commands(), split in 0usize..64) {
+        let (bytes_a, outcomes_a) = run(&commands);
+        let (bytes_b, outcomes_b) = run(&commands);
+        prop_assert_eq!(&bytes_a, &bytes_b);
+        prop_assert_eq!(outcomes_a, outcomes_b);
+
+        let split = split.min(commands.len());
+        let mut state = State::default();
+        for (i, c) in commands[..split].iter().enumerate() {
+            apply(&mut state, i as u64 + 1, c);
+        }
+        let mut restored: State = serde_json::from_slice(&encode(&state)).unwrap();
+        for (i, c) in commands[split..].iter().enumerate() {
+            apply(&mut restored, (split + i) as u64 + 1, c);
+        }
+        prop_assert_eq!(encode(&restored), bytes_a);
+    }
+
+    /// Every stored deployment is valid and generations only grow.
+    #[test]
+    fn stored_deployments_stay_valid(commands in arb_commands()) {
+        let mut state = State::default();
+        for (i, c) in commands.iter().enumerate() {
+            let before = state.deployments.clone();
+            let outcome = apply(&mut state, i as u64 + 1, c);
+            if let Outcome::Rejected(_) = outcome {
+                prop_assert_eq!(&before, &state.deployments);
+            }
+            for (name, d) in &state.deployments {
+                prop_assert!(validate_spec(&d.spec).is_ok());
+                prop_assert_eq!(name, &d.spec.name);
+                if let Some(old) = before.get(name) {
+                    prop_assert!(d.generation >= old.generation);
+                }
+            }
+        }
+    }
+}

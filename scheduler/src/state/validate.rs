@@ -1,0 +1,229 @@
+//! Validation of everything a user can put into the replicated state.
+//!
+//! The API calls these before proposing (so bad input is answered with `InvalidArgument` and
+//! nothing is written) and `apply` calls them again (so a command that reached the log another
+//! way is rejected identically on every replica). Every field has an explicit upper bound: the
+//! log, snapshots and every replica's memory are sized by what these functions let through.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeploymentSpec, Proposal};
+
+pub const MAX_DEPLOYMENTS: usize = 10_000;
+pub const NAME_LEN_MAX: usize = 63;
+pub const MODEL_LEN_MAX: usize = 256;
+pub const REPLICAS_MAX: u32 = 1_000;
+pub const GPU_COUNT_MAX: u32 = 64;
+pub const GPU_MEMORY_MIB_MAX: u64 = 4 * 1024 * 1024;
+pub const CPU_MILLIS_MAX: u32 = 4_096_000;
+pub const MEMORY_MIB_MAX: u64 = 64 * 1024 * 1024;
+pub const COMMAND_ARGS_MAX: usize = 128;
+pub const COMMAND_ARG_LEN_MAX: usize = 4_096;
+pub const ENV_ENTRIES_MAX: usize = 128;
+pub const ENV_KEY_LEN_MAX: usize = 128;
+pub const ENV_VALUE_LEN_MAX: usize = 4_096;
+pub const LABELS_MAX: usize = 64;
+pub const LABEL_KEY_LEN_MAX: usize = 63;
+pub const LABEL_VALUE_LEN_MAX: usize = 256;
+pub const CLUSTER_ID_LEN_MAX: usize = 64;
+
+/// Environment variables the agent sets itself for every model server; a spec may not set them.
+const RESERVED_ENV: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "PORT"];
+
+/// One precise complaint about one field, worded for the person who wrote the spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// Dotted path of the offending field, e.g. `spec.resources.gpu_count`.
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A DNS label: what Kubernetes and Nomad users already know, and safe in file names and URLs.
+pub fn validate_deployment_name(name: &str) -> Result<(), ValidationError> {
+    let field = "spec.name";
+    if name.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if name.len() > NAME_LEN_MAX {
+        return Err(invalid(
+            field,
+            format!(
+                "is {} characters long; the limit is {NAME_LEN_MAX}",
+                name.len()
+            ),
+        ));
+    }
+    let dns_label = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let starts_ok = name.as_bytes()[0].is_ascii_lowercase();
+    if !dns_label || !starts_ok || name.ends_with('-') {
+        return Err(invalid(
+            field,
+            format!(
+                "{name:?} must be a DNS label: lowercase letters, digits and '-', starting with a \
+                 letter and not ending with '-' (e.g. \"mistral-7b\")"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_text(field: &str, value: &str, len_max: usize) -> Result<(), ValidationError> {
+    if value.len() > len_max {
+        return Err(invalid(
+            field,
+            format!("is {} bytes long; the limit is {len_max}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_max<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    max: T,
+) -> Result<(), ValidationError> {
+    if value > max {
+        return Err(invalid(field, format!("is {value}; the limit is {max}")));
+    }
+    Ok(())
+}
+
+pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
+    validate_deployment_name(&spec.name)?;
+    if spec.model.trim().is_empty() {
+        return Err(invalid(
+            "spec.model",
+            "is required (e.g. \"mistralai/Mistral-7B-Instruct-v0.3\")",
+        ));
+    }
+    validate_text("spec.model", &spec.model, MODEL_LEN_MAX)?;
+    check_max("spec.replicas", spec.replicas, REPLICAS_MAX)?;
+
+    let r = &spec.resources;
+    check_max("spec.resources.gpu_count", r.gpu_count, GPU_COUNT_MAX)?;
+    validate_text("spec.resources.gpu_model", &r.gpu_model, MODEL_LEN_MAX)?;
+    check_max(
+        "spec.resources.gpu_memory_mib",
+        r.gpu_memory_mib,
+        GPU_MEMORY_MIB_MAX,
+    )?;
+    check_max("spec.resources.cpu_millis", r.cpu_millis, CPU_MILLIS_MAX)?;
+    check_max("spec.resources.memory_mib", r.memory_mib, MEMORY_MIB_MAX)?;
+    if r.gpu_count == 0 && (r.gpu_memory_mib > 0 || !r.gpu_model.is_empty()) {
+        return Err(invalid(
+            "spec.resources.gpu_count",
+            "is 0 but gpu_model or gpu_memory_mib is set; request at least one GPU or drop them",
+        ));
+    }
+
+    if spec.command.len() > COMMAND_ARGS_MAX {
+        return Err(invalid(
+            "spec.command",
+            format!(
+                "has {} arguments; the limit is {COMMAND_ARGS_MAX}",
+                spec.command.len()
+            ),
+        ));
+    }
+    if spec.command.first().is_some_and(|c| c.trim().is_empty()) {
+        return Err(invalid(
+            "spec.command[0]",
+            "the program to run must not be empty",
+        ));
+    }
+    for (i, arg) in spec.command.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(invalid(
+                format!("spec.command[{i}]"),
+                "must not contain NUL bytes",
+            ));
+        }
+        check_max(
+            &format!("spec.command[{i}] length"),
+            arg.len(),
+            COMMAND_ARG_LEN_MAX,
+        )?;
+    }
+
+    check_max("spec.env entries", spec.env.len(), ENV_ENTRIES_MAX)?;
+    for (key, value) in &spec.env {
+        let field = format!("spec.env.{key}");
+        let shape_ok = !key.is_empty()
+            && key.len() <= ENV_KEY_LEN_MAX
+            && !key.as_bytes()[0].is_ascii_digit()
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !shape_ok {
+            return Err(invalid(
+                field,
+                format!(
+                    "{key:?} is not a valid variable name: letters, digits and '_', not starting with a digit, at most {ENV_KEY_LEN_MAX} characters"
+                ),
+            ));
+        }
+        if RESERVED_ENV.contains(&key.as_str()) {
+            return Err(invalid(
+                field,
+                "is set by the agent for every model server and cannot be overridden",
+            ));
+        }
+        if value.contains('\0') {
+            return Err(invalid(field, "must not contain NUL bytes"));
+        }
+        check_max(&format!("{field} length"), value.len(), ENV_VALUE_LEN_MAX)?;
+    }
+
+    check_max("spec.labels entries", spec.labels.len(), LABELS_MAX)?;
+    for (key, value) in &spec.labels {
+        let field = format!("spec.labels.{key}");
+        let shape_ok = !key.is_empty()
+            && key.len() <= LABEL_KEY_LEN_MAX
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b));
+        if !shape_ok {
+            return Err(invalid(
+                field,
+                format!(
+                    "{key:?} is not a valid label key: lowercase letters, digits, '-', '_', '.', '/', at most {LABEL_KEY_LEN_MAX} characters"
+                ),
+            ));
+        }
+        validate_text(&field, value, LABEL_VALUE_LEN_MAX)?;
+    }
+    Ok(())
+}
+
+pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
+    match proposal {
+        Proposal::InitCluster { cluster_id } => {
+            let ok = !cluster_id.is_empty()
+                && cluster_id.len() <= CLUSTER_ID_LEN_MAX
+                && cluster_id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(
+                    "cluster_id",
+                    format!("{cluster_id:?} must be 1-{CLUSTER_ID_LEN_MAX} of [a-z0-9-]"),
+                ))
+            }
+        }
+        Proposal::ApplyDeployment { spec, .. } => validate_spec(spec),
+        Proposal::DeleteDeployment { name } => validate_deployment_name(name),
+    }
+}
