@@ -1,0 +1,738 @@
+//! Rendering of answers: aligned tables and key/value blocks for people, JSON for scripts.
+//!
+//! Owns every byte sovctl writes to stdout. The `*View` structs are the JSON shapes: they mirror
+//! the sov.v1 messages field for field, in snake_case, so the proto file documents them (prost
+//! types do not derive `Serialize`, hence the copies). Maps become sorted objects so that output is
+//! stable between runs. Everything here is pure except `emit`, which writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+
+use serde::Serialize;
+use sov_proto::v1 as pb;
+
+/// How answers are printed (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns and key/value blocks, for people.
+    Table,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+/// Prints `view` as one JSON document, or as the text `render` makes of it.
+pub fn emit<T: Serialize>(
+    format: Format,
+    view: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(view)? + "\n",
+        Format::Table => render(view),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // The reader went away (`sovctl deploy list | head`): what it wanted, it got.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// JSON shapes (mirrors of sov.v1 messages)
+// ------------------------------------------------------------------------------------------------
+
+/// `sov.v1.Member`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub voter: bool,
+    /// `null` unless the answering node is the leader.
+    pub matched_index: Option<u64>,
+}
+
+impl From<pb::Member> for MemberView {
+    fn from(m: pb::Member) -> Self {
+        MemberView {
+            id: m.id,
+            raft_addr: m.raft_addr,
+            api_addr: m.api_addr,
+            voter: m.voter,
+            matched_index: m.matched_index,
+        }
+    }
+}
+
+/// `sov.v1.ClusterStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterStatusView {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: u64,
+    pub leader_api_addr: String,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    pub members: Vec<MemberView>,
+}
+
+impl From<pb::ClusterStatus> for ClusterStatusView {
+    fn from(s: pb::ClusterStatus) -> Self {
+        ClusterStatusView {
+            cluster_id: s.cluster_id,
+            node_id: s.node_id,
+            role: s.role,
+            term: s.term,
+            leader_id: s.leader_id,
+            leader_api_addr: s.leader_api_addr,
+            last_log_index: s.last_log_index,
+            committed_index: s.committed_index,
+            applied_index: s.applied_index,
+            snapshot_index: s.snapshot_index,
+            purged_index: s.purged_index,
+            members: s.members.into_iter().map(MemberView::from).collect(),
+        }
+    }
+}
+
+/// `sov.v1.MembersResponse` (answer of `members`, `join` and `remove`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MembersView {
+    pub members: Vec<MemberView>,
+    pub leader_id: u64,
+}
+
+impl From<pb::MembersResponse> for MembersView {
+    fn from(r: pb::MembersResponse) -> Self {
+        MembersView {
+            members: r.members.into_iter().map(MemberView::from).collect(),
+            leader_id: r.leader_id,
+        }
+    }
+}
+
+/// `sov.v1.Resources`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ResourcesView {
+    pub gpu_count: u32,
+    pub gpu_model: String,
+    pub gpu_memory_mib: u64,
+    pub cpu_millis: u32,
+    pub memory_mib: u64,
+}
+
+/// `sov.v1.DeploymentSpec`. An absent `resources` message is shown as all zeros, which is what
+/// the scheduler reads it as.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpecView {
+    pub name: String,
+    pub model: String,
+    pub replicas: u32,
+    pub resources: ResourcesView,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<pb::DeploymentSpec> for SpecView {
+    fn from(s: pb::DeploymentSpec) -> Self {
+        let r = s.resources.unwrap_or_default();
+        SpecView {
+            name: s.name,
+            model: s.model,
+            replicas: s.replicas,
+            resources: ResourcesView {
+                gpu_count: r.gpu_count,
+                gpu_model: r.gpu_model,
+                gpu_memory_mib: r.gpu_memory_mib,
+                cpu_millis: r.cpu_millis,
+                memory_mib: r.memory_mib,
+            },
+            command: s.command,
+            env: sorted(s.env),
+            labels: sorted(s.labels),
+        }
+    }
+}
+
+fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+/// `sov.v1.Deployment`. `spec` is `null` only if a server sends a deployment without one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentView {
+    pub spec: Option<SpecView>,
+    pub generation: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub revision: u64,
+}
+
+impl DeploymentView {
+    /// The deployment's name, or `-` when the spec is missing.
+    pub fn name(&self) -> &str {
+        self.spec.as_ref().map_or("-", |s| s.name.as_str())
+    }
+}
+
+impl From<pb::Deployment> for DeploymentView {
+    fn from(d: pb::Deployment) -> Self {
+        DeploymentView {
+            spec: d.spec.map(SpecView::from),
+            generation: d.generation,
+            created_at_ms: d.created_at_ms,
+            updated_at_ms: d.updated_at_ms,
+            revision: d.revision,
+        }
+    }
+}
+
+/// `sov.v1.ApplyDeploymentResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApplyView {
+    pub deployment: Option<DeploymentView>,
+    pub created: bool,
+    pub changed: bool,
+}
+
+impl From<pb::ApplyDeploymentResponse> for ApplyView {
+    fn from(r: pb::ApplyDeploymentResponse) -> Self {
+        ApplyView {
+            deployment: r.deployment.map(DeploymentView::from),
+            created: r.created,
+            changed: r.changed,
+        }
+    }
+}
+
+/// `sov.v1.ListDeploymentsResponse`, with every page sovctl fetched merged into one:
+/// `next_after` is empty unless `--limit` cut the listing short, and `revision` is the one of
+/// the last page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListView {
+    pub deployments: Vec<DeploymentView>,
+    pub next_after: String,
+    pub revision: u64,
+}
+
+/// `sov.v1.DeleteDeploymentResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeleteView {
+    pub revision: u64,
+}
+
+// ------------------------------------------------------------------------------------------------
+// Text renderers
+// ------------------------------------------------------------------------------------------------
+
+/// A table whose columns are as wide as their widest cell, separated by three spaces.
+#[derive(Debug)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(
+            cells.len(),
+            self.headers.len(),
+            "row width must match the headers"
+        );
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut text = String::new();
+            for (i, (cell, width)) in line.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    text.push_str("   ");
+                }
+                text.push_str(cell);
+                let pad = width - cell.chars().count();
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+            // Padding after the last column is invisible and breaks `grep 'x$'`.
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `Key:   value` lines with the values aligned; a multi-line value continues under itself.
+pub fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut out = String::new();
+    for (key, value) in pairs {
+        let mut lines = value.lines();
+        let first = lines.next().unwrap_or("");
+        out.push_str(format!("{:<width$}  {first}", format!("{key}:")).trim_end());
+        out.push('\n');
+        for line in lines {
+            out.push_str(&format!("{:width$}  {line}\n", ""));
+        }
+    }
+    out
+}
+
+/// `cluster status`: the answering node's view, then the member table.
+pub fn status_text(s: &ClusterStatusView) -> String {
+    let leader = if s.leader_id == 0 {
+        "none known".to_owned()
+    } else {
+        format!("{} at {}", s.leader_id, dash_if_empty(&s.leader_api_addr))
+    };
+    let block = fields(&[
+        ("Cluster ID", dash_if_empty(&s.cluster_id)),
+        (
+            "Node",
+            format!("{} ({})", s.node_id, dash_if_empty(&s.role)),
+        ),
+        ("Term", s.term.to_string()),
+        ("Leader", leader),
+        ("Last log index", s.last_log_index.to_string()),
+        ("Committed index", s.committed_index.to_string()),
+        ("Applied index", s.applied_index.to_string()),
+        ("Snapshot index", s.snapshot_index.to_string()),
+        ("Purged index", s.purged_index.to_string()),
+    ]);
+    format!("{block}\n{}", members_table(&s.members, s.leader_id))
+}
+
+/// Members sorted by id; the leader's id carries a `*`.
+pub fn members_table(members: &[MemberView], leader_id: u64) -> String {
+    let mut sorted: Vec<&MemberView> = members.iter().collect();
+    sorted.sort_by_key(|m| m.id);
+    let mut table = Table::new(&["ID", "RAFT ADDR", "API ADDR", "MEMBERSHIP", "MATCHED"]);
+    for m in sorted {
+        let id = if m.id == leader_id {
+            format!("{} *", m.id)
+        } else {
+            m.id.to_string()
+        };
+        table.row(vec![
+            id,
+            dash_if_empty(&m.raft_addr),
+            dash_if_empty(&m.api_addr),
+            if m.voter { "voter" } else { "learner" }.to_owned(),
+            m.matched_index
+                .map_or_else(|| "-".to_owned(), |i| i.to_string()),
+        ]);
+    }
+    table.render()
+}
+
+/// `deploy list`.
+pub fn deployments_table(deployments: &[DeploymentView]) -> String {
+    let mut table = Table::new(&[
+        "NAME",
+        "MODEL",
+        "REPLICAS",
+        "GPUS/REPLICA",
+        "GENERATION",
+        "UPDATED",
+    ]);
+    for d in deployments {
+        let (model, replicas, gpus) = match &d.spec {
+            Some(s) => (
+                s.model.clone(),
+                s.replicas.to_string(),
+                s.resources.gpu_count.to_string(),
+            ),
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        table.row(vec![
+            d.name().to_owned(),
+            model,
+            replicas,
+            gpus,
+            d.generation.to_string(),
+            time_cell(d.updated_at_ms),
+        ]);
+    }
+    table.render()
+}
+
+/// `deploy show`.
+pub fn deployment_text(d: &DeploymentView) -> String {
+    let mut pairs = vec![("Name", d.name().to_owned())];
+    if let Some(s) = &d.spec {
+        let r = &s.resources;
+        pairs.extend([
+            ("Model", dash_if_empty(&s.model)),
+            ("Replicas", s.replicas.to_string()),
+            ("GPUs/replica", r.gpu_count.to_string()),
+            (
+                "GPU model",
+                if_set(!r.gpu_model.is_empty(), &r.gpu_model, "any"),
+            ),
+            (
+                "GPU memory",
+                if_set(
+                    r.gpu_memory_mib > 0,
+                    &format!("{} MiB minimum per GPU", r.gpu_memory_mib),
+                    "any",
+                ),
+            ),
+            (
+                "CPU",
+                if_set(r.cpu_millis > 0, &format!("{}m", r.cpu_millis), "-"),
+            ),
+            (
+                "Memory",
+                if_set(r.memory_mib > 0, &format!("{} MiB", r.memory_mib), "-"),
+            ),
+            (
+                "Command",
+                if_set(!s.command.is_empty(), &shell_join(&s.command), "-"),
+            ),
+            ("Env", key_values(&s.env)),
+            ("Labels", key_values(&s.labels)),
+        ]);
+    }
+    pairs.extend([
+        ("Generation", d.generation.to_string()),
+        ("Revision", d.revision.to_string()),
+        ("Created", time_cell(d.created_at_ms)),
+        ("Updated", time_cell(d.updated_at_ms)),
+    ]);
+    fields(&pairs)
+}
+
+/// `deploy apply`: `deployment NAME created|updated|unchanged (generation G, revision R)`.
+pub fn apply_line(a: &ApplyView) -> String {
+    let outcome = match (a.created, a.changed) {
+        (true, _) => "created",
+        (false, true) => "updated",
+        (false, false) => "unchanged",
+    };
+    match &a.deployment {
+        Some(d) => format!(
+            "deployment {} {outcome} (generation {}, revision {})\n",
+            d.name(),
+            d.generation,
+            d.revision
+        ),
+        None => format!("deployment {outcome}\n"),
+    }
+}
+
+fn if_set(set: bool, value: &str, otherwise: &str) -> String {
+    if set { value } else { otherwise }.to_owned()
+}
+
+fn dash_if_empty(s: &str) -> String {
+    if_set(!s.is_empty(), s, "-")
+}
+
+fn key_values(map: &BTreeMap<String, String>) -> String {
+    if map.is_empty() {
+        return "-".to_owned();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Joins a command line for display, quoting the arguments a shell would split or expand, so
+/// what is shown can be pasted into a shell and mean the same command.
+pub fn shell_join(args: &[String]) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    args.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(plain) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A leader-stamped time for a table cell; 0 is proto3's "not set".
+pub fn time_cell(ms: i64) -> String {
+    if ms == 0 {
+        "-".to_owned()
+    } else {
+        rfc3339_utc(ms)
+    }
+}
+
+/// RFC 3339 UTC with second precision, e.g. `2023-11-14T22:13:20Z`.
+pub fn rfc3339_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm), so
+/// that printing a date does not need a calendar crate.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, voter: bool, matched: Option<u64>) -> MemberView {
+        MemberView {
+            id,
+            raft_addr: format!("10.0.0.{id}:7401"),
+            api_addr: format!("10.0.0.{id}:7400"),
+            voter,
+            matched_index: matched,
+        }
+    }
+
+    fn deployment() -> DeploymentView {
+        DeploymentView::from(pb::Deployment {
+            spec: Some(pb::DeploymentSpec {
+                name: "mistral-7b".into(),
+                model: "mistralai/Mistral-7B-Instruct-v0.3".into(),
+                replicas: 2,
+                resources: Some(pb::Resources {
+                    gpu_count: 1,
+                    gpu_memory_mib: 40000,
+                    ..Default::default()
+                }),
+                command: vec!["python3".into(), "-m".into(), "http.server".into()],
+                env: HashMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
+                labels: HashMap::new(),
+            }),
+            generation: 3,
+            created_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_060_500,
+            revision: 42,
+        })
+    }
+
+    #[test]
+    fn table_aligns_columns_without_trailing_spaces() {
+        let mut t = Table::new(&["NAME", "X"]);
+        t.row(vec!["a".into(), "1".into()]);
+        t.row(vec!["longer-name".into(), "".into()]);
+        t.row(vec!["é".into(), "22".into()]);
+        assert_eq!(
+            t.render(),
+            "NAME          X\n\
+             a             1\n\
+             longer-name\n\
+             é             22\n"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "row width")]
+    fn table_rejects_ragged_rows() {
+        Table::new(&["A", "B"]).row(vec!["1".into()]);
+    }
+
+    #[test]
+    fn fields_align_and_continue_multi_line_values() {
+        let text = fields(&[("Env", "A=1\nB=2".into()), ("Generation", "3".into())]);
+        assert_eq!(text, "Env:         A=1\n             B=2\nGeneration:  3\n");
+    }
+
+    #[test]
+    fn members_table_sorts_and_marks_leader() {
+        let text = members_table(&[member(2, false, None), member(1, true, Some(17))], 1);
+        assert_eq!(
+            text,
+            concat!(
+                "ID    RAFT ADDR       API ADDR        MEMBERSHIP   MATCHED\n",
+                "1 *   10.0.0.1:7401   10.0.0.1:7400   voter        17\n",
+                "2     10.0.0.2:7401   10.0.0.2:7400   learner      -\n",
+            )
+        );
+    }
+
+    #[test]
+    fn status_text_shows_view_then_members() {
+        let s = ClusterStatusView {
+            cluster_id: "c1".into(),
+            node_id: 2,
+            role: "follower".into(),
+            term: 5,
+            leader_id: 1,
+            leader_api_addr: "10.0.0.1:7400".into(),
+            last_log_index: 10,
+            committed_index: 9,
+            applied_index: 8,
+            snapshot_index: 4,
+            purged_index: 3,
+            members: vec![member(1, true, None)],
+        };
+        let text = status_text(&s);
+        assert!(
+            text.starts_with("Cluster ID:       c1\nNode:             2 (follower)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Leader:           1 at 10.0.0.1:7400\n"),
+            "{text}"
+        );
+        assert!(text.contains("Purged index:     3\n\nID "), "{text}");
+        assert!(text.contains("\n1 *"), "{text}");
+    }
+
+    #[test]
+    fn status_text_says_when_no_leader_is_known() {
+        let s = ClusterStatusView {
+            cluster_id: String::new(),
+            node_id: 1,
+            role: "candidate".into(),
+            term: 7,
+            leader_id: 0,
+            leader_api_addr: String::new(),
+            last_log_index: 0,
+            committed_index: 0,
+            applied_index: 0,
+            snapshot_index: 0,
+            purged_index: 0,
+            members: vec![],
+        };
+        let text = status_text(&s);
+        assert!(text.contains("Cluster ID:       -\n"), "{text}");
+        assert!(text.contains("Leader:           none known\n"), "{text}");
+    }
+
+    #[test]
+    fn deployments_table_has_one_row_per_deployment() {
+        let text = deployments_table(&[deployment()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let cells: Vec<&str> = lines[1]
+            .split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "mistral-7b",
+                "mistralai/Mistral-7B-Instruct-v0.3",
+                "2",
+                "1",
+                "3",
+                "2023-11-14T22:14:20Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn deployment_text_lists_spec_details() {
+        let text = deployment_text(&deployment());
+        for expected in [
+            "Name:          mistral-7b\n",
+            "GPU model:     any\n",
+            "GPU memory:    40000 MiB minimum per GPU\n",
+            "CPU:           -\n",
+            "Command:       python3 -m http.server\n",
+            "Env:           A=1\n               B=2\n",
+            "Labels:        -\n",
+            "Created:       2023-11-14T22:13:20Z\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn apply_line_names_the_outcome() {
+        let mut a = ApplyView {
+            deployment: Some(deployment()),
+            created: true,
+            changed: true,
+        };
+        assert_eq!(
+            apply_line(&a),
+            "deployment mistral-7b created (generation 3, revision 42)\n"
+        );
+        a.created = false;
+        assert!(apply_line(&a).contains(" updated "));
+        a.changed = false;
+        assert!(apply_line(&a).contains(" unchanged "));
+    }
+
+    #[test]
+    fn json_mirrors_proto_field_names() {
+        let json = serde_json::to_value(deployment()).unwrap();
+        assert_eq!(json["spec"]["resources"]["gpu_memory_mib"], 40000);
+        assert_eq!(json["spec"]["env"], serde_json::json!({"A": "1", "B": "2"}));
+        assert_eq!(json["updated_at_ms"], 1_700_000_060_500_i64);
+        let m = serde_json::to_value(member(1, true, None)).unwrap();
+        assert_eq!(
+            m,
+            serde_json::json!({
+                "id": 1, "raft_addr": "10.0.0.1:7401", "api_addr": "10.0.0.1:7400",
+                "voter": true, "matched_index": null
+            })
+        );
+    }
+
+    #[test]
+    fn shell_join_quotes_only_what_needs_it() {
+        let args: Vec<String> = ["sh", "-c", "exec x \"$PORT\"", "", "it's"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(shell_join(&args), r#"sh -c 'exec x "$PORT"' '' 'it'\''s'"#);
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_700_000_000_999), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(4_107_542_400_000), "2100-03-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(time_cell(0), "-");
+    }
+}

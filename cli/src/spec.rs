@@ -1,0 +1,210 @@
+//! Deployment spec files: the TOML an ML engineer writes, read strictly into a `DeploymentSpec`.
+//!
+//! Owns the file format and its error messages (with `FILE:LINE:COLUMN`, so a typo is found
+//! without guessing). It does not judge values (DNS-label names, replica counts, GPU models): the
+//! scheduler validates every client's input once, and its answer reaches the user unchanged.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde::Deserialize;
+use sov_proto::v1::{DeploymentSpec, Resources};
+
+use crate::UsageError;
+
+/// The file as written. `deny_unknown_fields` turns a misspelt key into an error instead of a
+/// silently ignored setting (a `replica = 3` that deploys one replica is worse than a refusal).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    name: String,
+    model: String,
+    replicas: u32,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    resources: ResourcesFile,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// Per-replica resources; every key is optional and zero (or empty) means "no requirement".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ResourcesFile {
+    gpu_count: u32,
+    gpu_model: String,
+    gpu_memory_mib: u64,
+    cpu_millis: u32,
+    memory_mib: u64,
+}
+
+impl From<SpecFile> for DeploymentSpec {
+    fn from(file: SpecFile) -> Self {
+        let r = file.resources;
+        DeploymentSpec {
+            name: file.name,
+            model: file.model,
+            replicas: file.replicas,
+            resources: Some(Resources {
+                gpu_count: r.gpu_count,
+                gpu_model: r.gpu_model,
+                gpu_memory_mib: r.gpu_memory_mib,
+                cpu_millis: r.cpu_millis,
+                memory_mib: r.memory_mib,
+            }),
+            command: file.command,
+            env: file.env.into_iter().collect(),
+            labels: file.labels.into_iter().collect(),
+        }
+    }
+}
+
+/// Reads and parses the spec at `path`; `-` means standard input, so specs can be piped in.
+pub fn read(path: &str) -> Result<DeploymentSpec, UsageError> {
+    let (text, source) = if path == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| UsageError(format!("cannot read spec from standard input: {e}")))?;
+        (text, "<stdin>")
+    } else {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("cannot read spec file {path}: {e}")))?;
+        (text, path)
+    };
+    parse(&text, source)
+}
+
+/// Parses spec text; `source` names the file in error messages.
+pub fn parse(text: &str, source: &str) -> Result<DeploymentSpec, UsageError> {
+    let file: SpecFile = toml::from_str(text).map_err(|e| {
+        // toml's own Display draws a multi-line source excerpt; sovctl reports one line.
+        let message = e.message().trim();
+        match e.span() {
+            // A missing key comes with an empty span at 0 (or one over the whole file): it
+            // points nowhere in particular, and "line 1" would send the reader looking there.
+            Some(span) if !(span.start == 0 && (span.is_empty() || span.end >= text.len())) => {
+                let (line, column) = line_column(text, span.start);
+                UsageError(format!("{source}:{line}:{column}: {message}"))
+            }
+            _ => UsageError(format!("{source}: {message}")),
+        }
+    })?;
+    Ok(file.into())
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+name = "mistral-7b"
+model = "mistralai/Mistral-7B-Instruct-v0.3"
+replicas = 2
+command = ["python3", "-m", "http.server"]
+
+[resources]
+gpu_count = 1
+gpu_model = ""
+gpu_memory_mib = 40000
+cpu_millis = 4000
+memory_mib = 16384
+
+[env]
+HF_HUB_OFFLINE = "1"
+
+[labels]
+team = "nlp"
+"#;
+
+    #[test]
+    fn full_spec_maps_every_field() {
+        let spec = parse(FULL, "mistral.toml").unwrap();
+        assert_eq!(spec.name, "mistral-7b");
+        assert_eq!(spec.model, "mistralai/Mistral-7B-Instruct-v0.3");
+        assert_eq!(spec.replicas, 2);
+        assert_eq!(spec.command, ["python3", "-m", "http.server"]);
+        let r = spec.resources.unwrap();
+        assert_eq!(
+            (
+                r.gpu_count,
+                r.gpu_model.as_str(),
+                r.gpu_memory_mib,
+                r.cpu_millis,
+                r.memory_mib
+            ),
+            (1, "", 40000, 4000, 16384)
+        );
+        assert_eq!(
+            spec.env.get("HF_HUB_OFFLINE").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(spec.labels.get("team").map(String::as_str), Some("nlp"));
+    }
+
+    #[test]
+    fn optional_sections_default_to_zero_and_empty() {
+        let spec = parse("name = \"a\"\nmodel = \"m\"\nreplicas = 1\n", "a.toml").unwrap();
+        assert!(spec.command.is_empty() && spec.env.is_empty() && spec.labels.is_empty());
+        assert_eq!(spec.resources, Some(Resources::default()));
+    }
+
+    #[test]
+    fn unknown_top_level_field_names_field_and_line() {
+        let text = "name = \"a\"\nmodel = \"m\"\nreplica = 1\n";
+        let err = parse(text, "a.toml").unwrap_err().0;
+        assert!(err.starts_with("a.toml:3:1: "), "{err}");
+        assert!(err.contains("unknown field `replica`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn unknown_resources_field_names_field_and_line() {
+        let text = "name = \"a\"\nmodel = \"m\"\nreplicas = 1\n[resources]\ngpus = 2\n";
+        let err = parse(text, "a.toml").unwrap_err().0;
+        assert!(err.starts_with("a.toml:5:1: "), "{err}");
+        assert!(err.contains("unknown field `gpus`"), "{err}");
+    }
+
+    #[test]
+    fn missing_name_is_reported() {
+        let err = parse("model = \"m\"\nreplicas = 1\n", "a.toml")
+            .unwrap_err()
+            .0;
+        assert_eq!(err, "a.toml: missing field `name`");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_position() {
+        let err = parse("name = \"a\"\nmodel = \"m\"\nreplicas = -1\n", "a.toml")
+            .unwrap_err()
+            .0;
+        assert!(err.starts_with("a.toml:3:12: "), "{err}");
+    }
+
+    #[test]
+    fn line_column_counts_characters_not_bytes() {
+        assert_eq!(line_column("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_column("x", 0), (1, 1));
+    }
+
+    #[test]
+    fn shipped_examples_parse() {
+        for file in ["tiny-echo.toml", "mistral-7b.toml"] {
+            let path = format!("{}/../deploy/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+            let spec = read(&path).unwrap_or_else(|e| panic!("{file}: {}", e.0));
+            assert!(!spec.name.is_empty() && spec.replicas > 0, "{file}");
+        }
+    }
+}
