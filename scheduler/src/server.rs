@@ -285,6 +285,19 @@ impl Scheduler {
                 tracing::warn!("a server task did not stop within 5s");
             }
         }
+        // openraft's storage tasks wind down after `shutdown` returns; wait (bounded) until the
+        // last handle on the redb files is gone, so the process does not exit in the middle of
+        // a database's final flush.
+        let closed = self.replica.storage_closed();
+        drop(self.replica);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !closed.is_closed() {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("storage still open 10s after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

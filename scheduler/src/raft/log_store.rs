@@ -15,10 +15,11 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -48,14 +49,47 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// How long to wait for another holder of a database file to let go before giving up. A
+/// scheduler restarted in the same process (tests) can race the previous instance's last
+/// destructor; a second process on the same data dir waits this long and then gets a clear error.
+const OPEN_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens (or creates) a redb file, waiting a bounded time if another handle still holds it.
+pub(crate) fn open_db(path: &Path) -> io::Result<Database> {
+    let deadline = Instant::now() + OPEN_LOCK_WAIT;
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another process (is another sov-scheduler running on this data dir?)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => return Err(io_err(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
 impl LogStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
-        let db = Database::create(dir.join("raft-log.redb")).map_err(io_err)?;
+        let db = open_db(&dir.join("raft-log.redb"))?;
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// A handle that tells when every clone of this store has been dropped (the file is closed).
+    pub fn closed_probe(&self) -> std::sync::Weak<Database> {
+        Arc::downgrade(&self.db)
     }
 
     /// Runs a blocking closure on tokio's blocking pool with a handle to the database.

@@ -181,6 +181,20 @@ pub struct Replica {
     /// Serializes membership changes on the leader: openraft refuses a change while another is
     /// uncommitted, so concurrent joins queue here instead of failing.
     membership_change: tokio::sync::Mutex<()>,
+    storage_closed: StorageClosed,
+}
+
+/// Tells when both redb files of a replica are closed, i.e. every task that used them is gone.
+#[derive(Clone)]
+pub struct StorageClosed {
+    log: std::sync::Weak<redb::Database>,
+    state: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+}
+
+impl StorageClosed {
+    pub fn is_closed(&self) -> bool {
+        self.log.strong_count() == 0 && self.state.strong_count() == 0
+    }
 }
 
 impl Replica {
@@ -196,6 +210,10 @@ impl Replica {
         std::fs::create_dir_all(data_dir)?;
         let log_store = LogStore::open(data_dir)?;
         let sm = StateMachineStore::open(data_dir)?;
+        let storage_closed = StorageClosed {
+            log: log_store.closed_probe(),
+            state: sm.closed_probe(),
+        };
         let peers = Arc::new(PeerClients::default());
         let network = NetworkFactory::new(peers.clone());
         let config = Arc::new(tuning.openraft_config()?);
@@ -208,6 +226,7 @@ impl Replica {
             peers,
             request_timeout: Duration::from_millis(tuning.request_timeout_ms),
             membership_change: tokio::sync::Mutex::new(()),
+            storage_closed,
         }))
     }
 
@@ -232,6 +251,11 @@ impl Replica {
         self.propose_local(Proposal::InitCluster { cluster_id })
             .await
             .map(|_| ())
+    }
+
+    /// Probe for [`StorageClosed::is_closed`]; hold it, drop the replica, then poll.
+    pub fn storage_closed(&self) -> StorageClosed {
+        self.storage_closed.clone()
     }
 
     pub fn metrics(&self) -> RaftMetrics {
@@ -306,8 +330,26 @@ impl Replica {
             .map(|_| ())
     }
 
-    /// Runs `request` here if this node is the leader, else forwards it to the leader.
+    /// Runs `request` here if this node is the leader, else forwards it to the leader. During
+    /// an election (no leader known) it waits, bounded by the request timeout, for one to emerge
+    /// rather than failing a client in the middle of a failover.
     async fn leader_call(&self, request: LeaderRequest) -> Result<LeaderReply, WriteError> {
+        let first = self.leader_call_once(request.clone()).await;
+        if !matches!(first, Err(WriteError::NotLeader { leader: None })) {
+            return first;
+        }
+        let elected = self
+            .raft
+            .wait(Some(self.request_timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+        match elected {
+            Ok(_) => self.leader_call_once(request).await,
+            Err(_) => first,
+        }
+    }
+
+    async fn leader_call_once(&self, request: LeaderRequest) -> Result<LeaderReply, WriteError> {
         match self.handle_leader_request(request.clone()).await {
             Err(WriteError::NotLeader {
                 leader: Some((leader_id, leader_node)),

@@ -58,7 +58,7 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 impl StateMachineStore {
     /// Opens the snapshot database and restores the state from the latest snapshot, if any.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        let db = Database::create(dir.join("raft-state.redb")).map_err(io_err)?;
+        let db = super::log_store::open_db(&dir.join("raft-state.redb"))?;
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(SNAPSHOT).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
@@ -77,6 +77,12 @@ impl StateMachineStore {
                 db,
             }),
         })
+    }
+
+    /// A handle that tells when every clone of this store has been dropped (the file is closed).
+    pub fn closed_probe(&self) -> std::sync::Weak<dyn std::any::Any + Send + Sync> {
+        let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
     }
 
     /// Read access to the applied state. Hold the guard only for a synchronous read.

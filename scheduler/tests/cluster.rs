@@ -1,0 +1,563 @@
+//! Layer 2 of the test plan: several schedulers in one process, each with its own real redb files
+//! in a temp dir and its own real gRPC ports on loopback. Covers replication to every node,
+//! leader failover without losing acknowledged writes, catch-up of a restarted node, snapshot
+//! installation on a node that fell behind past a purge, and rejection of bad input.
+//!
+//! Deadlines in here bound how long a test waits for the cluster to converge; they are generous
+//! on purpose and are not speed assertions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sov_proto::v1 as pb;
+use sov_proto::v1::cluster_service_client::ClusterServiceClient;
+use sov_proto::v1::deployment_service_client::DeploymentServiceClient;
+use sov_scheduler::config::Config;
+use sov_scheduler::raft::RaftTuning;
+use sov_scheduler::server::{self, Listeners, Scheduler};
+use sov_scheduler::state;
+use tokio::net::TcpListener;
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+struct Node {
+    id: u64,
+    config: Config,
+    running: Option<Scheduler>,
+}
+
+impl Node {
+    fn api(&self) -> SocketAddr {
+        self.config.api_listen
+    }
+
+    fn sched(&self) -> &Scheduler {
+        self.running.as_ref().expect("node is running")
+    }
+
+    async fn start(&mut self) {
+        let listeners = Listeners {
+            api: TcpListener::bind(self.config.api_listen).await.unwrap(),
+            raft: TcpListener::bind(self.config.raft_listen).await.unwrap(),
+            http: TcpListener::bind(self.config.http_listen).await.unwrap(),
+        };
+        self.running = Some(server::start(&self.config, listeners).await.unwrap());
+    }
+
+    async fn stop(&mut self) {
+        if let Some(s) = self.running.take() {
+            s.shutdown().await;
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        self.sched()
+            .replica
+            .metrics()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    fn state_bytes(&self) -> Vec<u8> {
+        state::encode(&self.sched().replica.sm.read().state)
+    }
+}
+
+async fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: u64, tuning: RaftTuning) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let config = Config {
+                node_id: id,
+                data_dir: dir.path().join(format!("node-{id}")),
+                api_listen: free_addr().await,
+                raft_listen: free_addr().await,
+                http_listen: free_addr().await,
+                bootstrap: id == 1,
+                join: None,
+                raft: tuning.clone(),
+                ..Config::default()
+            };
+            nodes.push(Node {
+                id,
+                config,
+                running: None,
+            });
+        }
+        let first = nodes[0].api().to_string();
+        for node in nodes.iter_mut().skip(1) {
+            node.config.join = Some(first.clone());
+        }
+        for node in &mut nodes {
+            node.start().await;
+        }
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_for_voters(n as usize).await;
+        cluster
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.running.is_some())
+    }
+
+    /// The leader agreed on by every running node, once there is one.
+    async fn wait_for_leader(&self, deadline: Duration) -> u64 {
+        let start = Instant::now();
+        loop {
+            let views: Vec<Option<u64>> = self
+                .running()
+                .map(|n| n.sched().replica.metrics().current_leader)
+                .collect();
+            if let Some(Some(leader)) = views.first()
+                && views.iter().all(|v| *v == Some(*leader))
+                && self
+                    .running()
+                    .any(|n| n.id == *leader && n.sched().replica.is_leader())
+            {
+                return *leader;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "no agreed leader within {deadline:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for_voters(&self, voters: usize) {
+        let start = Instant::now();
+        loop {
+            let leader = self.wait_for_leader(CONVERGE).await;
+            let m = self.node(leader).sched().replica.metrics();
+            let have = m.membership_config.membership().voter_ids().count();
+            let has_id = !self
+                .node(leader)
+                .sched()
+                .replica
+                .sm
+                .read()
+                .state
+                .cluster
+                .cluster_id
+                .is_empty();
+            if have == voters && has_id {
+                return;
+            }
+            assert!(
+                start.elapsed() < CONVERGE,
+                "only {have} of {voters} voters after {CONVERGE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    async fn wait_applied(&self, index: u64) {
+        let start = Instant::now();
+        while self.running().any(|n| n.applied() < index) {
+            let applied: Vec<(u64, u64)> = self.running().map(|n| (n.id, n.applied())).collect();
+            assert!(
+                start.elapsed() < CONVERGE,
+                "not all nodes applied {index}: {applied:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn spec(name: &str, replicas: u32) -> pb::DeploymentSpec {
+    pb::DeploymentSpec {
+        name: name.into(),
+        model: "tiny".into(),
+        replicas,
+        ..Default::default()
+    }
+}
+
+async fn deploy_client(addr: SocketAddr) -> DeploymentServiceClient<tonic::transport::Channel> {
+    DeploymentServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Applies a deployment like a real client would: UNAVAILABLE (leadership moving on a loaded
+/// machine) is retried a bounded number of times; applying the same spec twice is a no-op.
+async fn apply(
+    addr: SocketAddr,
+    name: &str,
+    replicas: u32,
+) -> Result<pb::ApplyDeploymentResponse, tonic::Status> {
+    let request = pb::ApplyDeploymentRequest {
+        spec: Some(spec(name, replicas)),
+        expected_generation: 0,
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match deploy_client(addr).await.apply(request.clone()).await {
+            Err(status) if status.code() == tonic::Code::Unavailable && attempts < 5 => {
+                eprintln!("retrying {name} after: {}", status.message());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => return result.map(|r| r.into_inner()),
+        }
+    }
+}
+
+async fn get(
+    addr: SocketAddr,
+    name: &str,
+    consistency: pb::ReadConsistency,
+) -> Result<pb::Deployment, tonic::Status> {
+    let request = pb::GetDeploymentRequest {
+        name: name.into(),
+        consistency: consistency as i32,
+    };
+    deploy_client(addr)
+        .await
+        .get(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_a_follower_is_readable_on_every_node() {
+    let cluster = Cluster::start(3, RaftTuning::default()).await;
+    let leader = cluster.wait_for_leader(CONVERGE).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
+
+    let resp = apply(follower.api(), "via-follower", 2)
+        .await
+        .expect("forwarded write");
+    assert!(resp.created);
+    let revision = resp.deployment.unwrap().revision;
+
+    for node in &cluster.nodes {
+        // Linearizable read on each node, follower reads included: no waiting needed.
+        let d = get(
+            node.api(),
+            "via-follower",
+            pb::ReadConsistency::Linearizable,
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.revision, revision, "node {}", node.id);
+    }
+    // I3: replicas at the same applied index hold byte-identical state.
+    cluster.wait_applied(revision).await;
+    let bytes: Vec<Vec<u8>> = cluster.nodes.iter().map(Node::state_bytes).collect();
+    assert!(
+        bytes.windows(2).all(|w| w[0] == w[1]),
+        "replica states differ"
+    );
+
+    let status = ClusterServiceClient::connect(format!("http://{}", follower.api()))
+        .await
+        .unwrap()
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.leader_id, leader);
+    assert_eq!(status.members.len(), 3);
+    assert!(status.cluster_id.starts_with("sov-"));
+    for mut node in cluster.nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_loss_elects_a_new_leader_and_keeps_acknowledged_writes_and_the_old_leader_catches_up()
+ {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    let old_leader = cluster.wait_for_leader(CONVERGE).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let name = format!("before-{i}");
+        apply(cluster.node(old_leader).api(), &name, 1)
+            .await
+            .unwrap();
+        acknowledged.push(name);
+    }
+
+    cluster.node_mut(old_leader).stop().await;
+    let stopped_at = Instant::now();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    eprintln!(
+        "new leader {new_leader} elected {:?} after stopping leader {old_leader}",
+        stopped_at.elapsed()
+    );
+    assert_ne!(new_leader, old_leader);
+
+    let survivor = cluster.running().next().unwrap().api();
+    for i in 0..10 {
+        let name = format!("after-{i}");
+        apply(survivor, &name, 1).await.unwrap();
+        acknowledged.push(name);
+    }
+    for name in &acknowledged {
+        get(survivor, name, pb::ReadConsistency::Linearizable)
+            .await
+            .unwrap_or_else(|e| panic!("{name} lost: {e}"));
+    }
+
+    cluster.node_mut(old_leader).start().await;
+    let commit = cluster
+        .node(new_leader)
+        .sched()
+        .replica
+        .metrics()
+        .local_committed
+        .unwrap()
+        .index;
+    cluster.wait_applied(commit).await;
+    let rejoined = cluster.node(old_leader);
+    for name in &acknowledged {
+        get(rejoined.api(), name, pb::ReadConsistency::Stale)
+            .await
+            .unwrap_or_else(|e| panic!("{name} missing: {e}"));
+    }
+    assert_eq!(
+        rejoined.state_bytes(),
+        cluster.node(new_leader).state_bytes()
+    );
+    for mut node in cluster.nodes {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_the_purged_log_is_sent_a_snapshot() {
+    let tuning = RaftTuning {
+        snapshot_logs_since_last: 20,
+        max_in_snapshot_log_to_keep: 0,
+        ..RaftTuning::default()
+    };
+    let mut cluster = Cluster::start(3, tuning).await;
+    let leader = cluster.wait_for_leader(CONVERGE).await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+    cluster.node_mut(lagging).stop().await;
+    let lagging_last = {
+        // The stopped node's log ends where it was stopped; everything after must come from
+        // the leader.
+        let dir = cluster.node(lagging).config.data_dir.clone();
+        dir_size_hint(&dir)
+    };
+    let addr = cluster.node(leader).api();
+    for i in 0..80 {
+        apply(addr, &format!("snap-{}", i % 10), i + 1)
+            .await
+            .unwrap();
+    }
+    let m = cluster.node(leader).sched().replica.metrics();
+    let purged = m.purged.map_or(0, |l| l.index);
+    assert!(
+        purged > 40,
+        "the leader should have purged its log behind a snapshot (purged {purged})"
+    );
+
+    cluster.node_mut(lagging).start().await;
+    let commit = cluster
+        .node(leader)
+        .sched()
+        .replica
+        .metrics()
+        .local_committed
+        .unwrap()
+        .index;
+    cluster.wait_applied(commit).await;
+    let m = cluster.node(lagging).sched().replica.metrics();
+    let snapshot = m.snapshot.map_or(0, |l| l.index);
+    assert!(
+        snapshot >= purged,
+        "lagging node should hold a snapshot at or past {purged}, has {snapshot} ({lagging_last} bytes before)"
+    );
+    assert_eq!(
+        cluster.node(lagging).state_bytes(),
+        cluster.node(leader).state_bytes()
+    );
+    for mut node in cluster.nodes {
+        node.stop().await;
+    }
+}
+
+fn dir_size_hint(dir: &PathBuf) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_requests_get_invalid_argument_and_write_nothing() {
+    let cluster = Cluster::start(1, RaftTuning::default()).await;
+    let node = cluster.node(1);
+    let before = node.sched().replica.metrics().last_log_index;
+
+    let cases: Vec<(pb::ApplyDeploymentRequest, &str)> = vec![
+        (
+            pb::ApplyDeploymentRequest {
+                spec: None,
+                expected_generation: 0,
+            },
+            "spec: is required",
+        ),
+        (
+            pb::ApplyDeploymentRequest {
+                spec: Some(spec("Bad_Name", 1)),
+                expected_generation: 0,
+            },
+            "spec.name:",
+        ),
+        (
+            pb::ApplyDeploymentRequest {
+                spec: Some(spec("ok", 5000)),
+                expected_generation: 0,
+            },
+            "spec.replicas: is 5000; the limit is 1000",
+        ),
+        (
+            pb::ApplyDeploymentRequest {
+                spec: Some(pb::DeploymentSpec {
+                    env: [("PORT".to_string(), "1".to_string())].into(),
+                    ..spec("ok", 1)
+                }),
+                expected_generation: 0,
+            },
+            "spec.env.PORT:",
+        ),
+    ];
+    let mut client = deploy_client(node.api()).await;
+    for (request, expected) in cases {
+        let status = client.apply(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().starts_with(expected),
+            "{:?} should start with {expected:?}",
+            status.message()
+        );
+    }
+    let status = client
+        .delete(pb::DeleteDeploymentRequest {
+            name: "../etc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = client
+        .list(pb::ListDeploymentsRequest {
+            consistency: 0,
+            limit: 5000,
+            after: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let mut cluster_client = ClusterServiceClient::connect(format!("http://{}", node.api()))
+        .await
+        .unwrap();
+    let status = cluster_client
+        .join(pb::JoinRequest {
+            id: 9,
+            raft_addr: "nowhere".into(),
+            api_addr: "127.0.0.1:1".into(),
+            learner_only: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = cluster_client
+        .remove(pb::RemoveRequest { id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "removing the last voter: {}",
+        status.message()
+    );
+
+    assert_eq!(
+        node.sched().replica.metrics().last_log_index,
+        before,
+        "bad input must not reach the log"
+    );
+    assert!(node.sched().replica.sm.read().state.deployments.is_empty());
+
+    // Deterministic rejections at apply time are reported precisely too.
+    let status = client
+        .delete(pb::DeleteDeploymentRequest {
+            name: "absent".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    apply(node.api(), "cas", 1).await.unwrap();
+    let status = client
+        .apply(pb::ApplyDeploymentRequest {
+            spec: Some(spec("cas", 2)),
+            expected_generation: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        status.message()
+    );
+    let mut cluster = cluster;
+    cluster.node_mut(1).stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_single_node_comes_back_with_its_state() {
+    let mut cluster = Cluster::start(1, RaftTuning::default()).await;
+    let addr = cluster.node(1).api();
+    for i in 0..5 {
+        apply(addr, &format!("keep-{i}"), 1).await.unwrap();
+    }
+    let before = cluster.node(1).state_bytes();
+    cluster.node_mut(1).stop().await;
+    cluster.node_mut(1).start().await;
+    cluster.wait_for_leader(CONVERGE).await;
+    get(addr, "keep-4", pb::ReadConsistency::Linearizable)
+        .await
+        .unwrap();
+    let after = cluster.node(1).state_bytes();
+    assert_eq!(before, after);
+    cluster.node_mut(1).stop().await;
+}
