@@ -14,6 +14,8 @@ pub mod log_store;
 pub mod network;
 pub mod peer_service;
 pub mod state_machine;
+#[cfg(test)]
+mod storage_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -35,7 +37,7 @@ use state_machine::StateMachineStore;
 
 /// Where a scheduler can be reached. Stored in the Raft membership, so every replica knows every
 /// peer's addresses and can point clients at the leader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SovNode {
     /// host:port of the Raft peer service.
     pub raft_addr: String,
