@@ -232,6 +232,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/scheduler.example.toml");
+        let c = load_file(&path).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.api_advertise().unwrap(), "sched-1.example.eu:7400");
+    }
+
+    #[test]
     fn bad_settings_are_explained() {
         let mut c = Config {
             node_id: 0,
