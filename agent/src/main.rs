@@ -16,6 +16,8 @@ struct Cli {}
 
 fn main() {
     Cli::parse();
-    eprintln!("error: sov-agent is not implemented yet (issue #3); schedulers run without agents for now");
+    eprintln!(
+        "error: sov-agent is not implemented yet (issue #3); schedulers run without agents for now"
+    );
     std::process::exit(2);
 }

@@ -135,9 +135,22 @@ pub fn classify(failure: &Failure, retry_timeouts: bool) -> Action {
                 leader_hint(status).map_or(Action::RetryNextEndpoint, Action::RetryAtLeader)
             }
             Code::DeadlineExceeded if retry_timeouts => Action::RetryNextEndpoint,
+            // The connection broke mid-call (e.g. the scheduler was killed): the server never
+            // answered, so try elsewhere. A write may already have been applied; every sovctl
+            // write is idempotent (apply by name, delete), so repeating it is safe.
+            Code::Unknown | Code::Cancelled if is_broken_transport(status) => {
+                Action::RetryNextEndpoint
+            }
             _ => Action::GiveUp,
         },
     }
+}
+
+/// Whether a status is tonic's report of a connection that failed during the call, rather than
+/// an answer from the server.
+fn is_broken_transport(status: &Status) -> bool {
+    let message = status.message();
+    message.contains("transport error") || message.contains("connection")
 }
 
 /// The leader address a node attached to an UNAVAILABLE answer, if it is a usable one.
@@ -167,6 +180,9 @@ pub struct Route {
     /// List endpoints that refused a connection since they last answered. When every one has,
     /// nothing is listening on any of them and waiting longer will not change that.
     unreachable: Vec<bool>,
+    /// Every address (listed or hinted) that refused a connection since it last answered;
+    /// bounded by the attempt budget.
+    refused: Vec<String>,
 }
 
 impl Route {
@@ -175,6 +191,7 @@ impl Route {
         Route {
             target: endpoints[0].clone(),
             unreachable: vec![false; endpoints.len()],
+            refused: Vec::new(),
             endpoints,
             list_pos: 0,
             attempts: 0,
@@ -206,11 +223,13 @@ impl Route {
             _ if self.attempts >= ATTEMPTS_MAX || (refused && self.all_unreachable()) => {
                 return None;
             }
-            Action::RetryAtLeader(leader) => {
+            // Right after a leader dies, followers still name it for a moment: do not bounce
+            // back to an address that just refused us; go on along the list instead.
+            Action::RetryAtLeader(leader) if !self.refused.contains(&leader) => {
                 self.target = leader;
                 "leader moved".to_owned()
             }
-            Action::RetryNextEndpoint => {
+            Action::RetryAtLeader(_) | Action::RetryNextEndpoint => {
                 let reason = describe_for_retry(failure, &self.target);
                 self.list_pos = (self.list_pos + 1) % self.endpoints.len();
                 self.target = self.endpoints[self.list_pos].clone();
@@ -256,6 +275,13 @@ impl Route {
     fn mark_target(&mut self, unreachable: bool) {
         if let Some(i) = self.endpoints.iter().position(|e| *e == self.target) {
             self.unreachable[i] = unreachable;
+        }
+        if unreachable {
+            if !self.refused.contains(&self.target) {
+                self.refused.push(self.target.clone());
+            }
+        } else {
+            self.refused.retain(|t| *t != self.target);
         }
     }
 
@@ -600,6 +626,32 @@ mod tests {
             "http://10.0.0.9:7400: unavailable: stepping down"
         );
         assert_eq!(retry.backoff, Duration::from_millis(400));
+    }
+
+    #[test]
+    fn a_hint_naming_an_address_that_just_refused_us_is_not_followed() {
+        let mut r = Route::new(list(3));
+        r.begin_attempt();
+        let refused = Failure::Connect {
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            r.after_failure(&refused, true).unwrap().target,
+            "http://10.0.0.2:7400"
+        );
+        r.begin_attempt();
+        // The follower still names the dead first endpoint as leader.
+        let stale_hint = Failure::Status(unavailable_with_hint("10.0.0.1:7400"));
+        let retry = r.after_failure(&stale_hint, true).unwrap();
+        assert_eq!(retry.target, "http://10.0.0.3:7400");
+    }
+
+    #[test]
+    fn a_connection_broken_mid_call_is_retried_elsewhere() {
+        let broken = Failure::Status(Status::unknown("transport error"));
+        assert_eq!(classify(&broken, true), Action::RetryNextEndpoint);
+        let server_said_unknown = Failure::Status(Status::unknown("boom"));
+        assert_eq!(classify(&server_said_unknown, true), Action::GiveUp);
     }
 
     #[test]

@@ -561,3 +561,201 @@ async fn a_restarted_single_node_comes_back_with_its_state() {
     assert_eq!(before, after);
     cluster.node_mut(1).stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_can_be_removed_added_as_learners_and_promoted() {
+    let mut cluster = Cluster::start(3, RaftTuning::default()).await;
+    let leader = cluster.wait_for_leader(CONVERGE).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap().api();
+    let mut client = ClusterServiceClient::connect(format!("http://{follower}"))
+        .await
+        .unwrap();
+    let victim = if leader == 3 { 2 } else { 3 };
+
+    // Removal through a follower is forwarded to the leader.
+    let members = client
+        .remove(pb::RemoveRequest { id: victim })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 2, "{members:?}");
+    cluster.node_mut(victim).stop().await;
+    apply(follower, "after-removal", 1)
+        .await
+        .expect("two voters still form a majority");
+
+    // A new, empty scheduler is added as a learner first, then promoted.
+    let dir = tempfile::tempdir().unwrap();
+    let mut newcomer = Node {
+        id: 4,
+        config: Config {
+            node_id: 4,
+            data_dir: dir.path().join("node-4"),
+            api_listen: free_addr().await,
+            raft_listen: free_addr().await,
+            http_listen: free_addr().await,
+            ..Config::default()
+        },
+        running: None,
+    };
+    newcomer.start().await;
+    let join = |learner_only| pb::JoinRequest {
+        id: 4,
+        raft_addr: newcomer.config.raft_listen.to_string(),
+        api_addr: newcomer.config.api_listen.to_string(),
+        learner_only,
+    };
+    let members = client.join(join(true)).await.unwrap().into_inner().members;
+    let four = members
+        .iter()
+        .find(|m| m.id == 4)
+        .expect("node 4 is a member");
+    assert!(!four.voter, "learner_only keeps it a learner");
+    get(
+        newcomer.api(),
+        "after-removal",
+        pb::ReadConsistency::Linearizable,
+    )
+    .await
+    .expect("a learner serves linearizable reads");
+
+    let members = client.join(join(false)).await.unwrap().into_inner().members;
+    assert!(
+        members.iter().find(|m| m.id == 4).unwrap().voter,
+        "promoted to voter: {members:?}"
+    );
+    assert_eq!(members.iter().filter(|m| m.voter).count(), 3);
+
+    // The same id with different addresses is refused rather than silently re-pointed.
+    let mut clash = join(false);
+    clash.raft_addr = "127.0.0.1:1".into();
+    let status = client.join(clash).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("already a member"),
+        "{}",
+        status.message()
+    );
+
+    newcomer.stop().await;
+    for mut node in cluster.nodes {
+        node.stop().await;
+    }
+}
+
+/// Plain HTTP/1.0 GET on loopback, so the test needs no HTTP client crate.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_reflection_and_http_endpoints_answer() {
+    let mut cluster = Cluster::start(1, RaftTuning::default()).await;
+    let node = cluster.node(1);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.api()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "sov.v1.ClusterService", "sov.v1.DeploymentService"] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "sov.v1.ClusterService",
+        "sov.v1.DeploymentService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    let http = node.sched().http_addr;
+    assert_eq!(http_get(http, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(
+        http_get(http, "/readyz").await,
+        (200, "ready\n".to_string())
+    );
+    let (code, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "sov_raft_is_leader 1",
+        "sov_raft_voters 1",
+        "sov_raft_apply_lag 0",
+        "sov_ready 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing from:\n{metrics}"
+        );
+    }
+    for gauge in [
+        "sov_raft_term",
+        "sov_raft_leader_id",
+        "sov_raft_commit_index",
+        "sov_raft_applied_index",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {gauge} gauge")),
+            "{gauge} missing"
+        );
+    }
+    cluster.node_mut(1).stop().await;
+}

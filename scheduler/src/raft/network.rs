@@ -35,10 +35,16 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One lazily connected channel per peer address, created on first use and reused forever.
+/// Longest pause before re-opening a replication stream to a peer that keeps failing.
+const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const REDIAL_BACKOFF_FIRST: Duration = Duration::from_millis(20);
+
+/// One lazily connected channel per peer address, created on first use and reused forever, and
+/// per address the count of consecutive failed attempts to open a replication stream.
 #[derive(Default)]
 pub struct PeerClients {
     channels: Mutex<HashMap<String, Channel>>,
+    stream_failures: Mutex<HashMap<String, u32>>,
 }
 
 impl PeerClients {
@@ -60,6 +66,35 @@ impl PeerClients {
         Ok(RaftPeerClient::new(channel)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    }
+
+    /// How long to wait before opening another replication stream to `addr`. openraft re-opens
+    /// a failed stream at once, so without this a dead peer would be redialled in a tight loop
+    /// (a busy core and thousands of log lines a second); capped exponential backoff bounds it.
+    fn redial_delay(&self, addr: &str) -> Duration {
+        let failures = self
+            .stream_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match failures.get(addr) {
+            None | Some(0) => Duration::ZERO,
+            Some(n) => REDIAL_BACKOFF_FIRST
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(REDIAL_BACKOFF_MAX),
+        }
+    }
+
+    fn record_stream_result(&self, addr: &str, ok: bool) {
+        let mut failures = self
+            .stream_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failures.remove(addr);
+        } else {
+            let n = failures.entry(addr.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+        }
     }
 
     /// Number of cached channels (one per distinct peer address ever contacted).
@@ -121,6 +156,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             client: self.peers.client(&node.raft_addr).ok(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -131,6 +167,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     client: Option<RaftPeerClient<Channel>>,
+    peers: Arc<PeerClients>,
 }
 
 impl PeerConnection {
@@ -198,11 +235,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     {
         Box::pin(async move {
             let mut client = self.client()?;
+            let delay = self.peers.redial_delay(&self.addr);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let requests = input.map(|req| to_payload(&req));
-            let response = client
-                .stream_append(requests)
-                .await
-                .map_err(status_to_rpc)?;
+            let opened = client.stream_append(requests).await;
+            self.peers.record_stream_result(&self.addr, opened.is_ok());
+            let response = opened.map_err(status_to_rpc)?;
             let results = response.into_inner().map(|item| {
                 let payload = item.map_err(status_to_rpc)?;
                 from_payload::<StreamAppendResult<TypeConfig>>(&payload).map_err(decode_err)
@@ -295,4 +335,29 @@ pub async fn forward(
     let reply = client.forward(to_payload(request)).await?;
     from_payload(reply.get_ref())
         .map_err(|e| tonic::Status::internal(format!("bad reply from leader: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redial_backoff_grows_caps_and_resets() {
+        let peers = PeerClients::default();
+        let addr = "127.0.0.1:1";
+        assert_eq!(peers.redial_delay(addr), Duration::ZERO);
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            peers.record_stream_result(addr, false);
+            delays.push(peers.redial_delay(addr).as_millis());
+        }
+        assert_eq!(delays, [20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000]);
+        assert_eq!(
+            peers.redial_delay("127.0.0.1:2"),
+            Duration::ZERO,
+            "per address"
+        );
+        peers.record_stream_result(addr, true);
+        assert_eq!(peers.redial_delay(addr), Duration::ZERO);
+    }
 }
