@@ -202,7 +202,12 @@ async fn leader_duties(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
             tracing::debug!(error = %e, "cluster id not proposed yet");
         }
         tokio::select! {
-            _ = metrics.changed() => {}
+            changed = metrics.changed() => {
+                // The Raft core is gone (shut down or failed): nothing left to lead.
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = tick.tick() => {}
         }
     }
