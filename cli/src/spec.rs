@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use serde::Deserialize;
-use sov_proto::v1::{DeploymentSpec, Resources};
+use sov_proto::v1::{DeploymentSpec, ExportAttributes, Residency, Resources};
 
 use crate::UsageError;
 
@@ -28,6 +28,29 @@ struct SpecFile {
     env: BTreeMap<String, String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    export: ExportFile,
+    #[serde(default)]
+    residency: ResidencyFile,
+}
+
+/// Export-control attributes of the model; policy decides where such a model may run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ExportFile {
+    eccn: String,
+    weights_published: bool,
+    training_compute_log10: u32,
+    lineage: Vec<String>,
+}
+
+/// The deployment's own residency requirement, on top of the cluster's policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ResidencyFile {
+    allowed: Vec<String>,
+    min_location_trust: u32,
+    required_certifications: Vec<String>,
 }
 
 /// Per-replica resources; every key is optional and zero (or empty) means "no requirement".
@@ -58,6 +81,17 @@ impl From<SpecFile> for DeploymentSpec {
             command: file.command,
             env: file.env.into_iter().collect(),
             labels: file.labels.into_iter().collect(),
+            export: Some(ExportAttributes {
+                eccn: file.export.eccn,
+                weights_published: file.export.weights_published,
+                training_compute_log10: file.export.training_compute_log10,
+                lineage: file.export.lineage,
+            }),
+            residency: Some(Residency {
+                allowed: file.residency.allowed,
+                min_location_trust: file.residency.min_location_trust,
+                required_certifications: file.residency.required_certifications,
+            }),
         }
     }
 }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{invalid, read_barrier, rejection_status, write_error_status};
 use crate::raft::Replica;
-use crate::state::{self, DeploymentSpec, Outcome, Proposal, Resources};
+use crate::state::{self, DeploymentSpec, ExportAttrs, Outcome, Proposal, Residency, Resources};
 
 /// Page size when the client asks for none, and the most it may ask for.
 pub const LIST_LIMIT_DEFAULT: u32 = 100;
@@ -39,6 +39,8 @@ impl DeploymentApi {
 
 pub fn spec_from_pb(spec: pb::DeploymentSpec) -> DeploymentSpec {
     let r = spec.resources.unwrap_or_default();
+    let export = spec.export.unwrap_or_default();
+    let residency = spec.residency.unwrap_or_default();
     DeploymentSpec {
         name: spec.name,
         model: spec.model,
@@ -53,6 +55,22 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> DeploymentSpec {
         command: spec.command,
         env: spec.env.into_iter().collect(),
         labels: spec.labels.into_iter().collect(),
+        export: ExportAttrs {
+            eccn: if export.eccn.is_empty() {
+                ExportAttrs::default().eccn
+            } else {
+                export.eccn
+            },
+            weights_published: export.weights_published,
+            training_compute_log10: export.training_compute_log10,
+            lineage: export.lineage,
+        },
+        residency: Residency {
+            allowed: residency.allowed,
+            // Out-of-range values are kept so validation can name them instead of clamping.
+            min_location_trust: u8::try_from(residency.min_location_trust).unwrap_or(u8::MAX),
+            required_certifications: residency.required_certifications,
+        },
     }
 }
 
@@ -74,6 +92,17 @@ pub fn deployment_to_pb(d: &state::Deployment) -> pb::Deployment {
             command: s.command.clone(),
             env: s.env.clone().into_iter().collect(),
             labels: s.labels.clone().into_iter().collect(),
+            export: Some(pb::ExportAttributes {
+                eccn: s.export.eccn.clone(),
+                weights_published: s.export.weights_published,
+                training_compute_log10: s.export.training_compute_log10,
+                lineage: s.export.lineage.clone(),
+            }),
+            residency: Some(pb::Residency {
+                allowed: s.residency.allowed.clone(),
+                min_location_trust: u32::from(s.residency.min_location_trust),
+                required_certifications: s.residency.required_certifications.clone(),
+            }),
         }),
         generation: d.generation,
         created_at_ms: d.created_at_ms,

@@ -12,6 +12,8 @@
 //! replica calls [`apply`], which re-validates (a command that slipped through is rejected the
 //! same way everywhere, never half-applied) and returns an [`Outcome`] for the caller.
 
+pub mod iso3166;
+pub mod node;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,7 +22,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use validate::{
-    MAX_DEPLOYMENTS, ValidationError, validate_deployment_name, validate_proposal, validate_spec,
+    MAX_DEPLOYMENTS, ValidationError, is_certification_name, is_date, is_group_name,
+    validate_deployment_name, validate_node, validate_proposal, validate_spec,
 };
 
 /// Resources one replica of a deployment needs.
@@ -36,8 +39,46 @@ pub struct Resources {
     pub memory_mib: u64,
 }
 
-/// What an ML engineer submits. Later issues add export attributes, residency and health checks.
+/// Export-control attributes of the model a deployment serves. Placement policy reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExportAttrs {
+    /// Export Control Classification Number, e.g. "4E091"; "EAR99" when not controlled.
+    pub eccn: String,
+    pub weights_published: bool,
+    /// Training compute as a power of ten in FLOP (26 means 1e26); 0 when unknown.
+    pub training_compute_log10: u32,
+    /// Names of the models this one derives from, for lineage rules.
+    pub lineage: Vec<String>,
+}
+
+impl Default for ExportAttrs {
+    fn default() -> Self {
+        Self {
+            eccn: "EAR99".into(),
+            weights_published: false,
+            training_compute_log10: 0,
+            lineage: Vec::new(),
+        }
+    }
+}
+
+/// Where a deployment may run, as its owner requires. Placement policy reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Residency {
+    /// Countries (ISO 3166-1 alpha-2, e.g. "FR") and jurisdiction groups of the policy bundle
+    /// (e.g. "EU27"); empty means no requirement of the deployment's own.
+    pub allowed: Vec<String>,
+    /// Minimum trust in the node's location facts (see [`node::LocationTrust`]); 0 = any.
+    pub min_location_trust: u8,
+    /// Certifications the node must hold, in force (e.g. "secnumcloud").
+    pub required_certifications: Vec<String>,
+}
+
+/// What an ML engineer submits. Later issues add health checks and disconnect rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DeploymentSpec {
     pub name: String,
     pub model: String,
@@ -46,6 +87,8 @@ pub struct DeploymentSpec {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    pub export: ExportAttrs,
+    pub residency: Residency,
 }
 
 /// A deployment as stored: the spec plus bookkeeping stamped at apply time.

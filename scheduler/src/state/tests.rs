@@ -306,3 +306,114 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn export_and_residency_are_validated() {
+    let mut s = spec("a");
+    s.export.eccn = "4e091".into();
+    assert_eq!(validate_spec(&s).unwrap_err().field, "spec.export.eccn");
+
+    let mut s = spec("a");
+    s.residency.allowed = vec!["FR".into(), "EU27".into(), "GDPR-adequate".into()];
+    s.residency.required_certifications = vec!["secnumcloud".into()];
+    s.residency.min_location_trust = 2;
+    validate_spec(&s).unwrap();
+
+    s.residency.allowed = vec!["UK".into()];
+    let e = validate_spec(&s).unwrap_err();
+    assert_eq!(e.field, "spec.residency.allowed[0]");
+    assert!(e.message.contains("\"GB\""), "{e}");
+
+    s.residency.allowed = vec!["EU 27".into()];
+    assert_eq!(
+        validate_spec(&s).unwrap_err().field,
+        "spec.residency.allowed[0]"
+    );
+    s.residency.allowed.clear();
+    s.residency.min_location_trust = 4;
+    assert_eq!(
+        validate_spec(&s).unwrap_err().field,
+        "spec.residency.min_location_trust"
+    );
+}
+
+#[test]
+fn nodes_are_validated_with_the_field_named() {
+    use super::node::{Gpu, Inventory, NodeFacts};
+    let facts = NodeFacts {
+        country: "FR".into(),
+        subdivision: "FR-IDF".into(),
+        operator: "Exemple SAS".into(),
+        operator_hq: "FR".into(),
+        ultimate_parent_hq: "FR".into(),
+        certifications: [("secnumcloud".to_string(), "2027-06-30".to_string())].into(),
+        ..Default::default()
+    };
+    let gpu = |uuid: &str| Gpu {
+        uuid: uuid.into(),
+        model: "NVIDIA H100".into(),
+        memory_mib: 81_559,
+        ..Default::default()
+    };
+    let inventory = Inventory {
+        cpu_millis: 64_000,
+        memory_mib: 512_000,
+        gpus: vec![gpu("GPU-1"), gpu("GPU-2")],
+    };
+    validate_node("gpu-fr-1", &facts, &inventory).unwrap();
+
+    let field = |facts: &NodeFacts, inventory: &Inventory| {
+        validate_node("gpu-fr-1", facts, inventory)
+            .unwrap_err()
+            .field
+    };
+    assert_eq!(
+        field(
+            &NodeFacts {
+                country: "FRA".into(),
+                ..facts.clone()
+            },
+            &inventory
+        ),
+        "facts.country"
+    );
+    assert_eq!(
+        field(
+            &NodeFacts {
+                subdivision: "DE-BY".into(),
+                ..facts.clone()
+            },
+            &inventory
+        ),
+        "facts.subdivision"
+    );
+    assert_eq!(
+        field(
+            &NodeFacts {
+                ultimate_parent_hq: "USA".into(),
+                ..facts.clone()
+            },
+            &inventory
+        ),
+        "facts.ultimate_parent_hq"
+    );
+    let bad_date = NodeFacts {
+        certifications: [("c5-type2".to_string(), "2027-02-30".to_string())].into(),
+        ..facts.clone()
+    };
+    assert_eq!(
+        field(&bad_date, &inventory),
+        "facts.certifications.c5-type2"
+    );
+    let dup = Inventory {
+        gpus: vec![gpu("GPU-1"), gpu("GPU-1")],
+        ..inventory.clone()
+    };
+    assert_eq!(field(&facts, &dup), "inventory.gpus[1].uuid");
+    assert!(
+        is_date("2028-02-29")
+            && !is_date("2027-02-29")
+            && !is_date("2027-13-01")
+            && !is_date("27-01-01")
+    );
+}

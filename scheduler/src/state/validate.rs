@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeploymentSpec, Proposal};
+use super::iso3166;
+use super::node::{Inventory, LocationTrust, NodeFacts};
+use super::{DeploymentSpec, ExportAttrs, Proposal, Residency};
 
 pub const MAX_DEPLOYMENTS: usize = 10_000;
 pub const NAME_LEN_MAX: usize = 63;
@@ -26,6 +28,13 @@ pub const LABELS_MAX: usize = 64;
 pub const LABEL_KEY_LEN_MAX: usize = 63;
 pub const LABEL_VALUE_LEN_MAX: usize = 256;
 pub const CLUSTER_ID_LEN_MAX: usize = 64;
+pub const ECCN_LEN_MAX: usize = 16;
+pub const TRAINING_COMPUTE_LOG10_MAX: u32 = 40;
+pub const LINEAGE_MAX: usize = 32;
+pub const RESIDENCY_ENTRIES_MAX: usize = 64;
+pub const GROUP_NAME_LEN_MAX: usize = 64;
+pub const CERTIFICATIONS_MAX: usize = 32;
+pub const CERTIFICATION_LEN_MAX: usize = 64;
 
 /// Environment variables the agent sets itself for every model server; a spec may not set them.
 const RESERVED_ENV: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "PORT"];
@@ -185,6 +194,9 @@ pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
         check_max(&format!("{field} length"), value.len(), ENV_VALUE_LEN_MAX)?;
     }
 
+    validate_export(&spec.export)?;
+    validate_residency(&spec.residency)?;
+
     check_max("spec.labels entries", spec.labels.len(), LABELS_MAX)?;
     for (key, value) in &spec.labels {
         let field = format!("spec.labels.{key}");
@@ -202,6 +214,216 @@ pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
             ));
         }
         validate_text(&field, value, LABEL_VALUE_LEN_MAX)?;
+    }
+    Ok(())
+}
+
+fn validate_export(export: &ExportAttrs) -> Result<(), ValidationError> {
+    let eccn_ok = !export.eccn.is_empty()
+        && export.eccn.len() <= ECCN_LEN_MAX
+        && export
+            .eccn
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if !eccn_ok {
+        return Err(invalid(
+            "spec.export.eccn",
+            format!(
+                "{:?} is not an export classification: upper-case letters and digits, e.g. \"4E091\" or \"EAR99\"",
+                export.eccn
+            ),
+        ));
+    }
+    check_max(
+        "spec.export.training_compute_log10",
+        export.training_compute_log10,
+        TRAINING_COMPUTE_LOG10_MAX,
+    )?;
+    check_max(
+        "spec.export.lineage entries",
+        export.lineage.len(),
+        LINEAGE_MAX,
+    )?;
+    for (i, model) in export.lineage.iter().enumerate() {
+        validate_text(&format!("spec.export.lineage[{i}]"), model, MODEL_LEN_MAX)?;
+    }
+    Ok(())
+}
+
+/// A jurisdiction group name as policy bundles define them (e.g. "EU27", "GDPR-adequate").
+pub fn is_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= GROUP_NAME_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+}
+
+/// Certification names are lower-case identifiers, e.g. "secnumcloud", "c5-type2".
+pub fn is_certification_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= CERTIFICATION_LEN_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn validate_residency(residency: &Residency) -> Result<(), ValidationError> {
+    check_max(
+        "spec.residency.allowed entries",
+        residency.allowed.len(),
+        RESIDENCY_ENTRIES_MAX,
+    )?;
+    for (i, place) in residency.allowed.iter().enumerate() {
+        let looks_like_country = place.len() == 2 && place.bytes().all(|b| b.is_ascii_alphabetic());
+        if looks_like_country && !iso3166::is_country(place) {
+            return Err(invalid(
+                format!("spec.residency.allowed[{i}]"),
+                format!(
+                    "{place:?} is not an ISO 3166-1 alpha-2 country code (upper case, e.g. \"FR\"; the United Kingdom is \"GB\")"
+                ),
+            ));
+        }
+        if !looks_like_country && !is_group_name(place) {
+            return Err(invalid(
+                format!("spec.residency.allowed[{i}]"),
+                format!(
+                    "{place:?} is neither a country code nor a jurisdiction group name (e.g. \"EU27\")"
+                ),
+            ));
+        }
+    }
+    check_max(
+        "spec.residency.min_location_trust",
+        residency.min_location_trust,
+        LocationTrust::HardwareAttested.level(),
+    )?;
+    check_max(
+        "spec.residency.required_certifications entries",
+        residency.required_certifications.len(),
+        CERTIFICATIONS_MAX,
+    )?;
+    for (i, cert) in residency.required_certifications.iter().enumerate() {
+        if !is_certification_name(cert) {
+            return Err(invalid(
+                format!("spec.residency.required_certifications[{i}]"),
+                format!(
+                    "{cert:?} is not a certification name: lower-case letters, digits and '-', e.g. \"secnumcloud\""
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a calendar date written as YYYY-MM-DD.
+pub fn is_date(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let [y, m, d] = parts.as_slice() else {
+        return false;
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return false;
+    }
+    let (Ok(y), Ok(m), Ok(d)) = (y.parse::<u32>(), m.parse::<u32>(), d.parse::<u32>()) else {
+        return false;
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&d)
+}
+
+/// Checks a node's name, location facts and inventory: what registration writes into state.
+pub fn validate_node(
+    name: &str,
+    facts: &NodeFacts,
+    inventory: &Inventory,
+) -> Result<(), ValidationError> {
+    if let Err(e) = validate_deployment_name(name) {
+        return Err(invalid("node.name", e.message));
+    }
+    if !iso3166::is_country(&facts.country) {
+        return Err(invalid(
+            "facts.country",
+            format!(
+                "{:?} is not an ISO 3166-1 alpha-2 country code (upper case, e.g. \"FR\")",
+                facts.country
+            ),
+        ));
+    }
+    if !facts.subdivision.is_empty()
+        && !iso3166::is_subdivision_of(&facts.subdivision, &facts.country)
+    {
+        return Err(invalid(
+            "facts.subdivision",
+            format!(
+                "{:?} is not an ISO 3166-2 code of {} (e.g. \"{}-XX\")",
+                facts.subdivision, facts.country, facts.country
+            ),
+        ));
+    }
+    for (field, value) in [
+        ("facts.operator_hq", &facts.operator_hq),
+        ("facts.ultimate_parent_hq", &facts.ultimate_parent_hq),
+    ] {
+        if !value.is_empty() && !iso3166::is_country(value) {
+            return Err(invalid(
+                field,
+                format!("{value:?} is not an ISO 3166-1 alpha-2 country code"),
+            ));
+        }
+    }
+    validate_text("facts.site", &facts.site, MODEL_LEN_MAX)?;
+    validate_text("facts.operator", &facts.operator, MODEL_LEN_MAX)?;
+    check_max(
+        "facts.certifications entries",
+        facts.certifications.len(),
+        CERTIFICATIONS_MAX,
+    )?;
+    for (cert, until) in &facts.certifications {
+        if !is_certification_name(cert) {
+            return Err(invalid(
+                format!("facts.certifications.{cert}"),
+                "is not a certification name: lower-case letters, digits and '-'",
+            ));
+        }
+        if !is_date(until) {
+            return Err(invalid(
+                format!("facts.certifications.{cert}"),
+                format!("valid-until {until:?} is not a date (YYYY-MM-DD)"),
+            ));
+        }
+    }
+    check_max("inventory.cpu_millis", inventory.cpu_millis, CPU_MILLIS_MAX)?;
+    check_max("inventory.memory_mib", inventory.memory_mib, MEMORY_MIB_MAX)?;
+    check_max(
+        "inventory.gpus entries",
+        inventory.gpus.len(),
+        GPU_COUNT_MAX as usize,
+    )?;
+    for (i, gpu) in inventory.gpus.iter().enumerate() {
+        if gpu.uuid.is_empty() || inventory.gpus[..i].iter().any(|g| g.uuid == gpu.uuid) {
+            return Err(invalid(
+                format!("inventory.gpus[{i}].uuid"),
+                format!("{:?} must be present and unique", gpu.uuid),
+            ));
+        }
+        validate_text(
+            &format!("inventory.gpus[{i}].model"),
+            &gpu.model,
+            MODEL_LEN_MAX,
+        )?;
+        check_max(
+            &format!("inventory.gpus[{i}].memory_mib"),
+            gpu.memory_mib,
+            GPU_MEMORY_MIB_MAX,
+        )?;
     }
     Ok(())
 }
