@@ -547,6 +547,7 @@ mod tests {
                 command: vec!["python3".into(), "-m".into(), "http.server".into()],
                 env: HashMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
                 labels: HashMap::new(),
+                ..Default::default()
             }),
             generation: 3,
             created_at_ms: 1_700_000_000_000,

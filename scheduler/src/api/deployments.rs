@@ -123,7 +123,7 @@ impl DeploymentService for DeploymentApi {
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         let expected_generation = (req.expected_generation > 0).then_some(req.expected_generation);
         let proposal = Proposal::ApplyDeployment {
-            spec: spec_from_pb(spec),
+            spec: Box::new(spec_from_pb(spec)),
             expected_generation,
         };
         match self.propose(proposal).await? {

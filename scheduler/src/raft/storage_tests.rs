@@ -41,7 +41,7 @@ fn deploy(index: u64, name: &str) -> Entry {
     let command = Command {
         at_ms: 1,
         proposal: Proposal::ApplyDeployment {
-            spec,
+            spec: Box::new(spec),
             expected_generation: None,
         },
     };

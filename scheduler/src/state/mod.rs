@@ -130,7 +130,7 @@ pub enum Proposal {
     /// Creates or replaces a deployment by name. `expected_generation` (when set) makes the
     /// write conditional, so two engineers cannot silently overwrite each other.
     ApplyDeployment {
-        spec: DeploymentSpec,
+        spec: Box<DeploymentSpec>,
         expected_generation: Option<u64>,
     },
     DeleteDeployment {
@@ -183,7 +183,7 @@ pub enum Outcome {
     /// Raft-internal entries (blank, membership) and `InitCluster`.
     Noop,
     DeploymentApplied {
-        deployment: Deployment,
+        deployment: Box<Deployment>,
         created: bool,
         changed: bool,
     },
@@ -243,7 +243,7 @@ fn apply_deployment(
     let deployment = match current {
         Some(existing) if existing.spec == *spec => {
             return Outcome::DeploymentApplied {
-                deployment: existing.clone(),
+                deployment: Box::new(existing.clone()),
                 created: false,
                 changed: false,
             };
@@ -275,7 +275,7 @@ fn apply_deployment(
         .deployments
         .insert(spec.name.clone(), deployment.clone());
     Outcome::DeploymentApplied {
-        deployment,
+        deployment: Box::new(deployment),
         created,
         changed: true,
     }

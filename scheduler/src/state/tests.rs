@@ -30,7 +30,7 @@ fn apply_spec(
         &cmd(
             index as i64 * 10,
             Proposal::ApplyDeployment {
-                spec: s,
+                spec: Box::new(s),
                 expected_generation,
             },
         ),
@@ -241,7 +241,7 @@ fn arb_proposal() -> impl Strategy<Value = Proposal> {
         6 => (arb_name(), 0u32..5, 0u32..3, proptest::option::of(0u64..4)).prop_map(|(name, replicas, gpus, expected_generation)| {
             let mut s = DeploymentSpec { name, model: "m".into(), replicas, ..Default::default() };
             s.resources.gpu_count = gpus;
-            Proposal::ApplyDeployment { spec: s, expected_generation }
+            Proposal::ApplyDeployment { spec: Box::new(s), expected_generation }
         }),
         2 => arb_name().prop_map(|name| Proposal::DeleteDeployment { name }),
     ]
