@@ -14,6 +14,8 @@
 pub mod api;
 pub mod config;
 pub mod dev;
+pub mod placement;
+pub mod policy;
 pub mod raft;
 pub mod server;
 pub mod state;

@@ -111,11 +111,44 @@ pub struct ClusterMeta {
     pub created_at_ms: i64,
 }
 
+/// Whether an allocation should run. Stopping is a state, so history can show it (issue #6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    #[default]
+    Run,
+    Stop,
+}
+
+/// One replica of a deployment placed on one node, with the resources reserved for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Allocation {
+    /// `<deployment>-<raft index>-<n>`: unique forever, readable in logs.
+    pub id: String,
+    pub deployment: String,
+    pub node: String,
+    pub gpu_uuids: Vec<String>,
+    pub cpu_millis: u32,
+    pub memory_mib: u64,
+    /// Port the model server must listen on (the agent sets `PORT`).
+    pub port: u16,
+    pub desired: Desired,
+    /// Deployment generation and policy version the placement was checked against.
+    pub generation: u64,
+    pub policy_version: u64,
+    pub created_at_ms: i64,
+    pub revision: u64,
+}
+
 /// The replicated state. `BTreeMap`s keep iteration and serialization order deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct State {
     pub cluster: ClusterMeta,
     pub deployments: BTreeMap<String, Deployment>,
+    pub nodes: BTreeMap<String, node::Node>,
+    pub allocations: BTreeMap<String, Allocation>,
     /// Raft index of the last command applied (0 before any).
     pub revision: u64,
 }

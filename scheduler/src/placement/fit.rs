@@ -1,0 +1,188 @@
+//! Fit: a node's free capacity and whether one replica's resources fit in it.
+//!
+//! Free capacity = inventory minus what every allocation that should run on the node reserves.
+//! A replica fits when enough GPUs of the requested model, each with enough memory, plus CPU,
+//! memory and a port are free. Every shortfall is reported, not just the first.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::node::{Gpu, Node};
+use crate::state::{Allocation, Desired, Resources};
+
+/// Ports handed to model servers on each node, lowest free first.
+pub const PORT_FIRST: u16 = 20_000;
+pub const PORT_LAST: u16 = 20_999;
+
+/// What is still free on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Free {
+    pub cpu_millis: u32,
+    pub memory_mib: u64,
+    /// Unallocated GPUs, in inventory order.
+    pub gpus: Vec<Gpu>,
+    pub ports_used: BTreeSet<u16>,
+}
+
+impl Free {
+    pub fn of<'a>(node: &Node, allocations: impl IntoIterator<Item = &'a Allocation>) -> Self {
+        let mut free = Free {
+            cpu_millis: node.inventory.cpu_millis,
+            memory_mib: node.inventory.memory_mib,
+            gpus: node.inventory.gpus.clone(),
+            ports_used: BTreeSet::new(),
+        };
+        for a in allocations {
+            if a.node == node.name && a.desired == Desired::Run {
+                free.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
+            }
+        }
+        free
+    }
+
+    /// Removes a reservation from the free capacity. Saturates: an over-committed node (which
+    /// apply never produces) shows zero free, never wraps around.
+    pub fn charge(&mut self, gpu_uuids: &[String], cpu_millis: u32, memory_mib: u64, port: u16) {
+        self.cpu_millis = self.cpu_millis.saturating_sub(cpu_millis);
+        self.memory_mib = self.memory_mib.saturating_sub(memory_mib);
+        self.gpus.retain(|g| !gpu_uuids.contains(&g.uuid));
+        self.ports_used.insert(port);
+    }
+}
+
+/// Why one replica does not fit on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shortfall {
+    GpuCount {
+        need: u32,
+        free: u32,
+    },
+    GpuModel {
+        need: String,
+    },
+    GpuMemory {
+        need_mib: u64,
+        largest_free_mib: u64,
+    },
+    Cpu {
+        need_millis: u32,
+        free_millis: u32,
+    },
+    Memory {
+        need_mib: u64,
+        free_mib: u64,
+    },
+    Ports,
+}
+
+fn gib(mib: u64) -> String {
+    if mib.is_multiple_of(1024) {
+        format!("{} GiB", mib / 1024)
+    } else {
+        format!("{mib} MiB")
+    }
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shortfall::GpuCount { need, free } => {
+                write!(f, "insufficient GPUs (need {need}, {free} free)")
+            }
+            Shortfall::GpuModel { need } => write!(f, "no free GPU of model {need:?}"),
+            Shortfall::GpuMemory {
+                need_mib,
+                largest_free_mib,
+            } => write!(
+                f,
+                "insufficient GPU memory (need {} per GPU, largest free {})",
+                gib(*need_mib),
+                gib(*largest_free_mib)
+            ),
+            Shortfall::Cpu {
+                need_millis,
+                free_millis,
+            } => {
+                write!(
+                    f,
+                    "insufficient CPU (need {need_millis}m, {free_millis}m free)"
+                )
+            }
+            Shortfall::Memory { need_mib, free_mib } => {
+                write!(
+                    f,
+                    "insufficient memory (need {}, {} free)",
+                    gib(*need_mib),
+                    gib(*free_mib)
+                )
+            }
+            Shortfall::Ports => write!(f, "no free port in {PORT_FIRST}-{PORT_LAST}"),
+        }
+    }
+}
+
+/// The concrete resources one replica would take on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub gpu_uuids: Vec<String>,
+    pub port: u16,
+}
+
+/// Fits one replica needing `r` into `free`, or lists every shortfall.
+pub fn fit(free: &Free, r: &Resources) -> Result<Reservation, Vec<Shortfall>> {
+    let mut short = Vec::new();
+    let need = r.gpu_count as usize;
+    let mut gpu_uuids = Vec::new();
+    if need > 0 {
+        let of_model: Vec<&Gpu> = free
+            .gpus
+            .iter()
+            .filter(|g| r.gpu_model.is_empty() || g.model == r.gpu_model)
+            .collect();
+        let usable: Vec<&Gpu> = of_model
+            .iter()
+            .copied()
+            .filter(|g| g.memory_mib >= r.gpu_memory_mib)
+            .collect();
+        if usable.len() >= need {
+            gpu_uuids = usable[..need].iter().map(|g| g.uuid.clone()).collect();
+        } else if !r.gpu_model.is_empty() && of_model.is_empty() && !free.gpus.is_empty() {
+            short.push(Shortfall::GpuModel {
+                need: r.gpu_model.clone(),
+            });
+        } else if of_model.len() >= need {
+            let largest_free_mib = of_model.iter().map(|g| g.memory_mib).max().unwrap_or(0);
+            short.push(Shortfall::GpuMemory {
+                need_mib: r.gpu_memory_mib,
+                largest_free_mib,
+            });
+        } else {
+            short.push(Shortfall::GpuCount {
+                need: r.gpu_count,
+                free: of_model.len() as u32,
+            });
+        }
+    }
+    if r.cpu_millis > free.cpu_millis {
+        short.push(Shortfall::Cpu {
+            need_millis: r.cpu_millis,
+            free_millis: free.cpu_millis,
+        });
+    }
+    if r.memory_mib > free.memory_mib {
+        short.push(Shortfall::Memory {
+            need_mib: r.memory_mib,
+            free_mib: free.memory_mib,
+        });
+    }
+    let port = (PORT_FIRST..=PORT_LAST).find(|p| !free.ports_used.contains(p));
+    if port.is_none() {
+        short.push(Shortfall::Ports);
+    }
+    match (short.is_empty(), port) {
+        (true, Some(port)) => Ok(Reservation { gpu_uuids, port }),
+        _ => Err(short),
+    }
+}

@@ -1,0 +1,307 @@
+//! Placement tests with a fake policy oracle (pure core only): examples for every stage, and
+//! property tests over random fleets, specs and rules: no placement on a forbidden node, no
+//! over-committed node, same input => same plan.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::fit::{Free, Shortfall};
+use super::*;
+use crate::state::node::{Gpu, Inventory, NodeFacts, NodeStatus};
+use crate::state::{Allocation, Deployment, Desired, Resources};
+
+/// Forbids every node whose country is in `forbidden_countries`, under one rule id.
+struct CountryRule {
+    forbidden_countries: Vec<String>,
+    calls: usize,
+}
+
+impl PolicyOracle for CountryRule {
+    fn forbidding(&mut self, _d: &DeploymentSpec, node: &Node) -> Vec<Forbid> {
+        self.calls += 1;
+        if self.forbidden_countries.contains(&node.facts.country) {
+            vec![Forbid {
+                id: "eu-residency".into(),
+                reason: "Data must stay in the EU".into(),
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+fn allow_all() -> CountryRule {
+    CountryRule {
+        forbidden_countries: Vec::new(),
+        calls: 0,
+    }
+}
+
+fn node(name: &str, country: &str, gpus: &[u64]) -> Node {
+    Node {
+        name: name.into(),
+        facts: NodeFacts {
+            country: country.into(),
+            ..Default::default()
+        },
+        inventory: Inventory {
+            cpu_millis: 32_000,
+            memory_mib: 256 * 1024,
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, mib)| Gpu {
+                    index: i as u32,
+                    uuid: format!("{name}-gpu{i}"),
+                    model: "H100".into(),
+                    memory_mib: *mib,
+                    ..Default::default()
+                })
+                .collect(),
+        },
+        ..Default::default()
+    }
+}
+
+fn deployment(name: &str, replicas: u32, gpus: u32, gpu_mib: u64) -> Deployment {
+    Deployment {
+        spec: DeploymentSpec {
+            name: name.into(),
+            model: "m".into(),
+            replicas,
+            resources: Resources {
+                gpu_count: gpus,
+                gpu_memory_mib: gpu_mib,
+                cpu_millis: 1_000,
+                memory_mib: 1_024,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        generation: 1,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        revision: 1,
+    }
+}
+
+fn state(nodes: Vec<Node>, deployments: Vec<Deployment>) -> State {
+    State {
+        nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        deployments: deployments
+            .into_iter()
+            .map(|d| (d.spec.name.clone(), d))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn packs_gpus_and_spreads_replicas() {
+    let s = state(
+        vec![
+            node("a", "FR", &[81_920; 4]),
+            node("b", "FR", &[81_920; 2]),
+            node("c", "DE", &[81_920; 8]),
+        ],
+        vec![deployment("llm", 2, 1, 40_000)],
+    );
+    let plan = plan(&s, &mut allow_all(), 100);
+    let nodes: Vec<&str> = plan.placements.iter().map(|p| p.node.as_str()).collect();
+    // b is the fullest fit for the first replica; the second avoids b (spread), then packs on a.
+    assert_eq!(nodes, ["b", "a"]);
+    assert_eq!(plan.placements[0].gpu_uuids, ["b-gpu0"]);
+    assert_eq!(plan.placements[0].port, fit::PORT_FIRST);
+    assert!(plan.unplaced.is_empty());
+}
+
+#[test]
+fn explains_every_node_once_in_the_summary_and_every_reason_per_node() {
+    let mut down = node("d-down", "FR", &[81_920]);
+    down.status = NodeStatus::Down;
+    let s = state(
+        vec![
+            node("us-1", "US", &[81_920]),
+            node("us-2", "US", &[40_960]),
+            node("fr-small", "FR", &[40_960, 24_576]),
+            down,
+        ],
+        vec![deployment("big", 1, 1, 81_920)],
+    );
+    let mut policy = CountryRule {
+        forbidden_countries: vec!["US".into()],
+        calls: 0,
+    };
+    let plan = plan(&s, &mut policy, 100);
+    assert!(plan.placements.is_empty());
+    let (name, why) = &plan.unplaced[0];
+    assert_eq!(name, "big");
+    assert_eq!(
+        why.to_string(),
+        "0/4 nodes eligible: 1 down, 1 insufficient GPU memory (need 80 GiB per GPU, largest free 40 GiB), \
+         2 forbidden by policy eu-residency (\"Data must stay in the EU\")"
+    );
+    // us-2 fails twice: policy and GPU memory; both are kept.
+    assert_eq!(why.per_node["us-2"].len(), 2);
+    assert!(matches!(
+        why.per_node["us-2"][1],
+        feasibility::Reason::Short(Shortfall::GpuMemory { .. })
+    ));
+}
+
+#[test]
+fn running_allocations_hold_their_resources() {
+    let mut s = state(
+        vec![node("a", "FR", &[81_920; 2])],
+        vec![deployment("x", 3, 1, 0)],
+    );
+    s.allocations.insert(
+        "x-1-0".into(),
+        Allocation {
+            id: "x-1-0".into(),
+            deployment: "x".into(),
+            node: "a".into(),
+            gpu_uuids: vec!["a-gpu0".into()],
+            port: fit::PORT_FIRST,
+            cpu_millis: 1_000,
+            memory_mib: 1_024,
+            ..Default::default()
+        },
+    );
+    let plan = plan(&s, &mut allow_all(), 100);
+    assert_eq!(
+        plan.placements.len(),
+        1,
+        "one replica runs, one GPU is left: {plan:?}"
+    );
+    assert_eq!(plan.placements[0].gpu_uuids, ["a-gpu1"]);
+    assert_eq!(plan.placements[0].port, fit::PORT_FIRST + 1);
+    assert_eq!(
+        plan.unplaced[0].1.to_string(),
+        "0/1 nodes eligible: 1 insufficient GPUs (need 1, 0 free)"
+    );
+}
+
+#[test]
+fn stopped_allocations_free_their_resources() {
+    let mut s = state(
+        vec![node("a", "FR", &[81_920])],
+        vec![deployment("x", 1, 1, 0)],
+    );
+    s.allocations.insert(
+        "x-1-0".into(),
+        Allocation {
+            deployment: "x".into(),
+            node: "a".into(),
+            gpu_uuids: vec!["a-gpu0".into()],
+            desired: Desired::Stop,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        Free::of(&s.nodes["a"], s.allocations.values()).gpus.len(),
+        1
+    );
+    assert_eq!(plan(&s, &mut allow_all(), 100).placements.len(), 1);
+}
+
+#[test]
+fn the_plan_size_is_bounded() {
+    let s = state(
+        vec![node("a", "FR", &[])],
+        vec![deployment("cpu", 50, 0, 0)],
+    );
+    assert_eq!(plan(&s, &mut allow_all(), 7).placements.len(), 7);
+}
+
+fn arb_node(i: usize) -> impl Strategy<Value = Node> {
+    (
+        prop::sample::select(vec!["FR", "DE", "US", "CN"]),
+        prop::collection::vec(prop::sample::select(vec![24_576u64, 40_960, 81_920]), 0..5),
+        1u32..16,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(move |(country, gpus, cores, down, draining)| {
+            let mut n = node(&format!("n{i:02}"), country, &gpus);
+            n.inventory.cpu_millis = cores * 1_000;
+            n.inventory.memory_mib = u64::from(cores) * 4_096;
+            n.status = if down {
+                NodeStatus::Down
+            } else {
+                NodeStatus::Ready
+            };
+            n.draining = draining && !down;
+            n
+        })
+}
+
+fn arb_state() -> impl Strategy<Value = (State, Vec<String>)> {
+    let nodes = (1usize..12).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>());
+    let deployments = prop::collection::vec(
+        (
+            1u32..5,
+            0u32..3,
+            prop::sample::select(vec![0u64, 30_000, 70_000]),
+        ),
+        1..6,
+    );
+    let forbidden = prop::sample::subsequence(
+        vec!["FR".to_string(), "DE".into(), "US".into(), "CN".into()],
+        0..3,
+    );
+    (nodes, deployments, forbidden).prop_map(|(nodes, deps, forbidden)| {
+        let deps = deps
+            .into_iter()
+            .enumerate()
+            .map(|(i, (r, g, m))| deployment(&format!("d{i}"), r, g, m))
+            .collect();
+        (state(nodes, deps), forbidden)
+    })
+}
+
+proptest! {
+    #[test]
+    fn plans_obey_policy_capacity_and_are_deterministic((s, forbidden) in arb_state()) {
+        let mut policy = CountryRule { forbidden_countries: forbidden.clone(), calls: 0 };
+        let first = plan(&s, &mut policy, 1_000);
+        let again = plan(&s, &mut CountryRule { forbidden_countries: forbidden.clone(), calls: 0 }, 1_000);
+        prop_assert_eq!(&first, &again);
+
+        let mut used: BTreeMap<&str, (u32, u64, Vec<&String>, Vec<u16>)> = BTreeMap::new();
+        for p in &first.placements {
+            let n = &s.nodes[&p.node];
+            prop_assert!(!forbidden.contains(&n.facts.country), "placed on a forbidden node");
+            prop_assert!(n.status == NodeStatus::Ready && !n.draining);
+            let u = used.entry(p.node.as_str()).or_default();
+            u.0 += p.cpu_millis;
+            u.1 += p.memory_mib;
+            u.2.extend(p.gpu_uuids.iter());
+            u.3.push(p.port);
+            let d = &s.deployments[&p.deployment].spec;
+            prop_assert_eq!(p.gpu_uuids.len() as u32, d.resources.gpu_count);
+            for uuid in &p.gpu_uuids {
+                let gpu = n.inventory.gpus.iter().find(|g| &g.uuid == uuid).unwrap();
+                prop_assert!(gpu.memory_mib >= d.resources.gpu_memory_mib);
+            }
+        }
+        for (name, (cpu, mem, gpus, ports)) in used {
+            let n = &s.nodes[name];
+            prop_assert!(cpu <= n.inventory.cpu_millis && mem <= n.inventory.memory_mib, "over-committed {}", name);
+            let mut unique = gpus.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), gpus.len(), "a GPU was given twice on {}", name);
+            let mut p = ports.clone();
+            p.sort();
+            p.dedup();
+            prop_assert_eq!(p.len(), ports.len());
+        }
+        for d in s.deployments.values() {
+            let placed = first.placements.iter().filter(|p| p.deployment == d.spec.name).count() as u32;
+            let unplaced = first.unplaced.iter().any(|(n, _)| n == &d.spec.name);
+            prop_assert!(placed == d.spec.replicas || unplaced, "replicas neither placed nor explained");
+        }
+    }
+}
