@@ -13,16 +13,18 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::async_runtime::WatchReceiver;
 use sov_proto::v1::JoinRequest;
+use sov_proto::v1::agent_service_server::AgentServiceServer;
 use sov_proto::v1::cluster_service_client::ClusterServiceClient;
 use sov_proto::v1::cluster_service_server::ClusterServiceServer;
 use sov_proto::v1::deployment_service_server::DeploymentServiceServer;
+use sov_proto::v1::node_service_server::NodeServiceServer;
 use sov_proto::v1::raft_peer_server::RaftPeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
-use crate::api::{ClusterApi, DeploymentApi, REQUEST_BYTES_MAX};
+use crate::api::{AgentApi, ClusterApi, DeploymentApi, NodeApi, REQUEST_BYTES_MAX};
 use crate::config::Config;
 use crate::raft::network::PEER_MESSAGE_BYTES_MAX;
 use crate::raft::peer_service::PeerService;
@@ -67,6 +69,13 @@ pub struct Scheduler {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Accepted connections with Nagle's algorithm off. The builder's `tcp_nodelay` does not apply
+/// to a listener handed in from outside, and without it small gRPC replies wait for delayed
+/// ACKs (a 40 ms floor on commit latency, measured in docs/benchmarks.md).
+fn nodelay(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
@@ -95,12 +104,8 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let raft_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(peer)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.raft),
-            stopped(shutdown_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(nodelay(listeners.raft), stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = raft_server.await {
             tracing::error!(error = %e, "raft peer server failed");
@@ -114,6 +119,8 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
     health
         .set_serving::<DeploymentServiceServer<DeploymentApi>>()
         .await;
+    health.set_serving::<NodeServiceServer<NodeApi>>().await;
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -122,7 +129,6 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let api_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -134,10 +140,15 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             DeploymentServiceServer::new(DeploymentApi::new(replica.clone()))
                 .max_decoding_message_size(REQUEST_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.api),
-            stopped(shutdown_rx.clone()),
-        );
+        .add_service(
+            NodeServiceServer::new(NodeApi::new(replica.clone()))
+                .max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
+        .add_service(
+            AgentServiceServer::new(AgentApi::new(replica.clone()))
+                .max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(nodelay(listeners.api), stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = api_server.await {
             tracing::error!(error = %e, "API server failed");

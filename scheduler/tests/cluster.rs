@@ -748,3 +748,150 @@ async fn health_reflection_and_http_endpoints_answer() {
     }
     cluster.node_mut(1).stop().await;
 }
+
+fn registration(name: &str, country: &str) -> pb::RegisterNodeRequest {
+    pb::RegisterNodeRequest {
+        name: name.into(),
+        facts: Some(pb::LocationFacts {
+            country: country.into(),
+            operator: "Example Cloud".into(),
+            operator_hq: country.into(),
+            ultimate_parent_hq: country.into(),
+            certifications: [("secnumcloud".to_string(), "2030-01-31".to_string())].into(),
+            ..Default::default()
+        }),
+        inventory: Some(pb::Inventory {
+            cpu_millis: 64_000,
+            memory_mib: 256 * 1024,
+            gpus: vec![pb::GpuDevice {
+                index: 0,
+                uuid: format!("GPU-{name}-0"),
+                model: "NVIDIA H100 80GB HBM3".into(),
+                memory_mib: 81_559,
+                simulated: true,
+                ..Default::default()
+            }],
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_register_through_any_scheduler_and_can_be_drained() {
+    use sov_proto::v1::agent_service_client::AgentServiceClient;
+    use sov_proto::v1::node_service_client::NodeServiceClient;
+    let cluster = Cluster::start(3, RaftTuning::default()).await;
+    let leader = cluster.wait_for_leader(CONVERGE).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap().api();
+    let mut agent = AgentServiceClient::connect(format!("http://{follower}"))
+        .await
+        .unwrap();
+    agent
+        .register(registration("gpu-fr-1", "FR"))
+        .await
+        .unwrap();
+    agent
+        .register(registration("gpu-de-1", "DE"))
+        .await
+        .unwrap();
+
+    for node in &cluster.nodes {
+        let mut client = NodeServiceClient::connect(format!("http://{}", node.api()))
+            .await
+            .unwrap();
+        let nodes = client
+            .list(pb::ListNodesRequest { consistency: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["gpu-de-1", "gpu-fr-1"], "scheduler {}", node.id);
+        assert!(
+            nodes[0].inventory.as_ref().unwrap().gpus[0].simulated,
+            "simulated GPUs stay marked"
+        );
+    }
+
+    let mut nodes = NodeServiceClient::connect(format!("http://{follower}"))
+        .await
+        .unwrap();
+    let drained = nodes
+        .drain(pb::DrainNodeRequest {
+            name: "gpu-fr-1".into(),
+            deadline_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(drained.draining);
+    let back = nodes
+        .undrain(pb::UndrainNodeRequest {
+            name: "gpu-fr-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!back.draining);
+    let status = nodes
+        .drain(pb::DrainNodeRequest {
+            name: "nope".into(),
+            deadline_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Malformed facts are refused with the field named, and nothing is written.
+    let before = cluster
+        .node(leader)
+        .sched()
+        .replica
+        .metrics()
+        .last_log_index;
+    for (mutate, field) in [
+        (
+            Box::new(|r: &mut pb::RegisterNodeRequest| {
+                r.facts.as_mut().unwrap().country = "UK".into()
+            }) as Box<dyn Fn(&mut pb::RegisterNodeRequest)>,
+            "facts.country",
+        ),
+        (
+            Box::new(|r: &mut pb::RegisterNodeRequest| {
+                r.facts.as_mut().unwrap().subdivision = "DE-BY".into()
+            }),
+            "facts.subdivision",
+        ),
+        (
+            Box::new(|r: &mut pb::RegisterNodeRequest| {
+                r.facts.as_mut().unwrap().location_trust = "hardware-attested".into()
+            }),
+            "facts.location_trust",
+        ),
+        (
+            Box::new(|r: &mut pb::RegisterNodeRequest| r.name = "Bad Name".into()),
+            "node.name",
+        ),
+    ] {
+        let mut request = registration("gpu-fr-2", "FR");
+        mutate(&mut request);
+        let status = agent.register(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with(field),
+            "{:?} should name {field}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        cluster
+            .node(leader)
+            .sched()
+            .replica
+            .metrics()
+            .last_log_index,
+        before
+    );
+    for mut node in cluster.nodes {
+        node.stop().await;
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod deployments;
+pub mod nodes;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use crate::state::{Rejection, ValidationError};
 
 pub use cluster::ClusterApi;
 pub use deployments::DeploymentApi;
+pub use nodes::{AgentApi, NodeApi};
 
 /// Largest request the public API accepts; specs are far smaller.
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -54,10 +56,12 @@ pub fn invalid(e: ValidationError) -> Status {
 
 pub fn rejection_status(r: Rejection) -> Status {
     match r {
-        Rejection::NotFound(_) => Status::not_found(r.to_string()),
+        Rejection::NotFound(_) | Rejection::NodeNotFound(_) => Status::not_found(r.to_string()),
         Rejection::GenerationMismatch { .. } => Status::failed_precondition(r.to_string()),
         Rejection::Invalid(e) => invalid(e),
-        Rejection::TooManyDeployments { .. } => Status::resource_exhausted(r.to_string()),
+        Rejection::TooManyDeployments { .. } | Rejection::TooManyNodes { .. } => {
+            Status::resource_exhausted(r.to_string())
+        }
     }
 }
 

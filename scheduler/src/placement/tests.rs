@@ -269,7 +269,9 @@ proptest! {
         let again = plan(&s, &mut CountryRule { forbidden_countries: forbidden.clone(), calls: 0 }, 1_000);
         prop_assert_eq!(&first, &again);
 
-        let mut used: BTreeMap<&str, (u32, u64, Vec<&String>, Vec<u16>)> = BTreeMap::new();
+        // Per node: CPU, memory, GPU uuids and ports the plan hands out.
+        type Used<'a> = (u32, u64, Vec<&'a String>, Vec<u16>);
+        let mut used: BTreeMap<&str, Used> = BTreeMap::new();
         for p in &first.placements {
             let n = &s.nodes[&p.node];
             prop_assert!(!forbidden.contains(&n.facts.country), "placed on a forbidden node");

@@ -14,6 +14,7 @@
 
 pub mod iso3166;
 pub mod node;
+mod nodes;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -169,6 +170,23 @@ pub enum Proposal {
     DeleteDeployment {
         name: String,
     },
+    /// Creates or updates a node from its agent's report (facts + inventory); it is `ready`.
+    RegisterNode {
+        node: Box<NodeRegistration>,
+    },
+    /// Marks a node as taking no new work, or lifts that mark.
+    SetDraining {
+        name: String,
+        draining: bool,
+    },
+}
+
+/// What a node agent reports about its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub facts: node::NodeFacts,
+    pub inventory: node::Inventory,
 }
 
 /// A proposal stamped by the leader; this is what the Raft log carries.
@@ -186,6 +204,10 @@ impl fmt::Display for Command {
             Proposal::InitCluster { cluster_id } => write!(f, "init-cluster({cluster_id})"),
             Proposal::ApplyDeployment { spec, .. } => write!(f, "apply-deployment({})", spec.name),
             Proposal::DeleteDeployment { name } => write!(f, "delete-deployment({name})"),
+            Proposal::RegisterNode { node } => write!(f, "register-node({})", node.name),
+            Proposal::SetDraining { name, draining } => {
+                write!(f, "set-draining({name}, {draining})")
+            }
         }
     }
 }
@@ -208,6 +230,10 @@ pub enum Rejection {
     Invalid(ValidationError),
     #[error("the cluster holds the maximum of {max} deployments; delete one first")]
     TooManyDeployments { max: usize },
+    #[error("node {0:?} is not registered")]
+    NodeNotFound(String),
+    #[error("the cluster holds the maximum of {max} nodes")]
+    TooManyNodes { max: usize },
 }
 
 /// What applying one command did.
@@ -222,6 +248,14 @@ pub enum Outcome {
     },
     DeploymentDeleted {
         name: String,
+    },
+    NodeRegistered {
+        node: Box<node::Node>,
+        created: bool,
+        changed: bool,
+    },
+    NodeUpdated {
+        node: Box<node::Node>,
     },
     Rejected(Rejection),
 }
@@ -246,9 +280,17 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
             expected_generation,
         } => apply_deployment(state, index, command.at_ms, spec, *expected_generation),
         Proposal::DeleteDeployment { name } => match state.deployments.remove(name) {
-            Some(_) => Outcome::DeploymentDeleted { name: name.clone() },
+            Some(_) => {
+                // Without the deployment nothing may keep its resources reserved.
+                state.allocations.retain(|_, a| a.deployment != *name);
+                Outcome::DeploymentDeleted { name: name.clone() }
+            }
             None => Outcome::Rejected(Rejection::NotFound(name.clone())),
         },
+        Proposal::RegisterNode { node } => nodes::register(state, index, command.at_ms, node),
+        Proposal::SetDraining { name, draining } => {
+            nodes::set_draining(state, index, command.at_ms, name, *draining)
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use super::node::{Inventory, LocationTrust, NodeFacts};
 use super::{DeploymentSpec, ExportAttrs, Proposal, Residency};
 
 pub const MAX_DEPLOYMENTS: usize = 10_000;
+pub const MAX_NODES: usize = 100_000;
 pub const NAME_LEN_MAX: usize = 63;
 pub const MODEL_LEN_MAX: usize = 256;
 pub const REPLICAS_MAX: u32 = 1_000;
@@ -447,5 +448,9 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
         }
         Proposal::ApplyDeployment { spec, .. } => validate_spec(spec),
         Proposal::DeleteDeployment { name } => validate_deployment_name(name),
+        Proposal::RegisterNode { node } => validate_node(&node.name, &node.facts, &node.inventory),
+        Proposal::SetDraining { name, .. } => {
+            validate_deployment_name(name).map_err(|e| invalid("node.name", e.message))
+        }
     }
 }
