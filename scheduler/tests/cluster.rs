@@ -735,6 +735,12 @@ async fn health_reflection_and_http_endpoints_answer() {
             "{line:?} missing from:\n{metrics}"
         );
     }
+    let flushes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sov_raft_log_flushes_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("flush counter");
+    assert!(flushes > 0, "bootstrapping wrote to the log durably");
     for gauge in [
         "sov_raft_term",
         "sov_raft_leader_id",

@@ -15,6 +15,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -31,10 +32,21 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 
+/// Counters of durable appends, so operators and the benchmark can see how well appends are
+/// batched (entries per fsync).
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    /// Durable (fsynced) append transactions.
+    pub flushes: AtomicU64,
+    /// Entries written by those transactions.
+    pub entries: AtomicU64,
+}
+
 /// Cheap to clone: every clone shares one redb database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    stats: Arc<FlushStats>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -84,7 +96,14 @@ impl LogStore {
         txn.open_table(LOG).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn flush_stats(&self) -> Arc<FlushStats> {
+        self.stats.clone()
     }
 
     /// A handle that tells when every clone of this store has been dropped (the file is closed).
@@ -218,6 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|e| Ok((e.log_id.index, encode(&e)?)))
             .collect::<io::Result<_>>()?;
+        let entries_count = encoded.len() as u64;
         let result = self
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(io_err)?;
@@ -231,6 +251,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 txn.commit().map_err(io_err)
             })
             .await;
+        if result.is_ok() {
+            self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .entries
+                .fetch_add(entries_count, Ordering::Relaxed);
+        }
         // Only now is the data on disk; openraft may acknowledge the entries after this.
         callback.io_completed(
             result

@@ -184,6 +184,7 @@ pub struct Replica {
     /// uncommitted, so concurrent joins queue here instead of failing.
     membership_change: tokio::sync::Mutex<()>,
     storage_closed: StorageClosed,
+    pub log_flushes: Arc<log_store::FlushStats>,
 }
 
 /// Tells when both redb files of a replica are closed, i.e. every task that used them is gone.
@@ -212,6 +213,7 @@ impl Replica {
         std::fs::create_dir_all(data_dir)?;
         let log_store = LogStore::open(data_dir)?;
         let sm = StateMachineStore::open(data_dir)?;
+        let log_flushes = log_store.flush_stats();
         let storage_closed = StorageClosed {
             log: log_store.closed_probe(),
             state: sm.closed_probe(),
@@ -229,6 +231,7 @@ impl Replica {
             request_timeout: Duration::from_millis(tuning.request_timeout_ms),
             membership_change: tokio::sync::Mutex::new(()),
             storage_closed,
+            log_flushes,
         }))
     }
 

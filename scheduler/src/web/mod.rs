@@ -148,6 +148,30 @@ pub fn render_metrics(replica: &Replica) -> String {
         "1 if /readyz would answer 200.",
         u64::from(not_ready_reason(replica).is_none()),
     );
+    let flushes = replica
+        .log_flushes
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let entries = replica
+        .log_flushes
+        .entries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        "sov_raft_log_flushes_total",
+        "Durable (fsynced) log append transactions.",
+        flushes,
+    );
+    counter(
+        "sov_raft_log_flushed_entries_total",
+        "Log entries made durable; divided by flushes: entries per fsync.",
+        entries,
+    );
     out
 }
 
