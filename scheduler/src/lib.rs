@@ -14,6 +14,7 @@
 pub mod api;
 pub mod config;
 pub mod dev;
+pub mod leader;
 pub mod placement;
 pub mod policy;
 pub mod raft;
