@@ -355,6 +355,23 @@ fn tidy_reason(text: &str) -> String {
     }
 }
 
+/// The error of a call that failed for good. It displays as the one-line reason; commands that
+/// need the server's own answer (the problem list of a refused policy bundle) read `status`.
+#[derive(Debug)]
+pub struct CallFailed {
+    reason: String,
+    /// The server's last answer; `None` when it could not be reached or did not answer in time.
+    pub status: Option<Status>,
+}
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl StdError for CallFailed {}
+
 /// Per-call settings.
 #[derive(Debug, Clone, Copy)]
 pub struct CallOpts {
@@ -430,9 +447,12 @@ impl Client {
                     tokio::time::sleep(retry.backoff).await;
                 }
                 None => {
-                    return Err(anyhow::anyhow!(
-                        self.route.give_up_reason(&failure, opts.timeout)
-                    ));
+                    let reason = self.route.give_up_reason(&failure, opts.timeout);
+                    let status = match failure {
+                        Failure::Status(status) => Some(status),
+                        Failure::Connect { .. } | Failure::Timeout => None,
+                    };
+                    return Err(CallFailed { reason, status }.into());
                 }
             }
         }
@@ -872,6 +892,38 @@ mod tests {
         let err = status_via(&mut client).await.unwrap_err();
         assert_eq!(err.to_string(), "not found: deployment \"x\" not found");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rejection_keeps_the_server_answer_with_its_line_breaks() {
+        let (addr, _) = serve(
+            |_| {
+                Err(Status::invalid_argument(
+                    "invalid policy bundle:\na.cedar:1:5: unexpected token\nb.json:2:1: bad",
+                ))
+            },
+            String::new(),
+        )
+        .await;
+        let mut client = Client::new(vec![format!("http://{addr}")], Duration::from_secs(5));
+        let err = status_via(&mut client).await.unwrap_err();
+        let status = err.downcast_ref::<CallFailed>().unwrap().status.as_ref();
+        assert_eq!(status.map(Status::code), Some(Code::InvalidArgument));
+        assert_eq!(
+            status.unwrap().message(),
+            "invalid policy bundle:\na.cedar:1:5: unexpected token\nb.json:2:1: bad"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_leaves_no_server_answer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut client = Client::new(vec![format!("http://{closed}")], Duration::from_secs(5));
+        let err = status_via(&mut client).await.unwrap_err();
+        assert!(err.downcast_ref::<CallFailed>().unwrap().status.is_none());
     }
 
     #[tokio::test]

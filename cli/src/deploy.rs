@@ -1,14 +1,16 @@
-//! `sovctl deploy ...`: the deployments ML engineers submit, through
-//! `sov.v1.DeploymentService`. Each function makes its call(s) and prints the answer; routing and
-//! retries belong to `client`, rendering to `output`, spec files to `spec`.
+//! `sovctl deploy ...` and `sovctl explain`: the deployments ML engineers submit, and why their
+//! replicas are (not) placed, through `sov.v1.DeploymentService`. Each function makes its
+//! call(s) and prints the answer; routing and retries belong to `client`, rendering to `output`,
+//! spec files to `spec`.
 
 use sov_proto::v1::deployment_service_client::DeploymentServiceClient;
 use sov_proto::v1::{
-    ApplyDeploymentRequest, DeleteDeploymentRequest, DeploymentSpec, GetDeploymentRequest,
-    ListDeploymentsRequest, ListDeploymentsResponse,
+    ApplyDeploymentRequest, DeleteDeploymentRequest, DeploymentSpec, ExplainRequest,
+    GetDeploymentRequest, ListDeploymentsRequest, ListDeploymentsResponse, PlanDeploymentRequest,
 };
 
 use crate::client::{Client, read_consistency};
+use crate::output::plan::{self as plan_out, DeploymentPlanView, ExplanationView};
 use crate::output::{self, ApplyView, DeleteView, DeploymentView, Format, ListView};
 
 /// Largest page the API serves; fewer round trips for long listings.
@@ -94,6 +96,47 @@ pub async fn show(
         &DeploymentView::from(answer),
         output::deployment_text,
     )
+}
+
+/// Dry-runs `spec`; returns whether applying it now would place replicas, which is the
+/// command's exit code.
+pub async fn plan(
+    client: &mut Client,
+    format: Format,
+    spec: DeploymentSpec,
+) -> anyhow::Result<bool> {
+    let (name, wanted) = (spec.name.clone(), spec.replicas);
+    let req = PlanDeploymentRequest { spec: Some(spec) };
+    let answer = client
+        .call(req, |ch, req| async move {
+            DeploymentServiceClient::new(ch).plan(req).await
+        })
+        .await?;
+    let view = DeploymentPlanView::from(answer);
+    output::emit(format, &view, |v| plan_out::plan_text(&name, wanted, v))?;
+    Ok(view.would_change())
+}
+
+pub async fn explain(
+    client: &mut Client,
+    format: Format,
+    name: String,
+    node: Option<String>,
+    stale: bool,
+) -> anyhow::Result<()> {
+    let req = ExplainRequest {
+        name,
+        node: node.clone().unwrap_or_default(),
+        consistency: read_consistency(stale),
+    };
+    let answer = client
+        .call(req, |ch, req| async move {
+            DeploymentServiceClient::new(ch).explain(req).await
+        })
+        .await?;
+    output::emit(format, &ExplanationView::from(answer), |v| {
+        plan_out::explanation_text(v, node.as_deref())
+    })
 }
 
 pub async fn delete(client: &mut Client, format: Format, name: String) -> anyhow::Result<()> {

@@ -2,16 +2,23 @@
 //!
 //! This file owns the command tree (what users type and the `--help` they read) and the dispatch
 //! to the command modules; it also decides exit codes: 0 on success, 1 when the cluster refused
-//! or could not be reached, 2 for bad input (flags, endpoints, spec files). The work lives in
-//! `cluster` and `deploy` (one function per command), `client` (where calls go, retries),
-//! `output` (tables and JSON) and `spec` (deployment spec files).
+//! or could not be reached, 2 for bad input (flags, endpoints, spec files), except for the two
+//! commands whose exit code answers a question (`ExitCodes`). The work lives in `cluster`,
+//! `deploy`, `node` and `policy` (one function per command), `client` (where calls go,
+//! retries), `output` (tables and JSON), `spec` (deployment spec files), `bundle` (policy
+//! bundle files) and `diff` (comparing policy versions).
 
+mod bundle;
 mod client;
 mod cluster;
 mod deploy;
+mod diff;
+mod node;
 mod output;
+mod policy;
 mod spec;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,14 +27,17 @@ use sov_proto::v1::JoinRequest;
 
 use crate::client::Client;
 use crate::output::Format;
+use crate::policy::InvalidBundle;
 
 /// sovctl: manage a sov inference cluster.
 ///
 /// sovctl talks to any scheduler of the cluster over gRPC (port 7400). Writes reaching a follower
 /// are passed on to the leader; if that fails, sovctl retries at the leader or at the next
 /// endpoint you listed (at most 5 attempts). Output is a table, or one JSON document with
-/// `-o json`. Failures print one line, `error: ...`, and exit with 1 (the cluster said no or could
-/// not be reached) or 2 (bad input).
+/// `-o json`. Failures print one line, `error: ...` (a refused policy bundle adds one line per
+/// problem), and exit with 1 (the cluster said no or could not be reached) or 2 (bad input). Two
+/// commands answer a question with their exit code and so use other codes for failures:
+/// `deploy plan` and `policy diff` (see their --help).
 ///
 /// Example: sovctl --endpoint 10.0.0.1:7400,10.0.0.2:7400 deploy list
 #[derive(Debug, Parser)]
@@ -85,6 +95,34 @@ enum Command {
     /// Example: sovctl deploy apply -f deploy/examples/tiny-echo.toml
     #[command(subcommand)]
     Deploy(DeployCommand),
+
+    /// Say why a deployment's replicas are, or are not, placed.
+    ///
+    /// Prints the replicas running out of those wanted, a one-line summary of the nodes (how many
+    /// are eligible and, grouped by first reason, why the others are not), then every excluded
+    /// node with all its reasons. With --node, only that node's reasons, one per line.
+    ///
+    /// Example: sovctl explain mistral-7b --node gpu-us-1
+    Explain(ExplainArgs),
+
+    /// Inspect the GPU machines agents registered, and drain them for maintenance.
+    ///
+    /// A node's facts (country, site, operator, certifications, location trust) decide where
+    /// policy lets a deployment run; its inventory decides what fits. GPUs declared in a
+    /// dev/test config instead of found through NVML are marked "(simulated)".
+    ///
+    /// Example: sovctl node list
+    #[command(subcommand)]
+    Node(NodeCommand),
+
+    /// Apply, inspect and compare placement policy versions (Cedar bundles).
+    ///
+    /// A bundle is Cedar policies, their schema and entity data (jurisdiction groups). Every
+    /// accepted bundle becomes a new, numbered, immutable version and the version in force.
+    ///
+    /// Example: sovctl policy list
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,14 +173,34 @@ enum DeployCommand {
     /// Example: sovctl deploy apply -f deploy/examples/mistral-7b.toml --expected-generation 3
     Apply(ApplyArgs),
 
+    /// Dry-run a spec: where its replicas would go now, and why other nodes are excluded.
+    ///
+    /// Nothing is written. Replicas of the deployment already running stay; the others are
+    /// placed on nodes that fit and that policy allows, as `deploy apply` would place them now.
+    /// When some fit nowhere, the summary and every excluded node's reasons follow.
+    ///
+    /// Exit codes, for CI (unlike other commands, 1 is not a failure here): 0 = applying the
+    /// spec now would place nothing (all replicas already run, or the missing ones fit nowhere:
+    /// read the output); 1 = replicas would be placed; 2 = bad input (flags, spec file); 3 = the
+    /// cluster refused or could not be reached.
+    ///
+    /// Example: sovctl deploy plan -f deploy/examples/mistral-7b.toml
+    Plan(PlanArgs),
+
     /// List deployments, all of them unless --limit is given.
     ///
-    /// Shows name, model, replica count, GPUs per replica, generation and last update time (UTC).
+    /// Shows name, model, replica count, RUNNING (replicas placed to run / replicas wanted),
+    /// GPUs per replica, generation and last update time (UTC).
     ///
     /// Example: sovctl deploy list -o json
     List(ListArgs),
 
-    /// Show one deployment with its full spec.
+    /// Show one deployment: its full spec, export attributes, residency requirement and
+    /// placed replicas.
+    ///
+    /// Each replica shows its node, GPUs, port, desired state (run or stop) and the policy
+    /// version its placement was checked against. `sovctl explain` says why replicas are
+    /// missing.
     ///
     /// Example: sovctl deploy show mistral-7b
     Show(ShowArgs),
@@ -151,6 +209,81 @@ enum DeployCommand {
     ///
     /// Example: sovctl deploy delete mistral-7b
     Delete(DeleteArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List the registered nodes: status, location, operator, trust and resources.
+    ///
+    /// STATUS is ready or down, with ",draining" for drained nodes. PARENT HQ is the country of
+    /// the operator's ultimate parent company. GPUS counts GPUs per model; "(simulated)" marks
+    /// nodes with GPUs that are not real hardware.
+    ///
+    /// Example: sovctl node list --stale
+    List(ReadArgs),
+
+    /// Show every fact and every GPU of one node.
+    ///
+    /// Lists location facts (with subdivision and each certification's last valid day),
+    /// location trust, CPU and memory, then each GPU: index, UUID, model, memory, MIG mode,
+    /// driver and whether it is simulated.
+    ///
+    /// Example: sovctl node show gpu-fr-1
+    Show(NodeShowArgs),
+
+    /// Stop placing new replicas on a node, for maintenance or decommissioning.
+    ///
+    /// The node stays registered and its running replicas keep running for now: moving running
+    /// work away arrives with the reconcile milestone (issue #5). `node undrain` reverses this.
+    ///
+    /// Example: sovctl node drain gpu-fr-1 --deadline 10m
+    Drain(DrainArgs),
+
+    /// Let the scheduler place replicas on a drained node again.
+    ///
+    /// Example: sovctl node undrain gpu-fr-1
+    Undrain(NodeNameArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy bundle and make it the version in force.
+    ///
+    /// DIR is a directory whose .cedar, .cedarschema and .json files (directly inside it) form
+    /// the bundle; anything else there, such as README.md, is left out, and sovctl says on
+    /// stderr which files it sends. A single .cedar FILE is sent alone. The scheduler checks the
+    /// bundle against its schema; if it refuses it, every problem is printed, one per line
+    /// (file:line:column: message), and nothing changes. A bundle identical to the version in
+    /// force changes nothing either.
+    ///
+    /// Example: sovctl policy apply deploy/policies --comment "allow Swiss sites"
+    Apply(PolicyApplyArgs),
+
+    /// List every policy version, oldest first; '*' marks the version in force.
+    ///
+    /// Example: sovctl policy list
+    List(ReadArgs),
+
+    /// Show a policy version (the one in force unless --version is given) and its rules.
+    ///
+    /// Prints hash, activation time, author and comment, then each rule: its id, effect, what
+    /// happens to running replicas when it starts to forbid them (ON CHANGE), its reason and its
+    /// file. --files adds every file in full. With -o json the files are always included.
+    ///
+    /// Example: sovctl policy show --version 3 --files
+    Show(PolicyShowArgs),
+
+    /// Compare two policy versions file by file, as a unified diff.
+    ///
+    /// Each differing file is introduced by a `# NAME: ...` line, then its diff from vA/NAME
+    /// to vB/NAME; a file only in one version is compared with /dev/null. `patch -p1` and
+    /// `git apply` accept the output, applied inside a copy of version A's files.
+    ///
+    /// Exit codes, like diff(1): 0 = the versions have the same files, 1 = they differ,
+    /// 2 = trouble (bad input, or the cluster refused or could not be reached).
+    ///
+    /// Example: sovctl policy diff 3 4
+    Diff(PolicyDiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +355,126 @@ struct DeleteArgs {
     name: String,
 }
 
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Spec file (TOML); `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: String,
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// Deployment name.
+    deployment: String,
+    /// Only this node's reasons, all of them.
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+#[derive(Debug, Args)]
+struct NodeShowArgs {
+    /// Node name.
+    name: String,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+#[derive(Debug, Args)]
+struct NodeNameArgs {
+    /// Node name.
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct DrainArgs {
+    /// Node name.
+    name: String,
+    /// How long running replicas will get to move away once the scheduler moves them, e.g.
+    /// 90s, 10m or 1h30m (at most 7d); without it the scheduler's default applies.
+    #[arg(long, value_name = "DURATION", value_parser = node::parse_duration)]
+    deadline: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct PolicyApplyArgs {
+    /// The bundle: a directory of .cedar, .cedarschema and .json files, or one .cedar file.
+    #[arg(value_name = "DIR|FILE")]
+    path: PathBuf,
+    /// Why this version exists, recorded with it (shown by `policy list` and `policy show`).
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    comment: String,
+    /// Who applies it, recorded with it: an opaque id, not a person's name [default: $USER, or
+    /// "unknown"].
+    #[arg(long, value_name = "ID")]
+    author: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct PolicyShowArgs {
+    /// Version to show; without it, the version in force.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    version: Option<u64>,
+    /// Also print every file of the bundle in full.
+    #[arg(long)]
+    files: bool,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+#[derive(Debug, Args)]
+struct PolicyDiffArgs {
+    /// The older version (the `-` side).
+    #[arg(value_name = "A", value_parser = clap::value_parser!(u64).range(1..))]
+    a: u64,
+    /// The newer version (the `+` side).
+    #[arg(value_name = "B", value_parser = clap::value_parser!(u64).range(1..))]
+    b: u64,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+/// Exit codes of one command when it fails. Most commands exit with 1 when the cluster refused
+/// or could not be reached and 2 for bad input. `deploy plan` and `policy diff` answer a
+/// question with 0 or 1, so their failures must use other codes, or a script would read a
+/// failure as an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExitCodes {
+    /// The cluster refused or could not be reached.
+    failure: u8,
+    /// Bad input (`UsageError`).
+    usage: u8,
+}
+
+impl ExitCodes {
+    fn of(command: &Command) -> Self {
+        match command {
+            Command::Deploy(DeployCommand::Plan(_)) => ExitCodes {
+                failure: 3,
+                usage: 2,
+            },
+            // Like diff(1): 2 for any trouble.
+            Command::Policy(PolicyCommand::Diff(_)) => ExitCodes {
+                failure: 2,
+                usage: 2,
+            },
+            _ => ExitCodes {
+                failure: 1,
+                usage: 2,
+            },
+        }
+    }
+
+    fn for_error(self, err: &anyhow::Error) -> u8 {
+        if err.is::<UsageError>() {
+            self.usage
+        } else {
+            self.failure
+        }
+    }
+}
+
 /// Bad input from the user: flags, endpoints, spec files. Exits with 2, like clap's own usage
 /// errors, so scripts can tell "you asked wrongly" from "the cluster said no".
 #[derive(Debug)]
@@ -237,37 +490,47 @@ impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let codes = ExitCodes::of(&cli.command);
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
-            // One line whatever the cause: server messages may span lines, and scripts grep.
-            let text = format!("{err:#}");
-            eprintln!(
-                "error: {}",
-                text.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
-            if err.is::<UsageError>() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            eprint!("{}", error_report(&err));
+            ExitCode::from(codes.for_error(&err))
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// What a failure prints on stderr: one line whatever the cause (server messages may span
+/// lines, and scripts grep), except a refused policy bundle, whose problems get a line each.
+fn error_report(err: &anyhow::Error) -> String {
+    if let Some(refused) = err.downcast_ref::<InvalidBundle>() {
+        return refused.report();
+    }
+    let text = format!("{err:#}");
+    format!(
+        "error: {}\n",
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// Runs the command; the `Ok` value is the exit code, 0 unless the command answers a question
+/// with it (`ExitCodes`).
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     let endpoints = client::parse_endpoints(&cli.global.endpoint)?;
     let mut client = Client::new(endpoints, Duration::from_secs(cli.global.timeout));
     let format = cli.global.output;
+    let done = |()| 0;
     match cli.command {
         Command::Cluster(cmd) => match cmd {
-            ClusterCommand::Status => cluster::status(&mut client, format).await,
-            ClusterCommand::Members(a) => cluster::members(&mut client, format, a.stale).await,
+            ClusterCommand::Status => cluster::status(&mut client, format).await.map(done),
+            ClusterCommand::Members(a) => cluster::members(&mut client, format, a.stale)
+                .await
+                .map(done),
             ClusterCommand::Join(a) => {
                 let req = JoinRequest {
                     id: a.id,
@@ -275,24 +538,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     api_addr: a.api_addr,
                     learner_only: a.learner_only,
                 };
-                cluster::join(&mut client, format, req).await
+                cluster::join(&mut client, format, req).await.map(done)
             }
             ClusterCommand::Remove(a) => {
                 let id = a.id.or(a.id_flag).expect("clap requires ID or --id");
-                cluster::remove(&mut client, format, id).await
+                cluster::remove(&mut client, format, id).await.map(done)
             }
         },
         Command::Deploy(cmd) => match cmd {
             DeployCommand::Apply(a) => {
                 // Read the spec before any network call, so bad input fails fast and offline.
                 let spec = spec::read(&a.file)?;
-                deploy::apply(&mut client, format, spec, a.expected_generation).await
+                deploy::apply(&mut client, format, spec, a.expected_generation)
+                    .await
+                    .map(done)
             }
-            DeployCommand::List(a) => {
-                deploy::list(&mut client, format, a.read.stale, a.limit).await
+            DeployCommand::Plan(a) => {
+                let spec = spec::read(&a.file)?;
+                let changes = deploy::plan(&mut client, format, spec).await?;
+                Ok(u8::from(changes))
             }
-            DeployCommand::Show(a) => deploy::show(&mut client, format, a.name, a.read.stale).await,
-            DeployCommand::Delete(a) => deploy::delete(&mut client, format, a.name).await,
+            DeployCommand::List(a) => deploy::list(&mut client, format, a.read.stale, a.limit)
+                .await
+                .map(done),
+            DeployCommand::Show(a) => deploy::show(&mut client, format, a.name, a.read.stale)
+                .await
+                .map(done),
+            DeployCommand::Delete(a) => deploy::delete(&mut client, format, a.name).await.map(done),
+        },
+        Command::Explain(a) => {
+            deploy::explain(&mut client, format, a.deployment, a.node, a.read.stale)
+                .await
+                .map(done)
+        }
+        Command::Node(cmd) => match cmd {
+            NodeCommand::List(a) => node::list(&mut client, format, a.stale).await.map(done),
+            NodeCommand::Show(a) => node::show(&mut client, format, a.name, a.read.stale)
+                .await
+                .map(done),
+            NodeCommand::Drain(a) => node::drain(&mut client, format, a.name, a.deadline)
+                .await
+                .map(done),
+            NodeCommand::Undrain(a) => node::undrain(&mut client, format, a.name).await.map(done),
+        },
+        Command::Policy(cmd) => match cmd {
+            PolicyCommand::Apply(a) => {
+                let author = a.author.unwrap_or_else(policy::default_author);
+                policy::apply(&mut client, format, &a.path, a.comment, author)
+                    .await
+                    .map(done)
+            }
+            PolicyCommand::List(a) => policy::list(&mut client, format, a.stale).await.map(done),
+            PolicyCommand::Show(a) => {
+                policy::show(&mut client, format, a.version, a.read.stale, a.files)
+                    .await
+                    .map(done)
+            }
+            PolicyCommand::Diff(a) => {
+                let differ = policy::diff(&mut client, format, a.a, a.b, a.read.stale).await?;
+                Ok(u8::from(differ))
+            }
         },
     }
 }
@@ -348,6 +653,95 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["sovctl", "cluster", "remove"]).is_err());
         assert!(Cli::try_parse_from(["sovctl", "cluster", "remove", "4", "--id", "5"]).is_err());
+    }
+
+    #[test]
+    fn commands_answering_a_question_move_failures_off_0_and_1() {
+        let codes = |args: &[&str]| ExitCodes::of(&Cli::try_parse_from(args).unwrap().command);
+        let usage = anyhow::Error::from(UsageError("bad".into()));
+        let refused = anyhow::anyhow!("not found: deployment \"x\" does not exist");
+
+        let plan = codes(&["sovctl", "deploy", "plan", "-f", "x.toml"]);
+        assert_eq!((plan.for_error(&usage), plan.for_error(&refused)), (2, 3));
+        let diff = codes(&["sovctl", "policy", "diff", "1", "2"]);
+        assert_eq!((diff.for_error(&usage), diff.for_error(&refused)), (2, 2));
+        for ordinary in [
+            &["sovctl", "deploy", "list"][..],
+            &["sovctl", "policy", "apply", "dir"],
+            &["sovctl", "explain", "x"],
+            &["sovctl", "node", "drain", "n"],
+        ] {
+            let c = codes(ordinary);
+            assert_eq!(
+                (c.for_error(&usage), c.for_error(&refused)),
+                (2, 1),
+                "{ordinary:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_print_one_line_except_a_refused_bundle() {
+        let err = anyhow::anyhow!("invalid argument: spec.name\n  must be a DNS label");
+        assert_eq!(
+            error_report(&err),
+            "error: invalid argument: spec.name must be a DNS label\n"
+        );
+        let refused = anyhow::Error::from(InvalidBundle {
+            problems: vec!["a.cedar:1:1: x".into(), "b.json:2:3: y".into()],
+        });
+        assert_eq!(
+            error_report(&refused),
+            "error: invalid policy bundle:\n  a.cedar:1:1: x\n  b.json:2:3: y\n"
+        );
+    }
+
+    #[test]
+    fn new_commands_parse_their_flags() {
+        let cli = Cli::try_parse_from(["sovctl", "node", "drain", "gpu-fr-1", "--deadline", "10m"])
+            .unwrap();
+        let Command::Node(NodeCommand::Drain(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(a.deadline, Some(Duration::from_secs(600)));
+        assert!(Cli::try_parse_from(["sovctl", "node", "drain", "n", "--deadline", "10"]).is_err());
+
+        let cli =
+            Cli::try_parse_from(["sovctl", "explain", "mistral-7b", "--node", "gpu-us-1"]).unwrap();
+        let Command::Explain(a) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(
+            (a.deployment.as_str(), a.node.as_deref()),
+            ("mistral-7b", Some("gpu-us-1"))
+        );
+
+        let cli = Cli::try_parse_from([
+            "sovctl",
+            "policy",
+            "apply",
+            "pol/",
+            "--comment",
+            "why",
+            "--author",
+            "ops-7",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCommand::Apply(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(
+            (a.path, a.comment.as_str(), a.author.as_deref()),
+            (PathBuf::from("pol/"), "why", Some("ops-7"))
+        );
+
+        let cli =
+            Cli::try_parse_from(["sovctl", "policy", "show", "--version", "3", "--files"]).unwrap();
+        let Command::Policy(PolicyCommand::Show(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!((a.version, a.files), (Some(3), true));
+        assert!(Cli::try_parse_from(["sovctl", "policy", "diff", "0", "1"]).is_err());
     }
 
     #[test]

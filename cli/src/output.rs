@@ -4,6 +4,13 @@
 //! the sov.v1 messages field for field, in snake_case, so the proto file documents them (prost
 //! types do not derive `Serialize`, hence the copies). Maps become sorted objects so that output is
 //! stable between runs. Everything here is pure except `emit`, which writes.
+//!
+//! This file holds the shared pieces (tables, key/value blocks, times) and the cluster and
+//! deployment shapes; `node`, `policy` and `plan` (deploy plan and explain) hold theirs.
+
+pub mod node;
+pub mod plan;
+pub mod policy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -130,8 +137,25 @@ pub struct ResourcesView {
     pub memory_mib: u64,
 }
 
-/// `sov.v1.DeploymentSpec`. An absent `resources` message is shown as all zeros, which is what
-/// the scheduler reads it as.
+/// `sov.v1.ExportAttributes`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ExportView {
+    pub eccn: String,
+    pub weights_published: bool,
+    pub training_compute_log10: u32,
+    pub lineage: Vec<String>,
+}
+
+/// `sov.v1.Residency`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ResidencyView {
+    pub allowed: Vec<String>,
+    pub min_location_trust: u32,
+    pub required_certifications: Vec<String>,
+}
+
+/// `sov.v1.DeploymentSpec`. Absent `resources`, `export` and `residency` messages are shown as
+/// all zeros and empty lists, which is what the scheduler reads them as.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpecView {
     pub name: String,
@@ -141,11 +165,15 @@ pub struct SpecView {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    pub export: ExportView,
+    pub residency: ResidencyView,
 }
 
 impl From<pb::DeploymentSpec> for SpecView {
     fn from(s: pb::DeploymentSpec) -> Self {
         let r = s.resources.unwrap_or_default();
+        let x = s.export.unwrap_or_default();
+        let res = s.residency.unwrap_or_default();
         SpecView {
             name: s.name,
             model: s.model,
@@ -160,12 +188,49 @@ impl From<pb::DeploymentSpec> for SpecView {
             command: s.command,
             env: sorted(s.env),
             labels: sorted(s.labels),
+            export: ExportView {
+                eccn: x.eccn,
+                weights_published: x.weights_published,
+                training_compute_log10: x.training_compute_log10,
+                lineage: x.lineage,
+            },
+            residency: ResidencyView {
+                allowed: res.allowed,
+                min_location_trust: res.min_location_trust,
+                required_certifications: res.required_certifications,
+            },
         }
     }
 }
 
 fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
+}
+
+/// `sov.v1.Replica`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplicaView {
+    pub id: String,
+    pub node: String,
+    pub gpu_uuids: Vec<String>,
+    pub port: u32,
+    pub desired: String,
+    pub policy_version: u64,
+    pub created_at_ms: i64,
+}
+
+impl From<pb::Replica> for ReplicaView {
+    fn from(r: pb::Replica) -> Self {
+        ReplicaView {
+            id: r.id,
+            node: r.node,
+            gpu_uuids: r.gpu_uuids,
+            port: r.port,
+            desired: r.desired,
+            policy_version: r.policy_version,
+            created_at_ms: r.created_at_ms,
+        }
+    }
 }
 
 /// `sov.v1.Deployment`. `spec` is `null` only if a server sends a deployment without one.
@@ -176,12 +241,25 @@ pub struct DeploymentView {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub revision: u64,
+    pub replicas: Vec<ReplicaView>,
 }
+
+/// `Replica.desired` of a replica the scheduler wants running.
+const DESIRED_RUN: &str = "run";
 
 impl DeploymentView {
     /// The deployment's name, or `-` when the spec is missing.
     pub fn name(&self) -> &str {
         self.spec.as_ref().map_or("-", |s| s.name.as_str())
+    }
+
+    /// Replicas placed with desired state "run". Whether their servers are up is the agents'
+    /// report, which this count does not include.
+    pub fn running(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.desired == DESIRED_RUN)
+            .count()
     }
 }
 
@@ -193,6 +271,7 @@ impl From<pb::Deployment> for DeploymentView {
             created_at_ms: d.created_at_ms,
             updated_at_ms: d.updated_at_ms,
             revision: d.revision,
+            replicas: d.replicas.into_iter().map(ReplicaView::from).collect(),
         }
     }
 }
@@ -353,29 +432,37 @@ pub fn members_table(members: &[MemberView], leader_id: u64) -> String {
     table.render()
 }
 
-/// `deploy list`.
+/// `deploy list`. RUNNING is replicas placed to run / replicas wanted.
 pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     let mut table = Table::new(&[
         "NAME",
         "MODEL",
         "REPLICAS",
+        "RUNNING",
         "GPUS/REPLICA",
         "GENERATION",
         "UPDATED",
     ]);
     for d in deployments {
-        let (model, replicas, gpus) = match &d.spec {
+        let (model, replicas, running, gpus) = match &d.spec {
             Some(s) => (
                 s.model.clone(),
                 s.replicas.to_string(),
+                format!("{}/{}", d.running(), s.replicas),
                 s.resources.gpu_count.to_string(),
             ),
-            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            None => (
+                "-".to_owned(),
+                "-".to_owned(),
+                format!("{}/-", d.running()),
+                "-".to_owned(),
+            ),
         };
         table.row(vec![
             d.name().to_owned(),
             model,
             replicas,
+            running,
             gpus,
             d.generation.to_string(),
             time_cell(d.updated_at_ms),
@@ -392,6 +479,7 @@ pub fn deployment_text(d: &DeploymentView) -> String {
         pairs.extend([
             ("Model", dash_if_empty(&s.model)),
             ("Replicas", s.replicas.to_string()),
+            ("Running", format!("{}/{}", d.running(), s.replicas)),
             ("GPUs/replica", r.gpu_count.to_string()),
             (
                 "GPU model",
@@ -420,6 +508,8 @@ pub fn deployment_text(d: &DeploymentView) -> String {
             ("Env", key_values(&s.env)),
             ("Labels", key_values(&s.labels)),
         ]);
+        pairs.extend(export_fields(&s.export));
+        pairs.extend(residency_fields(&s.residency));
     }
     pairs.extend([
         ("Generation", d.generation.to_string()),
@@ -427,7 +517,129 @@ pub fn deployment_text(d: &DeploymentView) -> String {
         ("Created", time_cell(d.created_at_ms)),
         ("Updated", time_cell(d.updated_at_ms)),
     ]);
-    fields(&pairs)
+    let mut out = fields(&pairs);
+    if d.replicas.is_empty() {
+        out.push_str("\nNo replicas placed.\n");
+    } else {
+        out.push('\n');
+        out.push_str(&replicas_table(&d.replicas));
+    }
+    out
+}
+
+/// The export attributes, as `deploy show` lists them.
+fn export_fields(x: &ExportView) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "ECCN",
+            // The proto's "empty means EAR99"; a scheduler may also store it spelt out.
+            if_set(
+                !x.eccn.is_empty() && !x.eccn.eq_ignore_ascii_case("EAR99"),
+                &x.eccn,
+                "EAR99 (not controlled)",
+            ),
+        ),
+        (
+            "Weights published",
+            if_set(x.weights_published, "yes", "no"),
+        ),
+        (
+            "Training compute",
+            if_set(
+                x.training_compute_log10 > 0,
+                &format!("1e{} FLOP", x.training_compute_log10),
+                "unknown",
+            ),
+        ),
+        (
+            "Lineage",
+            if_set(!x.lineage.is_empty(), &x.lineage.join(", "), "-"),
+        ),
+    ]
+}
+
+/// The deployment's own residency requirement, as `deploy show` lists it.
+fn residency_fields(r: &ResidencyView) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Residency",
+            if_set(
+                !r.allowed.is_empty(),
+                &r.allowed.join(", "),
+                "anywhere the policy allows",
+            ),
+        ),
+        ("Min location trust", trust_level(r.min_location_trust)),
+        (
+            "Certifications",
+            if_set(
+                !r.required_certifications.is_empty(),
+                &r.required_certifications.join(", "),
+                "-",
+            ),
+        ),
+    ]
+}
+
+/// `Residency.min_location_trust` in words.
+fn trust_level(level: u32) -> String {
+    match level {
+        0 => "any".to_owned(),
+        1 => "1 (self-reported)".to_owned(),
+        2 => "2 (operator-certificate)".to_owned(),
+        3 => "3 (hardware-attested)".to_owned(),
+        other => format!("{other} (unknown level)"),
+    }
+}
+
+/// The replicas of `deploy show`, sorted by id.
+pub fn replicas_table(replicas: &[ReplicaView]) -> String {
+    let mut sorted: Vec<&ReplicaView> = replicas.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut table = Table::new(&["ID", "NODE", "GPUS", "PORT", "DESIRED", "POLICY VERSION"]);
+    for r in sorted {
+        table.row(vec![
+            dash_if_empty(&r.id),
+            dash_if_empty(&r.node),
+            gpus_cell(&r.gpu_uuids),
+            port_cell(r.port),
+            dash_if_empty(&r.desired),
+            r.policy_version.to_string(),
+        ]);
+    }
+    table.render()
+}
+
+/// GPUs assigned to a replica: their count, then their UUIDs, NVML ones cut to the first group
+/// (`GPU-8f2c1e0a…`), which is unique in practice and keeps the table readable; JSON has them in
+/// full, `node show` too.
+pub fn gpus_cell(uuids: &[String]) -> String {
+    if uuids.is_empty() {
+        return "-".to_owned();
+    }
+    let short: Vec<String> = uuids.iter().map(|u| short_gpu_uuid(u)).collect();
+    format!("{} ({})", uuids.len(), short.join(", "))
+}
+
+fn short_gpu_uuid(uuid: &str) -> String {
+    // NVML: `GPU-` and a UUID, 8-4-4-4-12 hex digits.
+    match uuid.strip_prefix("GPU-") {
+        Some(rest)
+            if rest.len() == 36 && rest.chars().all(|c| c.is_ascii_hexdigit() || c == '-') =>
+        {
+            format!("GPU-{}…", &rest[..8])
+        }
+        _ => uuid.to_owned(),
+    }
+}
+
+/// A replica's port; 0 is proto3's "not set".
+pub fn port_cell(port: u32) -> String {
+    if port == 0 {
+        "-".to_owned()
+    } else {
+        port.to_string()
+    }
 }
 
 /// `deploy apply`: `deployment NAME created|updated|unchanged (generation G, revision R)`.
@@ -547,13 +759,39 @@ mod tests {
                 command: vec!["python3".into(), "-m".into(), "http.server".into()],
                 env: HashMap::from([("B".into(), "2".into()), ("A".into(), "1".into())]),
                 labels: HashMap::new(),
-                ..Default::default()
+                export: Some(pb::ExportAttributes {
+                    eccn: String::new(),
+                    weights_published: true,
+                    training_compute_log10: 0,
+                    lineage: vec![],
+                }),
+                residency: Some(pb::Residency {
+                    allowed: vec!["EU27".into(), "CH".into()],
+                    min_location_trust: 2,
+                    required_certifications: vec![],
+                }),
             }),
             generation: 3,
             created_at_ms: 1_700_000_000_000,
             updated_at_ms: 1_700_000_060_500,
             revision: 42,
+            replicas: vec![
+                replica("mistral-7b-2", "gpu-fr-2", "stop"),
+                replica("mistral-7b-1", "gpu-fr-1", "run"),
+            ],
         })
+    }
+
+    fn replica(id: &str, node: &str, desired: &str) -> pb::Replica {
+        pb::Replica {
+            id: id.into(),
+            node: node.into(),
+            gpu_uuids: vec!["GPU-8f2c1e0a-1b2c-3d4e-5f60-718293a4b5c6".into()],
+            port: 7501,
+            desired: desired.into(),
+            policy_version: 3,
+            created_at_ms: 1_700_000_000_000,
+        }
     }
 
     #[test]
@@ -662,28 +900,84 @@ mod tests {
                 "mistral-7b",
                 "mistralai/Mistral-7B-Instruct-v0.3",
                 "2",
+                "1/2",
                 "1",
                 "3",
                 "2023-11-14T22:14:20Z"
             ]
         );
+        assert!(lines[0].contains("   RUNNING   "), "{text}");
     }
 
     #[test]
     fn deployment_text_lists_spec_details() {
         let text = deployment_text(&deployment());
         for expected in [
-            "Name:          mistral-7b\n",
-            "GPU model:     any\n",
-            "GPU memory:    40000 MiB minimum per GPU\n",
-            "CPU:           -\n",
-            "Command:       python3 -m http.server\n",
-            "Env:           A=1\n               B=2\n",
-            "Labels:        -\n",
-            "Created:       2023-11-14T22:13:20Z\n",
+            "Name:                mistral-7b\n",
+            "GPU model:           any\n",
+            "GPU memory:          40000 MiB minimum per GPU\n",
+            "CPU:                 -\n",
+            "Command:             python3 -m http.server\n",
+            "Env:                 A=1\n                     B=2\n",
+            "Labels:              -\n",
+            "Created:             2023-11-14T22:13:20Z\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn deployment_text_shows_export_residency_and_replicas() {
+        let text = deployment_text(&deployment());
+        for expected in [
+            "Running:             1/2\n",
+            "ECCN:                EAR99 (not controlled)\n",
+            "Weights published:   yes\n",
+            "Training compute:    unknown\n",
+            "Lineage:             -\n",
+            "Residency:           EU27, CH\n",
+            "Min location trust:  2 (operator-certificate)\n",
+            "Certifications:      -\n",
+            "\nID             NODE       GPUS                PORT   DESIRED   POLICY VERSION\n\
+             mistral-7b-1   gpu-fr-1   1 (GPU-8f2c1e0a…)   7501   run       3\n\
+             mistral-7b-2   gpu-fr-2   1 (GPU-8f2c1e0a…)   7501   stop      3\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        let mut frontier = deployment();
+        let spec = frontier.spec.as_mut().unwrap();
+        spec.export = ExportView {
+            eccn: "4E091".into(),
+            weights_published: false,
+            training_compute_log10: 26,
+            lineage: vec!["base-a".into(), "base-b".into()],
+        };
+        spec.residency = ResidencyView::default();
+        frontier.replicas.clear();
+        let text = deployment_text(&frontier);
+        for expected in [
+            "ECCN:                4E091\n",
+            "Training compute:    1e26 FLOP\n",
+            "Lineage:             base-a, base-b\n",
+            "Residency:           anywhere the policy allows\n",
+            "Min location trust:  any\n",
+            "Running:             0/2\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(text.ends_with("\nNo replicas placed.\n"), "{text}");
+    }
+
+    #[test]
+    fn gpu_cells_shorten_only_nvml_uuids() {
+        assert_eq!(gpus_cell(&[]), "-");
+        assert_eq!(
+            gpus_cell(&[
+                "GPU-8f2c1e0a-1b2c-3d4e-5f60-718293a4b5c6".into(),
+                "sim-node1-gpu1".into()
+            ]),
+            "2 (GPU-8f2c1e0a…, sim-node1-gpu1)"
+        );
     }
 
     #[test]
@@ -709,6 +1003,14 @@ mod tests {
         assert_eq!(json["spec"]["resources"]["gpu_memory_mib"], 40000);
         assert_eq!(json["spec"]["env"], serde_json::json!({"A": "1", "B": "2"}));
         assert_eq!(json["updated_at_ms"], 1_700_000_060_500_i64);
+        assert_eq!(json["spec"]["export"]["weights_published"], true);
+        assert_eq!(json["spec"]["residency"]["allowed"][1], "CH");
+        assert_eq!(json["spec"]["residency"]["min_location_trust"], 2);
+        assert_eq!(
+            json["replicas"][0]["gpu_uuids"][0],
+            "GPU-8f2c1e0a-1b2c-3d4e-5f60-718293a4b5c6"
+        );
+        assert_eq!(json["replicas"][1]["desired"], "run");
         let m = serde_json::to_value(member(1, true, None)).unwrap();
         assert_eq!(
             m,

@@ -160,6 +160,17 @@ HF_HUB_OFFLINE = "1"
 
 [labels]
 team = "nlp"
+
+[export]
+eccn = "4E091"
+weights_published = true
+training_compute_log10 = 26
+lineage = ["base"]
+
+[residency]
+allowed = ["EU27", "CH"]
+min_location_trust = 2
+required_certifications = ["secnumcloud"]
 "#;
 
     #[test]
@@ -185,6 +196,23 @@ team = "nlp"
             Some("1")
         );
         assert_eq!(spec.labels.get("team").map(String::as_str), Some("nlp"));
+        assert_eq!(
+            spec.export,
+            Some(ExportAttributes {
+                eccn: "4E091".into(),
+                weights_published: true,
+                training_compute_log10: 26,
+                lineage: vec!["base".into()],
+            })
+        );
+        assert_eq!(
+            spec.residency,
+            Some(Residency {
+                allowed: vec!["EU27".into(), "CH".into()],
+                min_location_trust: 2,
+                required_certifications: vec!["secnumcloud".into()],
+            })
+        );
     }
 
     #[test]
@@ -235,10 +263,36 @@ team = "nlp"
 
     #[test]
     fn shipped_examples_parse() {
-        for file in ["tiny-echo.toml", "mistral-7b.toml"] {
+        for file in ["tiny-echo.toml", "mistral-7b.toml", "frontier-4e091.toml"] {
             let path = format!("{}/../deploy/examples/{file}", env!("CARGO_MANIFEST_DIR"));
             let spec = read(&path).unwrap_or_else(|e| panic!("{file}: {}", e.0));
             assert!(!spec.name.is_empty() && spec.replicas > 0, "{file}");
+            assert_eq!(
+                file,
+                format!("{}.toml", spec.name),
+                "file named after the deployment"
+            );
         }
+    }
+
+    #[test]
+    fn shipped_examples_show_residency_and_export_control() {
+        let read_example = |file: &str| {
+            read(&format!(
+                "{}/../deploy/examples/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap_or_else(|e| panic!("{file}: {}", e.0))
+        };
+        let mistral = read_example("mistral-7b.toml");
+        assert_eq!(mistral.residency.unwrap().allowed, ["EU27"]);
+        let frontier = read_example("frontier-4e091.toml");
+        let export = frontier.export.unwrap();
+        assert_eq!(
+            (export.eccn.as_str(), export.training_compute_log10),
+            ("4E091", 26)
+        );
+        let r = frontier.resources.unwrap();
+        assert_eq!((r.gpu_count, r.gpu_memory_mib), (8, 80_000));
     }
 }

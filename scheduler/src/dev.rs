@@ -33,6 +33,173 @@ pub struct DevArgs {
     /// Delete the data of a previous run first.
     #[arg(long)]
     pub fresh: bool,
+    /// Policy bundle applied when the cluster has none yet.
+    #[arg(long, default_value = "deploy/policies")]
+    pub policies: PathBuf,
+    /// Demo fleet: nodes with SIMULATED inventory registered at start (no agents run them).
+    #[arg(long, default_value = "deploy/dev/nodes.toml")]
+    pub fleet: PathBuf,
+    /// Start the schedulers only: no default policy, no simulated nodes.
+    #[arg(long)]
+    pub bare: bool,
+}
+
+/// One simulated node of the demo fleet file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetNode {
+    name: String,
+    country: String,
+    #[serde(default)]
+    subdivision: String,
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    operator: String,
+    #[serde(default)]
+    operator_hq: String,
+    #[serde(default)]
+    ultimate_parent_hq: String,
+    #[serde(default)]
+    certifications: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    gpus: u32,
+    #[serde(default)]
+    gpu_model: String,
+    #[serde(default)]
+    gpu_memory_mib: u64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    node: Vec<FleetNode>,
+}
+
+/// Applies the default policy bundle if none is in force and registers the demo fleet; returns
+/// what it did, for the summary. Files that are missing (the launcher runs outside the repo)
+/// are skipped with a note rather than failing the cluster.
+async fn seed(args: &DevArgs, endpoint: &str) -> anyhow::Result<Vec<String>> {
+    use sov_proto::v1 as pb;
+    let mut done = Vec::new();
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        .connect()
+        .await?;
+    let mut policies = pb::policy_service_client::PolicyServiceClient::new(channel.clone());
+    let active = policies
+        .get(pb::GetPolicyRequest {
+            version: 0,
+            consistency: 0,
+        })
+        .await;
+    match active {
+        Ok(v) => done.push(format!(
+            "policy version {} is in force",
+            v.into_inner().version
+        )),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            let files = read_bundle(&args.policies)?;
+            if files.is_empty() {
+                done.push(format!(
+                    "no policy applied: {} not found (nothing can be placed until one is)",
+                    args.policies.display()
+                ));
+            } else {
+                let bundle = pb::PolicyBundle {
+                    files: files.into_iter().collect(),
+                    comment: "default bundle applied by sov-scheduler dev".into(),
+                    author: "sov-dev".into(),
+                };
+                let v = policies
+                    .apply(pb::ApplyPolicyRequest {
+                        bundle: Some(bundle),
+                        plan_hash: String::new(),
+                    })
+                    .await?;
+                done.push(format!(
+                    "applied policy version {} from {}",
+                    v.into_inner().version,
+                    args.policies.display()
+                ));
+            }
+        }
+        Err(status) => return Err(status.into()),
+    }
+    let Ok(text) = std::fs::read_to_string(&args.fleet) else {
+        done.push(format!(
+            "no simulated nodes: {} not found",
+            args.fleet.display()
+        ));
+        return Ok(done);
+    };
+    let fleet: FleetFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.fleet.display()))?;
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(channel);
+    for n in &fleet.node {
+        let gpus = (0..n.gpus)
+            .map(|i| pb::GpuDevice {
+                index: i,
+                uuid: format!("GPU-SIMULATED-{}-{i}", n.name),
+                model: n.gpu_model.clone(),
+                memory_mib: n.gpu_memory_mib,
+                simulated: true,
+                ..Default::default()
+            })
+            .collect();
+        let request = pb::RegisterNodeRequest {
+            name: n.name.clone(),
+            facts: Some(pb::LocationFacts {
+                country: n.country.clone(),
+                subdivision: n.subdivision.clone(),
+                site: n.site.clone(),
+                operator: n.operator.clone(),
+                operator_hq: n.operator_hq.clone(),
+                ultimate_parent_hq: n.ultimate_parent_hq.clone(),
+                certifications: n.certifications.clone().into_iter().collect(),
+                location_trust: "self-reported".into(),
+            }),
+            inventory: Some(pb::Inventory {
+                cpu_millis: 64_000,
+                memory_mib: 512 * 1024,
+                gpus,
+            }),
+        };
+        agents
+            .register(request)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering {}: {}", n.name, e.message()))?;
+    }
+    done.push(format!(
+        "registered {} nodes with SIMULATED GPUs from {} (no agents run them)",
+        fleet.node.len(),
+        args.fleet.display()
+    ));
+    Ok(done)
+}
+
+/// The policy files of a bundle directory (`*.cedar`, `*.cedarschema`, `*.json`), by name.
+fn read_bundle(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if path.is_file()
+            && (name.ends_with(".cedar")
+                || name.ends_with(".cedarschema")
+                || name.ends_with(".json"))
+        {
+            files.push((name, std::fs::read_to_string(&path)?));
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 struct DevNode {
@@ -235,6 +402,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 
     let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api)).collect();
+    let seeded = if args.bare {
+        Vec::new()
+    } else {
+        match seed(&args, &endpoints[0]).await {
+            Ok(done) => done,
+            Err(e) => {
+                stop_all(&mut nodes).await;
+                return Err(e.context("seeding the dev cluster (use --bare to skip)"));
+            }
+        }
+    };
     println!(
         "\nsov dev cluster is up: {} schedulers on loopback\n",
         nodes.len()
@@ -253,11 +431,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             n.log.display()
         );
     }
+    for line in &seeded {
+        println!("  {line}");
+    }
     println!("\nTalk to it (in another terminal):");
     println!("  export SOV_ENDPOINT={}", endpoints.join(","));
     println!("  cargo run -q --bin sovctl -- cluster status");
     println!("  cargo run -q --bin sovctl -- deploy apply -f deploy/examples/tiny-echo.toml");
     println!("  cargo run -q --bin sovctl -- deploy list");
+    println!("  cargo run -q --bin sovctl -- node list");
+    println!("  cargo run -q --bin sovctl -- deploy apply -f deploy/examples/mistral-7b.toml");
+    println!("  cargo run -q --bin sovctl -- explain mistral-7b");
     println!("  curl -s http://{}/metrics | grep sov_raft", nodes[0].http);
     println!("  grpcurl -plaintext {} list", nodes[0].api);
     println!(

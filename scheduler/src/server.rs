@@ -1,7 +1,6 @@
 //! One scheduler process, wired together: storage and Raft ([`Replica`]), the peer service on
 //! the Raft port, the public API (+ gRPC health and reflection) on the API port, and the HTTP
-//! endpoints; plus two small background duties (proposing the cluster id when first leader,
-//! joining a cluster when configured to).
+//! endpoints; the leader's loops (`crate::leader`), and joining a cluster when configured to.
 //!
 //! Owns: start-up order and clean shutdown. Tests start several of these in one process on
 //! ephemeral ports through [`Listeners`].
@@ -11,21 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::async_runtime::WatchReceiver;
 use sov_proto::v1::JoinRequest;
 use sov_proto::v1::agent_service_server::AgentServiceServer;
 use sov_proto::v1::cluster_service_client::ClusterServiceClient;
 use sov_proto::v1::cluster_service_server::ClusterServiceServer;
 use sov_proto::v1::deployment_service_server::DeploymentServiceServer;
 use sov_proto::v1::node_service_server::NodeServiceServer;
+use sov_proto::v1::policy_service_server::PolicyServiceServer;
 use sov_proto::v1::raft_peer_server::RaftPeerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{AgentApi, ClusterApi, DeploymentApi, NodeApi, REQUEST_BYTES_MAX};
+use crate::api::{AgentApi, ClusterApi, DeploymentApi, NodeApi, PolicyApi, REQUEST_BYTES_MAX};
 use crate::config::Config;
+use crate::leader;
 use crate::raft::network::PEER_MESSAGE_BYTES_MAX;
 use crate::raft::peer_service::PeerService;
 use crate::raft::{Replica, SovNode};
@@ -121,6 +121,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         .await;
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -148,6 +149,10 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             AgentServiceServer::new(AgentApi::new(replica.clone()))
                 .max_decoding_message_size(REQUEST_BYTES_MAX),
         )
+        .add_service(
+            PolicyServiceServer::new(PolicyApi::new(replica.clone()))
+                .max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
         .serve_with_incoming_shutdown(nodelay(listeners.api), stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = api_server.await {
@@ -173,7 +178,11 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             tracing::info!("data dir already belongs to a cluster; --bootstrap ignored");
         }
     }
-    tasks.push(tokio::spawn(leader_duties(
+    tasks.push(tokio::spawn(leader::cluster_id_duty(
+        replica.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(leader::placement_loop(
         replica.clone(),
         shutdown_rx.clone(),
     )));
@@ -197,31 +206,6 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         shutdown,
         tasks,
     })
-}
-
-/// Work only the leader does; for now, giving a new cluster its id.
-async fn leader_duties(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
-    let mut metrics = replica.raft.metrics();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        if replica.is_leader()
-            && let Err(e) = replica.ensure_cluster_id().await
-        {
-            tracing::debug!(error = %e, "cluster id not proposed yet");
-        }
-        tokio::select! {
-            changed = metrics.changed() => {
-                // The Raft core is gone (shut down or failed): nothing left to lead.
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = tick.tick() => {}
-        }
-    }
 }
 
 /// Asks the cluster at `target` to add this scheduler, unless it is already a member. Retries

@@ -7,8 +7,13 @@ use sov_proto::v1::deployment_service_server::DeploymentService;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, read_barrier, rejection_status, write_error_status};
+use crate::placement::{self, Explanation};
 use crate::raft::Replica;
-use crate::state::{self, DeploymentSpec, ExportAttrs, Outcome, Proposal, Residency, Resources};
+use crate::raft::now_ms;
+use crate::state::plan::{PolicyGate, day_of};
+use crate::state::{
+    self, DeploymentSpec, Desired, ExportAttrs, Outcome, Proposal, Residency, Resources, State,
+};
 
 /// Page size when the client asks for none, and the most it may ask for.
 pub const LIST_LIMIT_DEFAULT: u32 = 100;
@@ -74,7 +79,8 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> DeploymentSpec {
     }
 }
 
-pub fn deployment_to_pb(d: &state::Deployment) -> pb::Deployment {
+/// The deployment with its replicas (every allocation of it in `state`).
+pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment {
     let s = &d.spec;
     let r = &s.resources;
     pb::Deployment {
@@ -108,6 +114,24 @@ pub fn deployment_to_pb(d: &state::Deployment) -> pb::Deployment {
         created_at_ms: d.created_at_ms,
         updated_at_ms: d.updated_at_ms,
         revision: d.revision,
+        replicas: state
+            .allocations
+            .values()
+            .filter(|a| a.deployment == s.name)
+            .map(|a| pb::Replica {
+                id: a.id.clone(),
+                node: a.node.clone(),
+                gpu_uuids: a.gpu_uuids.clone(),
+                port: u32::from(a.port),
+                desired: match a.desired {
+                    Desired::Run => "run",
+                    Desired::Stop => "stop",
+                }
+                .into(),
+                policy_version: a.policy_version,
+                created_at_ms: a.created_at_ms,
+            })
+            .collect(),
     }
 }
 
@@ -135,7 +159,7 @@ impl DeploymentService for DeploymentApi {
                     changed,
                 },
             ) => Ok(Response::new(pb::ApplyDeploymentResponse {
-                deployment: Some(deployment_to_pb(&deployment)),
+                deployment: Some(deployment_to_pb(&deployment, &self.replica.sm.read().state)),
                 created,
                 changed,
             })),
@@ -154,7 +178,7 @@ impl DeploymentService for DeploymentApi {
         let deployment = applied.state.deployments.get(&req.name).ok_or_else(|| {
             Status::not_found(format!("deployment {:?} does not exist", req.name))
         })?;
-        Ok(Response::new(deployment_to_pb(deployment)))
+        Ok(Response::new(deployment_to_pb(deployment, &applied.state)))
     }
 
     async fn list(
@@ -186,7 +210,7 @@ impl DeploymentService for DeploymentApi {
             .deployments
             .range::<String, _>((start, std::ops::Bound::Unbounded))
             .take(limit + 1)
-            .map(|(_, d)| deployment_to_pb(d))
+            .map(|(_, d)| deployment_to_pb(d, &applied.state))
             .collect();
         let next_after = if page.len() > limit {
             page.truncate(limit);
@@ -204,6 +228,89 @@ impl DeploymentService for DeploymentApi {
         }))
     }
 
+    async fn plan(
+        &self,
+        request: Request<pb::PlanDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentPlan>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let spec = spec_from_pb(spec);
+        state::validate_spec(&spec).map_err(invalid)?;
+        read_barrier(&self.replica, 0).await?;
+        let applied = self.replica.sm.read();
+        let state = &applied.state;
+        let today = day_of(now_ms());
+        let policy = state.active_policy();
+        let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+        let running = spec.replicas - placement::missing_replicas(state, &spec);
+        let (placements, unplaced) = placement::plan_spec(state, &spec, &mut gate);
+        let unplaceable = spec.replicas - running - placements.len() as u32;
+        let (summary, excluded) = unplaced
+            .map(|e| (e.to_string(), verdicts(&e, None)))
+            .unwrap_or_default();
+        Ok(Response::new(pb::DeploymentPlan {
+            placements: placements
+                .into_iter()
+                .map(|p| pb::PlannedReplica {
+                    node: p.node,
+                    gpu_uuids: p.gpu_uuids,
+                    port: u32::from(p.port),
+                })
+                .collect(),
+            running,
+            unplaceable,
+            summary,
+            excluded,
+            policy_version: policy.map_or(0, |(v, _)| v),
+        }))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        let req = request.into_inner();
+        state::validate_deployment_name(&req.name).map_err(invalid)?;
+        read_barrier(&self.replica, req.consistency).await?;
+        let applied = self.replica.sm.read();
+        let state = &applied.state;
+        let deployment = state.deployments.get(&req.name).ok_or_else(|| {
+            Status::not_found(format!("deployment {:?} does not exist", req.name))
+        })?;
+        if !req.node.is_empty() && !state.nodes.contains_key(&req.node) {
+            return Err(Status::not_found(format!(
+                "node {:?} is not registered",
+                req.node
+            )));
+        }
+        let today = day_of(now_ms());
+        let policy = state.active_policy();
+        let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+        // Why would one more replica not fit? This is the question whether replicas are
+        // missing (why not placed) or not (which nodes could take another).
+        let mut probe = deployment.spec.clone();
+        probe.replicas =
+            deployment.spec.replicas - placement::missing_replicas(state, &deployment.spec) + 1;
+        let explanation = match placement::plan_spec(state, &probe, &mut gate) {
+            (_, Some(e)) => e,
+            (_, None) => placement::eligibility(state, &probe, &mut gate),
+        };
+        let node = (!req.node.is_empty()).then_some(req.node.as_str());
+        Ok(Response::new(pb::Explanation {
+            deployment: req.name.clone(),
+            replicas_wanted: deployment.spec.replicas,
+            replicas_running: deployment.spec.replicas
+                - placement::missing_replicas(state, &deployment.spec),
+            nodes_total: explanation.nodes_total as u32,
+            nodes_eligible: explanation.nodes_eligible as u32,
+            summary: summarize(&explanation, policy.is_some()),
+            excluded: verdicts(&explanation, node),
+            policy_version: policy.map_or(0, |(v, _)| v),
+        }))
+    }
+
     async fn delete(
         &self,
         request: Request<pb::DeleteDeploymentRequest>,
@@ -211,5 +318,28 @@ impl DeploymentService for DeploymentApi {
         let name = request.into_inner().name;
         let (revision, _) = self.propose(Proposal::DeleteDeployment { name }).await?;
         Ok(Response::new(pb::DeleteDeploymentResponse { revision }))
+    }
+}
+
+/// Every excluded node with every reason, or only `node`'s.
+fn verdicts(e: &Explanation, node: Option<&str>) -> Vec<pb::NodeVerdict> {
+    e.per_node
+        .iter()
+        .filter(|(name, _)| node.is_none_or(|n| n == name.as_str()))
+        .map(|(name, reasons)| pb::NodeVerdict {
+            node: name.clone(),
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+        })
+        .collect()
+}
+
+/// The one-line summary, led by the reason that trumps all others when there is one.
+fn summarize(e: &Explanation, policy_in_force: bool) -> String {
+    if policy_in_force {
+        e.to_string()
+    } else {
+        format!(
+            "no policy bundle is in force, so nothing can be placed (apply one: sovctl policy apply deploy/policies); {e}"
+        )
     }
 }

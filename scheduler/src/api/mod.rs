@@ -14,6 +14,7 @@
 pub mod cluster;
 pub mod deployments;
 pub mod nodes;
+pub mod policies;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use crate::state::{Rejection, ValidationError};
 pub use cluster::ClusterApi;
 pub use deployments::DeploymentApi;
 pub use nodes::{AgentApi, NodeApi};
+pub use policies::PolicyApi;
 
 /// Largest request the public API accepts; specs are far smaller.
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -59,9 +61,10 @@ pub fn rejection_status(r: Rejection) -> Status {
         Rejection::NotFound(_) | Rejection::NodeNotFound(_) => Status::not_found(r.to_string()),
         Rejection::GenerationMismatch { .. } => Status::failed_precondition(r.to_string()),
         Rejection::Invalid(e) => invalid(e),
-        Rejection::TooManyDeployments { .. } | Rejection::TooManyNodes { .. } => {
-            Status::resource_exhausted(r.to_string())
-        }
+        Rejection::InvalidPolicy(_) => Status::invalid_argument(r.to_string()),
+        Rejection::TooManyDeployments { .. }
+        | Rejection::TooManyNodes { .. }
+        | Rejection::TooManyPolicyVersions { .. } => Status::resource_exhausted(r.to_string()),
     }
 }
 

@@ -186,3 +186,55 @@ pub fn fit(free: &Free, r: &Resources) -> Result<Reservation, Vec<Shortfall>> {
         _ => Err(short),
     }
 }
+
+/// Checks that a reservation chosen by a planner still fits `free` exactly as chosen: the same
+/// GPUs are free and suitable, CPU and memory fit, the port is free. Apply uses this to re-check
+/// a plan made against an older state.
+pub fn verify(
+    free: &Free,
+    r: &Resources,
+    gpu_uuids: &[String],
+    port: u16,
+) -> Result<(), Vec<Shortfall>> {
+    let mut short = Vec::new();
+    let suitable = gpu_uuids.iter().all(|uuid| {
+        free.gpus.iter().any(|g| {
+            &g.uuid == uuid
+                && (r.gpu_model.is_empty() || g.model == r.gpu_model)
+                && g.memory_mib >= r.gpu_memory_mib
+        })
+    });
+    let mut distinct = gpu_uuids.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    if gpu_uuids.len() != r.gpu_count as usize || distinct.len() != gpu_uuids.len() || !suitable {
+        let free_suitable = free
+            .gpus
+            .iter()
+            .filter(|g| {
+                (r.gpu_model.is_empty() || g.model == r.gpu_model)
+                    && g.memory_mib >= r.gpu_memory_mib
+            })
+            .count();
+        short.push(Shortfall::GpuCount {
+            need: r.gpu_count,
+            free: free_suitable as u32,
+        });
+    }
+    if r.cpu_millis > free.cpu_millis {
+        short.push(Shortfall::Cpu {
+            need_millis: r.cpu_millis,
+            free_millis: free.cpu_millis,
+        });
+    }
+    if r.memory_mib > free.memory_mib {
+        short.push(Shortfall::Memory {
+            need_mib: r.memory_mib,
+            free_mib: free.memory_mib,
+        });
+    }
+    if !(PORT_FIRST..=PORT_LAST).contains(&port) || free.ports_used.contains(&port) {
+        short.push(Shortfall::Ports);
+    }
+    if short.is_empty() { Ok(()) } else { Err(short) }
+}

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::node::Node;
 use crate::state::{DeploymentSpec, State};
 pub use explain::Explanation;
-pub use select::{plan, plan_spec};
+pub use select::{eligibility, free_map, plan, plan_spec};
 
 /// A policy rule that forbids a placement, as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,11 +15,7 @@ use crate::state::{DeploymentSpec, State};
 /// Plans every deployment of `state` that is missing replicas, at most `placements_max`
 /// placements in one plan (a bound on the size of one Raft entry and one apply).
 pub fn plan(state: &State, policy: &mut impl PolicyOracle, placements_max: usize) -> Plan {
-    let mut free: BTreeMap<&str, Free> = state
-        .nodes
-        .values()
-        .map(|n| (n.name.as_str(), Free::of(n, state.allocations.values())))
-        .collect();
+    let mut free = free_map(state);
     let mut plan = Plan::default();
     for deployment in state.deployments.values() {
         let budget = placements_max.saturating_sub(plan.placements.len());
@@ -47,13 +43,42 @@ pub fn plan_spec(
     spec: &DeploymentSpec,
     policy: &mut impl PolicyOracle,
 ) -> (Vec<Placement>, Option<Explanation>) {
+    let mut free = free_map(state);
+    let missing = missing_replicas(state, spec);
+    place(state, spec, missing, &mut free, policy)
+}
+
+/// Free capacity of every node: one pass over the nodes, one over the allocations.
+pub fn free_map(state: &State) -> BTreeMap<&str, Free> {
     let mut free: BTreeMap<&str, Free> = state
         .nodes
         .values()
-        .map(|n| (n.name.as_str(), Free::of(n, state.allocations.values())))
+        .map(|n| (n.name.as_str(), Free::of(n, std::iter::empty())))
         .collect();
-    let missing = missing_replicas(state, spec);
-    place(state, spec, missing, &mut free, policy)
+    for a in state.allocations.values() {
+        if let Some(f) = free.get_mut(a.node.as_str())
+            && a.desired == crate::state::Desired::Run
+        {
+            f.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
+        }
+    }
+    free
+}
+
+/// Which nodes could take one more replica of `spec` now, and every reason the others cannot.
+pub fn eligibility(
+    state: &State,
+    spec: &DeploymentSpec,
+    policy: &mut impl PolicyOracle,
+) -> Explanation {
+    let free = free_map(state);
+    let mut reasons = BTreeMap::new();
+    for node in state.nodes.values() {
+        if let Err(r) = check(spec, node, &free[node.name.as_str()], policy) {
+            reasons.insert(node.name.clone(), r);
+        }
+    }
+    Explanation::new(state.nodes.len(), reasons)
 }
 
 fn place<'s>(

@@ -15,6 +15,8 @@
 pub mod iso3166;
 pub mod node;
 mod nodes;
+pub mod plan;
+pub mod policies;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -150,8 +152,12 @@ pub struct State {
     pub deployments: BTreeMap<String, Deployment>,
     pub nodes: BTreeMap<String, node::Node>,
     pub allocations: BTreeMap<String, Allocation>,
+    /// Every accepted policy bundle, oldest first; the last one is in force.
+    pub policies: Vec<policies::PolicyVersion>,
     /// Raft index of the last command applied (0 before any).
     pub revision: u64,
+    #[serde(skip)]
+    pub policy_cache: policies::PolicyCache,
 }
 
 /// A request to change state, as validated by the API and before the leader stamps it.
@@ -178,6 +184,14 @@ pub enum Proposal {
     SetDraining {
         name: String,
         draining: bool,
+    },
+    /// Validates a policy bundle and makes it the version in force.
+    ApplyPolicy {
+        bundle: Box<policies::PolicyBundle>,
+    },
+    /// Places replicas; every placement is re-checked at apply time.
+    ApplyPlan {
+        placements: Vec<crate::placement::Placement>,
     },
 }
 
@@ -208,6 +222,12 @@ impl fmt::Display for Command {
             Proposal::SetDraining { name, draining } => {
                 write!(f, "set-draining({name}, {draining})")
             }
+            Proposal::ApplyPolicy { bundle } => {
+                write!(f, "apply-policy({} files)", bundle.files.len())
+            }
+            Proposal::ApplyPlan { placements } => {
+                write!(f, "apply-plan({} placements)", placements.len())
+            }
         }
     }
 }
@@ -234,6 +254,10 @@ pub enum Rejection {
     NodeNotFound(String),
     #[error("the cluster holds the maximum of {max} nodes")]
     TooManyNodes { max: usize },
+    #[error("invalid policy bundle:\n{0}")]
+    InvalidPolicy(String),
+    #[error("the cluster holds the maximum of {max} policy versions")]
+    TooManyPolicyVersions { max: usize },
 }
 
 /// What applying one command did.
@@ -256,6 +280,15 @@ pub enum Outcome {
     },
     NodeUpdated {
         node: Box<node::Node>,
+    },
+    PolicyApplied {
+        version: u64,
+        hash: String,
+        changed: bool,
+    },
+    PlanApplied {
+        placed: Vec<String>,
+        rejected: Vec<plan::RejectedPlacement>,
     },
     Rejected(Rejection),
 }
@@ -290,6 +323,12 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
         Proposal::RegisterNode { node } => nodes::register(state, index, command.at_ms, node),
         Proposal::SetDraining { name, draining } => {
             nodes::set_draining(state, index, command.at_ms, name, *draining)
+        }
+        Proposal::ApplyPolicy { bundle } => {
+            policies::apply_policy(state, index, command.at_ms, bundle)
+        }
+        Proposal::ApplyPlan { placements } => {
+            plan::apply_plan(state, index, command.at_ms, placements)
         }
     }
 }

@@ -30,6 +30,7 @@ pub const LABEL_KEY_LEN_MAX: usize = 63;
 pub const LABEL_VALUE_LEN_MAX: usize = 256;
 pub const CLUSTER_ID_LEN_MAX: usize = 64;
 pub const ECCN_LEN_MAX: usize = 16;
+pub const COMMENT_LEN_MAX: usize = 4_096;
 pub const TRAINING_COMPUTE_LOG10_MAX: u32 = 40;
 pub const LINEAGE_MAX: usize = 32;
 pub const RESIDENCY_ENTRIES_MAX: usize = 64;
@@ -449,6 +450,15 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
         Proposal::ApplyDeployment { spec, .. } => validate_spec(spec),
         Proposal::DeleteDeployment { name } => validate_deployment_name(name),
         Proposal::RegisterNode { node } => validate_node(&node.name, &node.facts, &node.inventory),
+        Proposal::ApplyPolicy { bundle } => {
+            validate_text("author", &bundle.author, MODEL_LEN_MAX)?;
+            validate_text("comment", &bundle.comment, COMMENT_LEN_MAX)
+        }
+        Proposal::ApplyPlan { placements } => check_max(
+            "placements",
+            placements.len(),
+            super::plan::PLAN_PLACEMENTS_MAX,
+        ),
         Proposal::SetDraining { name, .. } => {
             validate_deployment_name(name).map_err(|e| invalid("node.name", e.message))
         }

@@ -1,0 +1,510 @@
+//! Shapes and text of `sovctl node ...`: the inventory and facts operators check before they
+//! trust a node with a deployment.
+//!
+//! Simulated GPUs (declared in a dev/test config, not found through NVML) are marked wherever
+//! GPUs are shown, so a test fleet is never mistaken for hardware.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sov_proto::v1 as pb;
+
+use super::{Table, dash_if_empty, fields, if_set, sorted, time_cell};
+
+/// `sov.v1.GpuDevice`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuView {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_mib: u64,
+    pub mig_enabled: bool,
+    pub driver_version: String,
+    pub simulated: bool,
+}
+
+/// `sov.v1.Inventory`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InventoryView {
+    pub cpu_millis: u32,
+    pub memory_mib: u64,
+    pub gpus: Vec<GpuView>,
+}
+
+/// `sov.v1.LocationFacts`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocationFactsView {
+    pub country: String,
+    pub subdivision: String,
+    pub site: String,
+    pub operator: String,
+    pub operator_hq: String,
+    pub ultimate_parent_hq: String,
+    /// Certification name -> last day valid (YYYY-MM-DD).
+    pub certifications: BTreeMap<String, String>,
+    pub location_trust: String,
+}
+
+/// `sov.v1.Node`. `facts` is `null` when the node has none, which makes it ineligible (fail
+/// closed), so it is kept distinct from empty facts; a missing inventory is shown as empty.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub facts: Option<LocationFactsView>,
+    pub inventory: InventoryView,
+    pub status: String,
+    pub draining: bool,
+    pub registered_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub revision: u64,
+}
+
+impl From<pb::Node> for NodeView {
+    fn from(n: pb::Node) -> Self {
+        let inventory = n.inventory.unwrap_or_default();
+        NodeView {
+            name: n.name,
+            facts: n.facts.map(|f| LocationFactsView {
+                country: f.country,
+                subdivision: f.subdivision,
+                site: f.site,
+                operator: f.operator,
+                operator_hq: f.operator_hq,
+                ultimate_parent_hq: f.ultimate_parent_hq,
+                certifications: sorted(f.certifications),
+                location_trust: f.location_trust,
+            }),
+            inventory: InventoryView {
+                cpu_millis: inventory.cpu_millis,
+                memory_mib: inventory.memory_mib,
+                gpus: inventory
+                    .gpus
+                    .into_iter()
+                    .map(|g| GpuView {
+                        index: g.index,
+                        uuid: g.uuid,
+                        model: g.model,
+                        memory_mib: g.memory_mib,
+                        mig_enabled: g.mig_enabled,
+                        driver_version: g.driver_version,
+                        simulated: g.simulated,
+                    })
+                    .collect(),
+            },
+            status: n.status,
+            draining: n.draining,
+            registered_at_ms: n.registered_at_ms,
+            updated_at_ms: n.updated_at_ms,
+            revision: n.revision,
+        }
+    }
+}
+
+/// `sov.v1.ListNodesResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeListView {
+    pub nodes: Vec<NodeView>,
+    pub revision: u64,
+}
+
+impl From<pb::ListNodesResponse> for NodeListView {
+    fn from(r: pb::ListNodesResponse) -> Self {
+        NodeListView {
+            nodes: r.nodes.into_iter().map(NodeView::from).collect(),
+            revision: r.revision,
+        }
+    }
+}
+
+/// Marks GPUs that are not real hardware.
+const SIMULATED_MARK: &str = "(simulated)";
+
+/// `node list`, sorted by name.
+pub fn nodes_table(nodes: &[NodeView]) -> String {
+    let mut sorted: Vec<&NodeView> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut table = Table::new(&[
+        "NAME",
+        "STATUS",
+        "COUNTRY",
+        "SITE",
+        "OPERATOR",
+        "PARENT HQ",
+        "TRUST",
+        "GPUS",
+        "CPU",
+        "MEMORY",
+    ]);
+    for n in sorted {
+        let facts = |get: fn(&LocationFactsView) -> &str| {
+            n.facts
+                .as_ref()
+                .map_or("-".to_owned(), |f| dash_if_empty(get(f)))
+        };
+        table.row(vec![
+            dash_if_empty(&n.name),
+            status_cell(n),
+            facts(|f| &f.country),
+            facts(|f| &f.site),
+            facts(|f| &f.operator),
+            facts(|f| &f.ultimate_parent_hq),
+            facts(|f| &f.location_trust),
+            if_set(
+                !n.inventory.gpus.is_empty(),
+                &gpus_summary(&n.inventory.gpus),
+                "-",
+            ),
+            cores(n.inventory.cpu_millis),
+            mebibytes(n.inventory.memory_mib),
+        ]);
+    }
+    table.render()
+}
+
+/// `node show`: every fact, then every GPU.
+pub fn node_text(n: &NodeView) -> String {
+    let mut pairs = vec![("Name", dash_if_empty(&n.name)), ("Status", status_cell(n))];
+    match &n.facts {
+        Some(f) => pairs.extend([
+            ("Country", dash_if_empty(&f.country)),
+            ("Subdivision", dash_if_empty(&f.subdivision)),
+            ("Site", dash_if_empty(&f.site)),
+            ("Operator", dash_if_empty(&f.operator)),
+            ("Operator HQ", dash_if_empty(&f.operator_hq)),
+            ("Ultimate parent HQ", dash_if_empty(&f.ultimate_parent_hq)),
+            ("Location trust", dash_if_empty(&f.location_trust)),
+            ("Certifications", certifications(&f.certifications)),
+        ]),
+        None => pairs.push((
+            "Facts",
+            "missing: no deployment is placed here until the agent reports them".to_owned(),
+        )),
+    }
+    let inv = &n.inventory;
+    pairs.extend([
+        ("CPU", cores(inv.cpu_millis)),
+        (
+            "Memory",
+            if_set(
+                inv.memory_mib > 0,
+                &format!("{} ({} MiB)", mebibytes(inv.memory_mib), inv.memory_mib),
+                "-",
+            ),
+        ),
+        (
+            "GPUs",
+            if_set(!inv.gpus.is_empty(), &gpus_summary(&inv.gpus), "none"),
+        ),
+        ("Registered", time_cell(n.registered_at_ms)),
+        ("Updated", time_cell(n.updated_at_ms)),
+        ("Revision", n.revision.to_string()),
+    ]);
+    let mut out = fields(&pairs);
+    if inv.gpus.is_empty() {
+        return out;
+    }
+    let mut gpus: Vec<&GpuView> = inv.gpus.iter().collect();
+    gpus.sort_by_key(|g| g.index);
+    let mut table = Table::new(&[
+        "INDEX",
+        "UUID",
+        "MODEL",
+        "MEMORY",
+        "MIG",
+        "DRIVER",
+        "SIMULATED",
+    ]);
+    for g in gpus {
+        table.row(vec![
+            g.index.to_string(),
+            dash_if_empty(&g.uuid),
+            dash_if_empty(&g.model),
+            format!("{} MiB", g.memory_mib),
+            if_set(g.mig_enabled, "on", "off"),
+            dash_if_empty(&g.driver_version),
+            if_set(g.simulated, "yes", "no"),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table.render());
+    if inv.gpus.iter().any(|g| g.simulated) {
+        out.push_str(
+            "\nSimulated GPUs were declared in a dev/test config, not found through NVML: \
+             there is no such hardware behind them.\n",
+        );
+    }
+    out
+}
+
+/// `node drain`: what changed and what did not (yet).
+pub fn drain_line(n: &NodeView) -> String {
+    format!(
+        "node {} is draining: no new replicas are placed on it; running replicas stay until \
+         the reconcile milestone moves them\n",
+        n.name
+    )
+}
+
+/// `node undrain`.
+pub fn undrain_line(n: &NodeView) -> String {
+    format!(
+        "node {} is no longer draining: new replicas may be placed on it\n",
+        n.name
+    )
+}
+
+/// `ready`, `down`, and `,draining` after either.
+fn status_cell(n: &NodeView) -> String {
+    let status = dash_if_empty(&n.status);
+    if n.draining {
+        format!("{status},draining")
+    } else {
+        status
+    }
+}
+
+/// `8 x NVIDIA H100 80GB HBM3`, models in order of first appearance by index, joined with ` + `
+/// when mixed; `(simulated)` at the end when any of them is.
+fn gpus_summary(gpus: &[GpuView]) -> String {
+    let mut by_index: Vec<&GpuView> = gpus.iter().collect();
+    by_index.sort_by_key(|g| g.index);
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for g in by_index {
+        let model = if g.model.is_empty() {
+            "unknown model"
+        } else {
+            g.model.as_str()
+        };
+        match groups.iter_mut().find(|(m, _)| *m == model) {
+            Some((_, count)) => *count += 1,
+            None => groups.push((model, 1)),
+        }
+    }
+    let mut text = groups
+        .iter()
+        .map(|(model, count)| format!("{count} x {model}"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    if gpus.iter().any(|g| g.simulated) {
+        text.push(' ');
+        text.push_str(SIMULATED_MARK);
+    }
+    text
+}
+
+/// `ISO27001 valid until 2026-12-31`, one per line.
+fn certifications(certs: &BTreeMap<String, String>) -> String {
+    if certs.is_empty() {
+        return "-".to_owned();
+    }
+    certs
+        .iter()
+        .map(|(name, until)| format!("{name} valid until {}", dash_if_empty(until)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Thousandths of a core, in whole cores where they are whole.
+fn cores(millis: u32) -> String {
+    match millis {
+        0 => "-".to_owned(),
+        1000 => "1 core".to_owned(),
+        m if m % 1000 == 0 => format!("{} cores", m / 1000),
+        m => format!("{m}m"),
+    }
+}
+
+/// MiB in GiB from 1 GiB up (one decimal unless whole), else in MiB.
+fn mebibytes(mib: u64) -> String {
+    match mib {
+        0 => "-".to_owned(),
+        m if m < 1024 => format!("{m} MiB"),
+        m if m % 1024 == 0 => format!("{} GiB", m / 1024),
+        m => format!("{:.1} GiB", m as f64 / 1024.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn gpu(index: u32, model: &str, simulated: bool) -> pb::GpuDevice {
+        pb::GpuDevice {
+            index,
+            uuid: format!("GPU-{index:08x}-1111-2222-3333-444444444444"),
+            model: model.into(),
+            memory_mib: 81559,
+            mig_enabled: false,
+            driver_version: "550.54.15".into(),
+            simulated,
+        }
+    }
+
+    fn node(name: &str, gpus: Vec<pb::GpuDevice>) -> NodeView {
+        NodeView::from(pb::Node {
+            name: name.into(),
+            facts: Some(pb::LocationFacts {
+                country: "FR".into(),
+                subdivision: "FR-IDF".into(),
+                site: "par-2".into(),
+                operator: "Acme SAS".into(),
+                operator_hq: "FR".into(),
+                ultimate_parent_hq: "US".into(),
+                certifications: HashMap::from([
+                    ("SecNumCloud".into(), "2027-03-01".into()),
+                    ("ISO27001".into(), "2026-12-31".into()),
+                ]),
+                location_trust: "self-reported".into(),
+            }),
+            inventory: Some(pb::Inventory {
+                cpu_millis: 64_000,
+                memory_mib: 524_288,
+                gpus,
+            }),
+            status: "ready".into(),
+            draining: false,
+            registered_at_ms: 1_700_000_000_000,
+            updated_at_ms: 1_700_000_060_000,
+            revision: 12,
+        })
+    }
+
+    #[test]
+    fn list_shows_one_row_per_node_sorted_by_name() {
+        let mut drained = node("gpu-de-1", vec![]);
+        drained.draining = true;
+        drained.status = "down".into();
+        let h100 = "NVIDIA H100 80GB HBM3";
+        let text = nodes_table(&[
+            node("gpu-fr-1", vec![gpu(0, h100, false), gpu(1, h100, false)]),
+            drained,
+        ]);
+        assert_eq!(
+            text,
+            concat!(
+                "NAME       STATUS          COUNTRY   SITE    OPERATOR   PARENT HQ   TRUST           GPUS                        CPU        MEMORY\n",
+                "gpu-de-1   down,draining   FR        par-2   Acme SAS   US          self-reported   -                           64 cores   512 GiB\n",
+                "gpu-fr-1   ready           FR        par-2   Acme SAS   US          self-reported   2 x NVIDIA H100 80GB HBM3   64 cores   512 GiB\n",
+            )
+        );
+    }
+
+    #[test]
+    fn simulated_gpus_are_marked_in_the_list() {
+        let text = nodes_table(&[node(
+            "sim-1",
+            vec![
+                gpu(0, "NVIDIA A100-SXM4-40GB", true),
+                gpu(1, "NVIDIA A100-SXM4-40GB", false),
+            ],
+        )]);
+        assert!(
+            text.contains("2 x NVIDIA A100-SXM4-40GB (simulated)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mixed_models_are_counted_per_model() {
+        let gpus: Vec<GpuView> = node(
+            "n",
+            vec![gpu(2, "B", false), gpu(0, "A", false), gpu(1, "A", false)],
+        )
+        .inventory
+        .gpus;
+        assert_eq!(gpus_summary(&gpus), "2 x A + 1 x B");
+    }
+
+    #[test]
+    fn a_node_without_facts_shows_dashes_and_says_why_in_show() {
+        let mut n = node("bare", vec![]);
+        n.facts = None;
+        let row = nodes_table(&[n.clone()]);
+        assert!(
+            row.lines().nth(1).unwrap().starts_with("bare   ready    -"),
+            "{row}"
+        );
+        let text = node_text(&n);
+        assert!(
+            text.contains("Facts:       missing: no deployment is placed here"),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::to_value(&n).unwrap()["facts"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn show_lists_every_fact_and_every_gpu() {
+        let mut n = node(
+            "gpu-fr-1",
+            vec![
+                gpu(1, "NVIDIA H100 80GB HBM3", true),
+                gpu(0, "NVIDIA H100 80GB HBM3", true),
+            ],
+        );
+        n.draining = true;
+        let text = node_text(&n);
+        for expected in [
+            "Name:                gpu-fr-1\n",
+            "Status:              ready,draining\n",
+            "Subdivision:         FR-IDF\n",
+            "Operator HQ:         FR\n",
+            "Ultimate parent HQ:  US\n",
+            "Location trust:      self-reported\n",
+            "Certifications:      ISO27001 valid until 2026-12-31\n                     SecNumCloud valid until 2027-03-01\n",
+            "CPU:                 64 cores\n",
+            "Memory:              512 GiB (524288 MiB)\n",
+            "GPUs:                2 x NVIDIA H100 80GB HBM3 (simulated)\n",
+            "Revision:            12\n",
+            "INDEX   UUID                                       MODEL                   MEMORY      MIG   DRIVER      SIMULATED\n",
+            "0       GPU-00000000-1111-2222-3333-444444444444   NVIDIA H100 80GB HBM3   81559 MiB   off   550.54.15   yes\n",
+            "1       GPU-00000001-",
+            "Simulated GPUs were declared in a dev/test config",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        let gpu0 = text.find("\n0   ").unwrap();
+        assert!(gpu0 < text.find("\n1   ").unwrap(), "GPUs sorted by index");
+    }
+
+    #[test]
+    fn show_of_real_gpus_carries_no_simulation_note() {
+        let text = node_text(&node("n", vec![gpu(0, "NVIDIA L4", false)]));
+        assert!(!text.contains("imulated GPUs"), "{text}");
+        assert!(!text.contains("(simulated)"), "{text}");
+        assert!(text.contains("   no\n"), "{text}");
+    }
+
+    #[test]
+    fn json_mirrors_proto_field_names() {
+        let json = serde_json::to_value(node("n", vec![gpu(0, "X", true)])).unwrap();
+        assert_eq!(json["facts"]["ultimate_parent_hq"], "US");
+        assert_eq!(json["facts"]["certifications"]["ISO27001"], "2026-12-31");
+        assert_eq!(json["inventory"]["gpus"][0]["simulated"], true);
+        assert_eq!(json["inventory"]["gpus"][0]["driver_version"], "550.54.15");
+        assert_eq!(json["draining"], false);
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(cores(0), "-");
+        assert_eq!(cores(1000), "1 core");
+        assert_eq!(cores(2500), "2500m");
+        assert_eq!(mebibytes(512), "512 MiB");
+        assert_eq!(mebibytes(1536), "1.5 GiB");
+        assert_eq!(mebibytes(2048), "2 GiB");
+    }
+
+    #[test]
+    fn drain_line_says_running_work_stays() {
+        let line = drain_line(&node("gpu-fr-1", vec![]));
+        assert!(
+            line.starts_with("node gpu-fr-1 is draining: no new replicas"),
+            "{line}"
+        );
+        assert!(line.contains("running replicas stay"), "{line}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Loops that run only on the leader: they read the applied state and propose commands.
+//!
+//! Owns: giving a new cluster its id, and the placement loop (plan missing replicas from a
+//! snapshot of the state, propose `ApplyPlan`, repeat while the state changes). Followers run
+//! the same tasks but they do nothing until their replica becomes leader. Must not touch: the
+//! meaning of commands (`state`), placement decisions (`placement`).
+//!
+//! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements per proposal, one proposal
+//! in flight, and a plan that placed nothing is not retried until the state moves on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::watch;
+
+use crate::placement;
+use crate::raft::{Replica, now_ms};
+use crate::state::Proposal;
+use crate::state::plan::{PLAN_PLACEMENTS_MAX, PolicyGate, day_of};
+
+/// Re-plan at least this often even without state changes (certifications expire by day).
+const REPLAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Waits for the next change of Raft metrics (a commit, an election), a tick, or shutdown.
+/// Returns false when the loop should end.
+async fn next_round(
+    replica: &Replica,
+    metrics: &mut openraft::alias::WatchReceiverOf<
+        crate::raft::TypeConfig,
+        crate::raft::RaftMetrics,
+    >,
+    tick: &mut tokio::time::Interval,
+    shutdown: &watch::Receiver<bool>,
+) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    tokio::select! {
+        changed = metrics.changed() => changed.is_ok(),
+        _ = tick.tick() => replica.metrics().running_state.is_ok(),
+    }
+}
+
+/// Proposes a random cluster id once, when this node first leads a cluster that has none.
+pub async fn cluster_id_duty(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
+    let mut metrics = replica.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        if replica.is_leader()
+            && let Err(e) = replica.ensure_cluster_id().await
+        {
+            tracing::debug!(error = %e, "cluster id not proposed yet");
+        }
+        if !next_round(&replica, &mut metrics, &mut tick, &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Places missing replicas: plan from the applied state, propose, repeat.
+pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
+    let mut metrics = replica.raft.metrics();
+    let mut tick = tokio::time::interval(REPLAN_INTERVAL);
+    // Revision at which a plan placed nothing; no new plan until the state moves past it.
+    let mut quiet_at: Option<u64> = None;
+    loop {
+        if replica.is_leader() {
+            let planned = {
+                let applied = replica.sm.read();
+                let state = &applied.state;
+                if quiet_at == Some(state.revision) {
+                    None
+                } else {
+                    let today = day_of(now_ms());
+                    let policy = state.active_policy();
+                    let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+                    Some((
+                        state.revision,
+                        placement::plan(state, &mut gate, PLAN_PLACEMENTS_MAX),
+                    ))
+                }
+            };
+            match planned {
+                Some((revision, plan)) if plan.placements.is_empty() => {
+                    quiet_at = Some(revision);
+                    for (deployment, why) in &plan.unplaced {
+                        tracing::debug!(deployment, %why, "replicas cannot be placed");
+                    }
+                }
+                Some((_, plan)) => {
+                    let count = plan.placements.len();
+                    match replica
+                        .propose(Proposal::ApplyPlan {
+                            placements: plan.placements,
+                        })
+                        .await
+                    {
+                        Ok(resp) => {
+                            if let crate::state::Outcome::PlanApplied { placed, rejected } =
+                                &resp.outcome
+                            {
+                                tracing::info!(
+                                    proposed = count,
+                                    placed = placed.len(),
+                                    rejected = rejected.len(),
+                                    "placement plan applied"
+                                );
+                                for r in rejected {
+                                    tracing::info!(
+                                        deployment = r.deployment,
+                                        node = r.node,
+                                        reason = r.reason,
+                                        "stale placement rejected; re-planning"
+                                    );
+                                }
+                                if placed.is_empty() {
+                                    quiet_at = Some(resp.index);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "placement plan not committed; will re-plan")
+                        }
+                    }
+                    // Re-plan at once: more may be missing, and the state just changed.
+                    continue;
+                }
+                None => {}
+            }
+        }
+        if !next_round(&replica, &mut metrics, &mut tick, &shutdown).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Applying a placement plan: every placement is re-checked against the state and the policy in
+//! force at *this* index (Nomad's plan-applier idea), so a plan computed from an older snapshot
+//! can never land a replica where the policy now forbids it (invariant I1) or over-commit a node
+//! (invariant I6). Stale parts are rejected; the leader re-plans them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Allocation, Desired, Outcome, State};
+use crate::placement::feasibility::{Reason, check};
+use crate::placement::fit::{Free, verify};
+use crate::placement::{Forbid, Placement, PolicyOracle, missing_replicas};
+use crate::policy::{CompiledPolicy, Evaluator};
+
+/// Most placements one plan may carry: bounds one Raft entry and one apply.
+pub const PLAN_PLACEMENTS_MAX: usize = 1_000;
+
+/// A placement the apply refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedPlacement {
+    pub deployment: String,
+    pub node: String,
+    pub reason: String,
+}
+
+/// The policy as placement sees it: the compiled version in force, memoized per (deployment
+/// signature, node signature) for one day; no version in force forbids everything.
+pub struct PolicyGate<'a> {
+    evaluator: Option<Evaluator<'a>>,
+}
+
+impl<'a> PolicyGate<'a> {
+    pub fn new(policy: Option<&'a CompiledPolicy>, today: &'a str) -> Self {
+        Self {
+            evaluator: policy.map(|p| Evaluator::new(p, today)),
+        }
+    }
+}
+
+impl PolicyOracle for PolicyGate<'_> {
+    fn forbidding(
+        &mut self,
+        deployment: &super::DeploymentSpec,
+        node: &super::node::Node,
+    ) -> Vec<Forbid> {
+        let Some(evaluator) = self.evaluator.as_mut() else {
+            return vec![Forbid {
+                id: "no-policy".into(),
+                reason: "no policy bundle is in force; apply one with `sovctl policy apply deploy/policies`".into(),
+            }];
+        };
+        let decision = evaluator.decide(deployment, node);
+        if decision.allowed {
+            return Vec::new();
+        }
+        decision
+            .forbidding
+            .iter()
+            .map(|r| Forbid {
+                id: r.id.clone(),
+                reason: r.reason.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The UTC calendar day (YYYY-MM-DD) of a leader timestamp: certifications are in force by day.
+pub fn day_of(at_ms: i64) -> String {
+    // Days since 1970-01-01 to civil date (Howard Hinnant's algorithm), so apply needs no clock
+    // or time-zone database.
+    let days = at_ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+pub(super) fn apply_plan(
+    state: &mut State,
+    index: u64,
+    at_ms: i64,
+    placements: &[Placement],
+) -> Outcome {
+    let today = day_of(at_ms);
+    let policy = state.active_policy();
+    let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+    let policy_version = policy.as_ref().map_or(0, |(v, _)| *v);
+
+    // Free capacity of the nodes this plan touches, computed in one pass over allocations and
+    // then charged as placements are accepted.
+    let mut free: BTreeMap<String, Free> = BTreeMap::new();
+    for p in placements {
+        if let Some(node) = state.nodes.get(&p.node) {
+            free.entry(p.node.clone())
+                .or_insert_with(|| Free::of(node, std::iter::empty()));
+        }
+    }
+    for a in state.allocations.values() {
+        if let Some(f) = free.get_mut(&a.node)
+            && a.desired == Desired::Run
+        {
+            f.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
+        }
+    }
+    let mut missing: BTreeMap<String, u32> = BTreeMap::new();
+    let mut placed = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, p) in placements.iter().enumerate() {
+        let reject = |reason: String| RejectedPlacement {
+            deployment: p.deployment.clone(),
+            node: p.node.clone(),
+            reason,
+        };
+        let Some(deployment) = state.deployments.get(&p.deployment) else {
+            rejected.push(reject("the deployment no longer exists".into()));
+            continue;
+        };
+        let left = missing
+            .entry(p.deployment.clone())
+            .or_insert_with(|| missing_replicas(state, &deployment.spec));
+        if *left == 0 {
+            rejected.push(reject("the deployment has all its replicas".into()));
+            continue;
+        }
+        let (Some(node), Some(node_free)) = (state.nodes.get(&p.node), free.get_mut(&p.node))
+        else {
+            rejected.push(reject("the node is not registered".into()));
+            continue;
+        };
+        // Status and policy as of this index; the reservation the planner chose, exactly.
+        let policy_and_status: Vec<Reason> =
+            match check(&deployment.spec, node, node_free, &mut gate) {
+                Ok(_) => Vec::new(),
+                Err(reasons) => reasons
+                    .into_iter()
+                    .filter(|r| !matches!(r, Reason::Short(_)))
+                    .collect(),
+            };
+        if let Some(first) = policy_and_status.first() {
+            rejected.push(reject(first.to_string()));
+            continue;
+        }
+        let r = &deployment.spec.resources;
+        if let Err(short) = verify(node_free, r, &p.gpu_uuids, p.port) {
+            rejected.push(reject(
+                short.first().map(|s| s.to_string()).unwrap_or_default(),
+            ));
+            continue;
+        }
+        node_free.charge(&p.gpu_uuids, r.cpu_millis, r.memory_mib, p.port);
+        *left -= 1;
+        let id = format!("{}-{index}-{i}", p.deployment);
+        state.allocations.insert(
+            id.clone(),
+            Allocation {
+                id: id.clone(),
+                deployment: p.deployment.clone(),
+                node: p.node.clone(),
+                gpu_uuids: p.gpu_uuids.clone(),
+                cpu_millis: r.cpu_millis,
+                memory_mib: r.memory_mib,
+                port: p.port,
+                desired: Desired::Run,
+                generation: deployment.generation,
+                policy_version,
+                created_at_ms: at_ms,
+                revision: index,
+            },
+        );
+        placed.push(id);
+    }
+    Outcome::PlanApplied { placed, rejected }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::day_of;
+    use crate::placement::Placement;
+    use crate::state::node::{Gpu, Inventory, NodeFacts};
+    use crate::state::policies::PolicyBundle;
+    use crate::state::{
+        Command, DeploymentSpec, NodeRegistration, Outcome, Proposal, Residency, Resources, State,
+        apply,
+    };
+
+    fn shipped_bundle() -> BTreeMap<String, String> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/policies");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "cedar" || x == "cedarschema" || x == "json")
+            })
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Applies `proposals` in order at indexes 1.., returning the last outcome.
+    fn run(state: &mut State, proposals: Vec<Proposal>) -> Outcome {
+        let mut last = Outcome::Noop;
+        for proposal in proposals {
+            let index = state.revision + 1;
+            last = apply(
+                state,
+                index,
+                &Command {
+                    at_ms: 1_795_305_600_000,
+                    proposal,
+                },
+            );
+        }
+        last
+    }
+
+    fn register(name: &str, country: &str) -> Proposal {
+        let gpu = Gpu {
+            uuid: format!("{name}-g0"),
+            model: "NVIDIA H100 80GB HBM3".into(),
+            memory_mib: 81_559,
+            simulated: true,
+            ..Default::default()
+        };
+        Proposal::RegisterNode {
+            node: Box::new(NodeRegistration {
+                name: name.into(),
+                facts: NodeFacts {
+                    country: country.into(),
+                    operator_hq: country.into(),
+                    ultimate_parent_hq: country.into(),
+                    ..Default::default()
+                },
+                inventory: Inventory {
+                    cpu_millis: 8_000,
+                    memory_mib: 65_536,
+                    gpus: vec![gpu],
+                },
+            }),
+        }
+    }
+
+    fn placement(node: &str) -> Placement {
+        Placement {
+            deployment: "eu".into(),
+            node: node.into(),
+            gpu_uuids: vec![format!("{node}-g0")],
+            cpu_millis: 0,
+            memory_mib: 0,
+            port: 20_000,
+        }
+    }
+
+    #[test]
+    fn apply_rechecks_every_placement_against_state_and_policy() {
+        let mut state = State::default();
+        let spec = DeploymentSpec {
+            name: "eu".into(),
+            model: "m".into(),
+            replicas: 1,
+            resources: Resources {
+                gpu_count: 1,
+                ..Default::default()
+            },
+            residency: Residency {
+                allowed: vec!["EU27".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        run(
+            &mut state,
+            vec![
+                register("fr", "FR"),
+                register("us", "US"),
+                Proposal::ApplyDeployment {
+                    spec: Box::new(spec),
+                    expected_generation: None,
+                },
+            ],
+        );
+
+        // No policy in force: nothing may be placed (fail closed).
+        let Outcome::PlanApplied { placed, rejected } = run(
+            &mut state,
+            vec![Proposal::ApplyPlan {
+                placements: vec![placement("fr")],
+            }],
+        ) else {
+            panic!()
+        };
+        assert!(placed.is_empty());
+        assert!(rejected[0].reason.contains("no-policy"), "{rejected:?}");
+
+        let bundle = PolicyBundle {
+            files: shipped_bundle(),
+            author: "reviewer-1".into(),
+            comment: "default".into(),
+        };
+        let Outcome::PolicyApplied {
+            version: 1,
+            changed: true,
+            ..
+        } = run(
+            &mut state,
+            vec![Proposal::ApplyPolicy {
+                bundle: Box::new(bundle.clone()),
+            }],
+        )
+        else {
+            panic!()
+        };
+        let Outcome::PolicyApplied {
+            version: 1,
+            changed: false,
+            ..
+        } = run(
+            &mut state,
+            vec![Proposal::ApplyPolicy {
+                bundle: Box::new(bundle),
+            }],
+        )
+        else {
+            panic!("same files, same version")
+        };
+
+        // A plan computed without the policy in mind: the US placement is refused at apply.
+        let Outcome::PlanApplied { placed, rejected } = run(
+            &mut state,
+            vec![Proposal::ApplyPlan {
+                placements: vec![placement("us"), placement("fr")],
+            }],
+        ) else {
+            panic!()
+        };
+        assert_eq!(placed.len(), 1);
+        assert!(rejected[0].reason.contains("residency"), "{rejected:?}");
+        let allocation = &state.allocations[&placed[0]];
+        assert_eq!(
+            (
+                allocation.node.as_str(),
+                allocation.policy_version,
+                allocation.generation
+            ),
+            ("fr", 1, 1)
+        );
+
+        // Stale: the deployment already has its replica, and the GPU is taken.
+        let Outcome::PlanApplied { placed, rejected } = run(
+            &mut state,
+            vec![Proposal::ApplyPlan {
+                placements: vec![placement("fr")],
+            }],
+        ) else {
+            panic!()
+        };
+        assert!(placed.is_empty());
+        assert_eq!(rejected[0].reason, "the deployment has all its replicas");
+
+        // An invalid bundle is refused whole and changes nothing.
+        let mut broken = shipped_bundle();
+        broken.insert(
+            "residency.cedar".into(),
+            "forbid (principal, action, resource".into(),
+        );
+        let Outcome::Rejected(crate::state::Rejection::InvalidPolicy(problems)) = run(
+            &mut state,
+            vec![Proposal::ApplyPolicy {
+                bundle: Box::new(PolicyBundle {
+                    files: broken,
+                    ..Default::default()
+                }),
+            }],
+        ) else {
+            panic!()
+        };
+        assert!(problems.contains("residency.cedar:1:"), "{problems}");
+        assert_eq!(state.policies.len(), 1);
+    }
+
+    #[test]
+    fn days_are_civil_utc_dates() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(951_782_400_000), "2000-02-29");
+        assert_eq!(day_of(1_795_305_600_000 - 1), "2026-11-21");
+        assert_eq!(day_of(1_795_305_600_000), "2026-11-22");
+        assert_eq!(day_of(-1), "1969-12-31");
+    }
+}

@@ -1,0 +1,129 @@
+//! Policy versions in the replicated state: every accepted bundle is a new, immutable, numbered
+//! version (author, comment, hash, files); the last one is in force.
+//!
+//! The compiled form of the version in force is cached beside the state (not serialized, not
+//! compared): it is derived data, rebuilt on demand after a restart or a snapshot install.
+//! Compiling is deterministic, so every replica derives the same policy from the same files.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Outcome, Rejection, State};
+use crate::policy::{self, CompiledPolicy};
+
+/// Versions kept; applying past this is refused (a bundle a day for 27 years).
+pub const POLICY_VERSIONS_MAX: usize = 10_000;
+
+/// A bundle as submitted: file name -> contents, and who submitted it and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyBundle {
+    pub files: BTreeMap<String, String>,
+    /// Opaque id of the submitter (no personal data in the state).
+    pub author: String,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyVersion {
+    /// 1, 2, 3, ... in order of activation.
+    pub version: u64,
+    pub files: BTreeMap<String, String>,
+    /// Hex SHA-256 over the files (see `policy::CompiledPolicy::hash`).
+    pub hash: String,
+    pub author: String,
+    pub comment: String,
+    pub activated_at_ms: i64,
+    pub revision: u64,
+}
+
+/// The compiled policy in force, keyed by version. Shared by clones of a state (a clone is a
+/// snapshot of the same versions, so the cached compilation is equally valid for it).
+#[derive(Clone, Default)]
+pub struct PolicyCache(Arc<Mutex<Option<(u64, CompiledPolicy)>>>);
+
+impl std::fmt::Debug for PolicyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyCache")
+    }
+}
+
+/// Derived data: two states with the same versions are equal whatever their caches hold.
+impl PartialEq for PolicyCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for PolicyCache {}
+
+impl State {
+    /// The version in force and its compiled form; `None` when no bundle was ever applied (then
+    /// nothing may be placed: fail closed).
+    pub fn active_policy(&self) -> Option<(u64, CompiledPolicy)> {
+        let active = self.policies.last()?;
+        let mut cache = self
+            .policy_cache
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((version, compiled)) = cache.as_ref()
+            && *version == active.version
+        {
+            return Some((*version, compiled.clone()));
+        }
+        // Stored versions compiled when they were accepted; a failure here could only come from
+        // a changed Cedar release, and then placing nothing is the safe answer.
+        let compiled = policy::compile(&active.files).ok()?;
+        *cache = Some((active.version, compiled.clone()));
+        Some((active.version, compiled))
+    }
+}
+
+pub(super) fn apply_policy(
+    state: &mut State,
+    index: u64,
+    at_ms: i64,
+    bundle: &PolicyBundle,
+) -> Outcome {
+    let compiled = match policy::compile(&bundle.files) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Rejected(Rejection::InvalidPolicy(e.to_string())),
+    };
+    if let Some(active) = state.policies.last()
+        && active.hash == compiled.hash()
+    {
+        return Outcome::PolicyApplied {
+            version: active.version,
+            hash: active.hash.clone(),
+            changed: false,
+        };
+    }
+    if state.policies.len() >= POLICY_VERSIONS_MAX {
+        return Outcome::Rejected(Rejection::TooManyPolicyVersions {
+            max: POLICY_VERSIONS_MAX,
+        });
+    }
+    let version = state.policies.len() as u64 + 1;
+    let hash = compiled.hash().to_string();
+    state.policies.push(PolicyVersion {
+        version,
+        files: bundle.files.clone(),
+        hash: hash.clone(),
+        author: bundle.author.clone(),
+        comment: bundle.comment.clone(),
+        activated_at_ms: at_ms,
+        revision: index,
+    });
+    *state
+        .policy_cache
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some((version, compiled));
+    Outcome::PolicyApplied {
+        version,
+        hash,
+        changed: true,
+    }
+}
