@@ -6,7 +6,7 @@ use sov_proto::v1 as pb;
 use sov_proto::v1::deployment_service_server::DeploymentService;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, read_barrier, rejection_status, write_error_status};
+use super::{invalid, propose, read_barrier};
 use crate::placement::{self, Explanation};
 use crate::raft::Replica;
 use crate::raft::now_ms;
@@ -26,19 +26,6 @@ pub struct DeploymentApi {
 impl DeploymentApi {
     pub fn new(replica: Arc<Replica>) -> Self {
         Self { replica }
-    }
-
-    async fn propose(&self, proposal: Proposal) -> Result<(u64, Outcome), Status> {
-        state::validate_proposal(&proposal).map_err(invalid)?;
-        let resp = self
-            .replica
-            .propose(proposal)
-            .await
-            .map_err(write_error_status)?;
-        match resp.outcome {
-            Outcome::Rejected(r) => Err(rejection_status(r)),
-            outcome => Ok((resp.index, outcome)),
-        }
     }
 }
 
@@ -150,7 +137,7 @@ impl DeploymentService for DeploymentApi {
             spec: Box::new(spec_from_pb(spec)),
             expected_generation,
         };
-        match self.propose(proposal).await? {
+        match propose(&self.replica, proposal).await? {
             (
                 _,
                 Outcome::DeploymentApplied {
@@ -316,7 +303,7 @@ impl DeploymentService for DeploymentApi {
         request: Request<pb::DeleteDeploymentRequest>,
     ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
         let name = request.into_inner().name;
-        let (revision, _) = self.propose(Proposal::DeleteDeployment { name }).await?;
+        let (revision, _) = propose(&self.replica, Proposal::DeleteDeployment { name }).await?;
         Ok(Response::new(pb::DeleteDeploymentResponse { revision }))
     }
 }

@@ -23,7 +23,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::raft::{Replica, WriteError};
-use crate::state::{Rejection, ValidationError};
+use crate::state::{self, Outcome, Proposal, Rejection, ValidationError};
 
 pub use cluster::ClusterApi;
 pub use deployments::DeploymentApi;
@@ -65,6 +65,21 @@ pub fn rejection_status(r: Rejection) -> Status {
         Rejection::TooManyDeployments { .. }
         | Rejection::TooManyNodes { .. }
         | Rejection::TooManyPolicyVersions { .. } => Status::resource_exhausted(r.to_string()),
+    }
+}
+
+/// Validates a proposal (bad input -> `INVALID_ARGUMENT`, nothing written), commits it, and
+/// maps a deterministic rejection at apply time to its status. Returns the log index and what
+/// applying did.
+pub async fn propose(replica: &Replica, proposal: Proposal) -> Result<(u64, Outcome), Status> {
+    state::validate_proposal(&proposal).map_err(invalid)?;
+    let resp = replica
+        .propose(proposal)
+        .await
+        .map_err(write_error_status)?;
+    match resp.outcome {
+        Outcome::Rejected(r) => Err(rejection_status(r)),
+        outcome => Ok((resp.index, outcome)),
     }
 }
 

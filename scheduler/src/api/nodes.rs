@@ -9,22 +9,10 @@ use sov_proto::v1::agent_service_server::AgentService;
 use sov_proto::v1::node_service_server::NodeService;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, read_barrier, rejection_status, write_error_status};
+use super::{propose, read_barrier};
 use crate::raft::Replica;
 use crate::state::node::{Gpu, Inventory, LocationTrust, Node, NodeFacts, NodeStatus};
-use crate::state::{self, NodeRegistration, Outcome, Proposal};
-
-async fn propose(replica: &Replica, proposal: Proposal) -> Result<Outcome, Status> {
-    state::validate_proposal(&proposal).map_err(invalid)?;
-    let resp = replica
-        .propose(proposal)
-        .await
-        .map_err(write_error_status)?;
-    match resp.outcome {
-        Outcome::Rejected(r) => Err(rejection_status(r)),
-        outcome => Ok(outcome),
-    }
-}
+use crate::state::{NodeRegistration, Outcome, Proposal};
 
 fn trust_from_pb(value: &str) -> Result<LocationTrust, Status> {
     match value {
@@ -140,7 +128,10 @@ impl NodeApi {
         name: String,
         draining: bool,
     ) -> Result<Response<pb::Node>, Status> {
-        match propose(&self.replica, Proposal::SetDraining { name, draining }).await? {
+        match propose(&self.replica, Proposal::SetDraining { name, draining })
+            .await?
+            .1
+        {
             Outcome::NodeUpdated { node } => Ok(Response::new(node_to_pb(&node))),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
@@ -221,6 +212,7 @@ impl AgentService for AgentApi {
             },
         )
         .await?
+        .1
         {
             Outcome::NodeRegistered { node, .. } => Ok(Response::new(pb::RegisterNodeResponse {
                 revision: node.revision,

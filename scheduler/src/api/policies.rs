@@ -10,11 +10,11 @@ use sov_proto::v1 as pb;
 use sov_proto::v1::policy_service_server::PolicyService;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, read_barrier, rejection_status, write_error_status};
+use super::{propose, read_barrier};
 use crate::policy::{self, CompiledPolicy, Effect, OnChange};
 use crate::raft::Replica;
 use crate::state::policies::{PolicyBundle, PolicyVersion};
-use crate::state::{self, Outcome, Proposal};
+use crate::state::{Outcome, Proposal};
 
 pub struct PolicyApi {
     replica: Arc<Replica>,
@@ -101,17 +101,10 @@ impl PolicyService for PolicyApi {
                 comment: bundle.comment,
             }),
         };
-        state::validate_proposal(&proposal).map_err(invalid)?;
-        let resp = self
-            .replica
-            .propose(proposal)
-            .await
-            .map_err(write_error_status)?;
-        let (version, changed) = match resp.outcome {
+        let (version, changed) = match propose(&self.replica, proposal).await?.1 {
             Outcome::PolicyApplied {
                 version, changed, ..
             } => (version, changed),
-            Outcome::Rejected(r) => return Err(rejection_status(r)),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
         let applied = self.replica.sm.read();
