@@ -154,6 +154,15 @@ pub struct ResidencyView {
     pub required_certifications: Vec<String>,
 }
 
+/// `sov.v1.HealthCheck`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HealthView {
+    pub http_path: String,
+    pub tcp: bool,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+}
+
 /// `sov.v1.DeploymentSpec`. Absent `resources`, `export` and `residency` messages are shown as
 /// all zeros and empty lists, which is what the scheduler reads them as.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -167,6 +176,8 @@ pub struct SpecView {
     pub labels: BTreeMap<String, String>,
     pub export: ExportView,
     pub residency: ResidencyView,
+    pub health: HealthView,
+    pub stop_after_disconnect_ms: u64,
 }
 
 impl From<pb::DeploymentSpec> for SpecView {
@@ -174,6 +185,7 @@ impl From<pb::DeploymentSpec> for SpecView {
         let r = s.resources.unwrap_or_default();
         let x = s.export.unwrap_or_default();
         let res = s.residency.unwrap_or_default();
+        let h = s.health.unwrap_or_default();
         SpecView {
             name: s.name,
             model: s.model,
@@ -199,8 +211,55 @@ impl From<pb::DeploymentSpec> for SpecView {
                 min_location_trust: res.min_location_trust,
                 required_certifications: res.required_certifications,
             },
+            health: HealthView {
+                http_path: h.http_path,
+                tcp: h.tcp,
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms,
+            },
+            stop_after_disconnect_ms: s.stop_after_disconnect_ms,
         }
     }
+}
+
+/// `5s`, `1m30s`, `250ms`: how durations are written in specs.
+pub fn duration_text(ms: u64) -> String {
+    if !ms.is_multiple_of(1_000) {
+        return format!("{ms}ms");
+    }
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60);
+    let mut out = String::new();
+    for (value, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if value > 0 {
+            out.push_str(&format!("{value}{unit}"));
+        }
+    }
+    if out.is_empty() { "0s".into() } else { out }
+}
+
+/// The health check and disconnect rule, as `deploy show` lists them.
+fn liveness_fields(s: &SpecView) -> Vec<(&'static str, String)> {
+    let h = &s.health;
+    let every = format!(
+        "every {} (timeout {})",
+        duration_text(u64::from(h.interval_ms)),
+        duration_text(u64::from(h.timeout_ms))
+    );
+    let health = if !h.http_path.is_empty() {
+        format!("HTTP GET {} {every}", h.http_path)
+    } else if h.tcp {
+        format!("TCP connect {every}")
+    } else {
+        "none (running counts as healthy)".into()
+    };
+    let disconnect = match s.stop_after_disconnect_ms {
+        0 => "never (replicas keep running while cut off from the schedulers)".into(),
+        ms => format!(
+            "stop replicas after {} cut off from every scheduler",
+            duration_text(ms)
+        ),
+    };
+    vec![("Health check", health), ("Disconnected", disconnect)]
 }
 
 fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
@@ -510,6 +569,7 @@ pub fn deployment_text(d: &DeploymentView) -> String {
         ]);
         pairs.extend(export_fields(&s.export));
         pairs.extend(residency_fields(&s.residency));
+        pairs.extend(liveness_fields(s));
     }
     pairs.extend([
         ("Generation", d.generation.to_string()),
@@ -770,6 +830,13 @@ mod tests {
                     min_location_trust: 2,
                     required_certifications: vec![],
                 }),
+                health: Some(pb::HealthCheck {
+                    http_path: "/health".into(),
+                    tcp: false,
+                    interval_ms: 10_000,
+                    timeout_ms: 2_000,
+                }),
+                stop_after_disconnect_ms: 90_000,
             }),
             generation: 3,
             created_at_ms: 1_700_000_000_000,

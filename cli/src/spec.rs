@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use serde::Deserialize;
-use sov_proto::v1::{DeploymentSpec, ExportAttributes, Residency, Resources};
+use sov_proto::v1::{DeploymentSpec, ExportAttributes, HealthCheck, Residency, Resources};
 
 use crate::UsageError;
 
@@ -32,6 +32,21 @@ struct SpecFile {
     export: ExportFile,
     #[serde(default)]
     residency: ResidencyFile,
+    #[serde(default)]
+    health: HealthFile,
+    /// e.g. "30s": stop the replicas when their agent is cut off from the schedulers this long.
+    #[serde(default)]
+    stop_after_disconnect: Option<String>,
+}
+
+/// How the agent checks that a model server is healthy: `http = "/health"` or `tcp = true`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HealthFile {
+    http: String,
+    tcp: bool,
+    interval: Option<String>,
+    timeout: Option<String>,
 }
 
 /// Export-control attributes of the model; policy decides where such a model may run.
@@ -64,35 +79,75 @@ struct ResourcesFile {
     memory_mib: u64,
 }
 
-impl From<SpecFile> for DeploymentSpec {
-    fn from(file: SpecFile) -> Self {
-        let r = file.resources;
-        DeploymentSpec {
-            name: file.name,
-            model: file.model,
-            replicas: file.replicas,
-            resources: Some(Resources {
-                gpu_count: r.gpu_count,
-                gpu_model: r.gpu_model,
-                gpu_memory_mib: r.gpu_memory_mib,
-                cpu_millis: r.cpu_millis,
-                memory_mib: r.memory_mib,
-            }),
-            command: file.command,
-            env: file.env.into_iter().collect(),
-            labels: file.labels.into_iter().collect(),
-            export: Some(ExportAttributes {
-                eccn: file.export.eccn,
-                weights_published: file.export.weights_published,
-                training_compute_log10: file.export.training_compute_log10,
-                lineage: file.export.lineage,
-            }),
-            residency: Some(Residency {
-                allowed: file.residency.allowed,
-                min_location_trust: file.residency.min_location_trust,
-                required_certifications: file.residency.required_certifications,
-            }),
-        }
+/// Default probe timing when a check is set but its timing is not.
+const HEALTH_INTERVAL_DEFAULT: &str = "10s";
+const HEALTH_TIMEOUT_DEFAULT: &str = "2s";
+
+fn millis(field: &str, text: &str) -> Result<u64, String> {
+    crate::node::parse_duration(text)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+impl TryFrom<SpecFile> for DeploymentSpec {
+    type Error = String;
+
+    fn try_from(file: SpecFile) -> Result<Self, String> {
+        let h = &file.health;
+        let checked = !h.http.is_empty() || h.tcp;
+        let interval = h.interval.as_deref().unwrap_or(HEALTH_INTERVAL_DEFAULT);
+        let timeout = h.timeout.as_deref().unwrap_or(HEALTH_TIMEOUT_DEFAULT);
+        let health = HealthCheck {
+            http_path: h.http.clone(),
+            tcp: h.tcp,
+            interval_ms: if checked {
+                millis("health.interval", interval)?.min(u64::from(u32::MAX)) as u32
+            } else {
+                0
+            },
+            timeout_ms: if checked {
+                millis("health.timeout", timeout)?.min(u64::from(u32::MAX)) as u32
+            } else {
+                0
+            },
+        };
+        let stop_after_disconnect_ms = match file.stop_after_disconnect.as_deref() {
+            None => 0,
+            Some(text) => millis("stop_after_disconnect", text)?,
+        };
+        Ok(to_spec(file, health, stop_after_disconnect_ms))
+    }
+}
+
+fn to_spec(file: SpecFile, health: HealthCheck, stop_after_disconnect_ms: u64) -> DeploymentSpec {
+    let r = file.resources;
+    DeploymentSpec {
+        name: file.name,
+        model: file.model,
+        replicas: file.replicas,
+        resources: Some(Resources {
+            gpu_count: r.gpu_count,
+            gpu_model: r.gpu_model,
+            gpu_memory_mib: r.gpu_memory_mib,
+            cpu_millis: r.cpu_millis,
+            memory_mib: r.memory_mib,
+        }),
+        command: file.command,
+        env: file.env.into_iter().collect(),
+        labels: file.labels.into_iter().collect(),
+        export: Some(ExportAttributes {
+            eccn: file.export.eccn,
+            weights_published: file.export.weights_published,
+            training_compute_log10: file.export.training_compute_log10,
+            lineage: file.export.lineage,
+        }),
+        residency: Some(Residency {
+            allowed: file.residency.allowed,
+            min_location_trust: file.residency.min_location_trust,
+            required_certifications: file.residency.required_certifications,
+        }),
+        health: Some(health),
+        stop_after_disconnect_ms,
     }
 }
 
@@ -127,7 +182,7 @@ pub fn parse(text: &str, source: &str) -> Result<DeploymentSpec, UsageError> {
             _ => UsageError(format!("{source}: {message}")),
         }
     })?;
-    Ok(file.into())
+    DeploymentSpec::try_from(file).map_err(|e| UsageError(format!("{source}: {e}")))
 }
 
 /// 1-based line and column (in characters) of byte offset `at`.
@@ -253,6 +308,41 @@ required_certifications = ["secnumcloud"]
             .unwrap_err()
             .0;
         assert!(err.starts_with("a.toml:3:12: "), "{err}");
+    }
+
+    #[test]
+    fn health_check_and_disconnect_rule_become_milliseconds() {
+        let text = "name = \"a\"\nmodel = \"m\"\nreplicas = 1\nstop_after_disconnect = \"1m30s\"\n[health]\nhttp = \"/health\"\ninterval = \"5s\"\n";
+        let spec = parse(text, "s.toml").unwrap();
+        let health = spec.health.unwrap();
+        assert_eq!(
+            (
+                health.http_path.as_str(),
+                health.interval_ms,
+                health.timeout_ms
+            ),
+            ("/health", 5_000, 2_000)
+        );
+        assert_eq!(spec.stop_after_disconnect_ms, 90_000);
+
+        let unchecked = parse("name = \"a\"\nmodel = \"m\"\nreplicas = 1\n", "s.toml").unwrap();
+        assert_eq!(
+            unchecked.health.unwrap().interval_ms,
+            0,
+            "no probe, no timing"
+        );
+        assert_eq!(unchecked.stop_after_disconnect_ms, 0);
+
+        let err = parse(
+            "name = \"a\"\nmodel = \"m\"\nreplicas = 1\nstop_after_disconnect = \"30\"\n",
+            "s.toml",
+        )
+        .unwrap_err();
+        assert!(
+            err.0.starts_with("s.toml: stop_after_disconnect:"),
+            "{}",
+            err.0
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::raft::Replica;
 use crate::raft::now_ms;
 use crate::state::plan::{PolicyGate, day_of};
 use crate::state::{
-    self, DeploymentSpec, Desired, ExportAttrs, Outcome, Proposal, Residency, Resources, State,
+    self, DeploymentSpec, Desired, ExportAttrs, HealthCheck, HealthProbe, Outcome, Proposal,
+    Residency, Resources, State,
 };
 
 /// Page size when the client asks for none, and the most it may ask for.
@@ -29,11 +30,17 @@ impl DeploymentApi {
     }
 }
 
-pub fn spec_from_pb(spec: pb::DeploymentSpec) -> DeploymentSpec {
+pub fn spec_from_pb(spec: pb::DeploymentSpec) -> Result<DeploymentSpec, Status> {
     let r = spec.resources.unwrap_or_default();
     let export = spec.export.unwrap_or_default();
     let residency = spec.residency.unwrap_or_default();
-    DeploymentSpec {
+    let health = spec.health.unwrap_or_default();
+    if !health.http_path.is_empty() && health.tcp {
+        return Err(Status::invalid_argument(
+            "spec.health: set either http or tcp, not both",
+        ));
+    }
+    Ok(DeploymentSpec {
         name: spec.name,
         model: spec.model,
         replicas: spec.replicas,
@@ -63,7 +70,17 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> DeploymentSpec {
             min_location_trust: u8::try_from(residency.min_location_trust).unwrap_or(u8::MAX),
             required_certifications: residency.required_certifications,
         },
-    }
+        health: HealthCheck {
+            probe: match (health.http_path.is_empty(), health.tcp) {
+                (false, _) => HealthProbe::Http(health.http_path),
+                (true, true) => HealthProbe::Tcp,
+                (true, false) => HealthProbe::Off,
+            },
+            interval_ms: health.interval_ms,
+            timeout_ms: health.timeout_ms,
+        },
+        stop_after_disconnect_ms: spec.stop_after_disconnect_ms,
+    })
 }
 
 /// The deployment with its replicas (every allocation of it in `state`).
@@ -96,6 +113,16 @@ pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment 
                 min_location_trust: u32::from(s.residency.min_location_trust),
                 required_certifications: s.residency.required_certifications.clone(),
             }),
+            health: Some(pb::HealthCheck {
+                http_path: match &s.health.probe {
+                    HealthProbe::Http(path) => path.clone(),
+                    _ => String::new(),
+                },
+                tcp: s.health.probe == HealthProbe::Tcp,
+                interval_ms: s.health.interval_ms,
+                timeout_ms: s.health.timeout_ms,
+            }),
+            stop_after_disconnect_ms: s.stop_after_disconnect_ms,
         }),
         generation: d.generation,
         created_at_ms: d.created_at_ms,
@@ -134,7 +161,7 @@ impl DeploymentService for DeploymentApi {
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
         let expected_generation = (req.expected_generation > 0).then_some(req.expected_generation);
         let proposal = Proposal::ApplyDeployment {
-            spec: Box::new(spec_from_pb(spec)),
+            spec: Box::new(spec_from_pb(spec)?),
             expected_generation,
         };
         match propose(&self.replica, proposal).await? {
@@ -223,7 +250,7 @@ impl DeploymentService for DeploymentApi {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
-        let spec = spec_from_pb(spec);
+        let spec = spec_from_pb(spec)?;
         state::validate_spec(&spec).map_err(invalid)?;
         read_barrier(&self.replica, 0).await?;
         let applied = self.replica.sm.read();

@@ -79,7 +79,27 @@ pub struct Residency {
     pub required_certifications: Vec<String>,
 }
 
-/// What an ML engineer submits. Later issues add health checks and disconnect rules.
+/// How the agent checks a model server (issue #3 runs it). `Off` means "running = healthy".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthProbe {
+    #[default]
+    Off,
+    /// GET this path on the replica's port; 2xx is healthy.
+    Http(String),
+    /// A TCP connect to the replica's port succeeds.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthCheck {
+    pub probe: HealthProbe,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+}
+
+/// What an ML engineer submits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeploymentSpec {
@@ -92,6 +112,10 @@ pub struct DeploymentSpec {
     pub labels: BTreeMap<String, String>,
     pub export: ExportAttrs,
     pub residency: Residency,
+    pub health: HealthCheck,
+    /// Stop the replicas when their agent has been cut off from every scheduler this long;
+    /// 0 = keep running.
+    pub stop_after_disconnect_ms: u64,
 }
 
 /// A deployment as stored: the spec plus bookkeeping stamped at apply time.

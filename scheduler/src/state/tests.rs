@@ -417,3 +417,40 @@ fn nodes_are_validated_with_the_field_named() {
             && !is_date("27-01-01")
     );
 }
+
+#[test]
+fn health_checks_and_disconnect_rules_are_bounded() {
+    let mut s = spec("a");
+    s.health = HealthCheck {
+        probe: HealthProbe::Http("/health".into()),
+        interval_ms: 5_000,
+        timeout_ms: 1_000,
+    };
+    s.stop_after_disconnect_ms = 30_000;
+    validate_spec(&s).unwrap();
+
+    let mut bad = s.clone();
+    bad.health.probe = HealthProbe::Http("health".into());
+    assert_eq!(validate_spec(&bad).unwrap_err().field, "spec.health.http");
+    let mut bad = s.clone();
+    bad.health.timeout_ms = 6_000;
+    assert_eq!(
+        validate_spec(&bad).unwrap_err().field,
+        "spec.health.timeout"
+    );
+    let mut bad = s.clone();
+    bad.health.interval_ms = 10;
+    assert_eq!(
+        validate_spec(&bad).unwrap_err().field,
+        "spec.health.interval"
+    );
+    let mut bad = s.clone();
+    bad.stop_after_disconnect_ms = 500;
+    assert_eq!(
+        validate_spec(&bad).unwrap_err().field,
+        "spec.stop_after_disconnect"
+    );
+    let mut off = spec("a");
+    off.health.interval_ms = 0;
+    validate_spec(&off).expect("no probe needs no timing");
+}

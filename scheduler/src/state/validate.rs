@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::iso3166;
 use super::node::{Inventory, LocationTrust, NodeFacts};
-use super::{DeploymentSpec, ExportAttrs, Proposal, Residency};
+use super::{DeploymentSpec, ExportAttrs, HealthCheck, HealthProbe, Proposal, Residency};
 
 pub const MAX_DEPLOYMENTS: usize = 10_000;
 pub const MAX_NODES: usize = 100_000;
@@ -31,6 +31,11 @@ pub const LABEL_VALUE_LEN_MAX: usize = 256;
 pub const CLUSTER_ID_LEN_MAX: usize = 64;
 pub const ECCN_LEN_MAX: usize = 16;
 pub const COMMENT_LEN_MAX: usize = 4_096;
+pub const HEALTH_PATH_LEN_MAX: usize = 256;
+pub const HEALTH_INTERVAL_MS_MIN: u32 = 1_000;
+pub const HEALTH_INTERVAL_MS_MAX: u32 = 3_600_000;
+pub const DISCONNECT_MS_MIN: u64 = 1_000;
+pub const DISCONNECT_MS_MAX: u64 = 7 * 24 * 3_600_000;
 pub const TRAINING_COMPUTE_LOG10_MAX: u32 = 40;
 pub const LINEAGE_MAX: usize = 32;
 pub const RESIDENCY_ENTRIES_MAX: usize = 64;
@@ -198,6 +203,19 @@ pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
 
     validate_export(&spec.export)?;
     validate_residency(&spec.residency)?;
+    validate_health(&spec.health)?;
+    if spec.stop_after_disconnect_ms != 0 {
+        let ok = (DISCONNECT_MS_MIN..=DISCONNECT_MS_MAX).contains(&spec.stop_after_disconnect_ms);
+        if !ok {
+            return Err(invalid(
+                "spec.stop_after_disconnect",
+                format!(
+                    "must be between 1s and 7d (or unset), not {} ms",
+                    spec.stop_after_disconnect_ms
+                ),
+            ));
+        }
+    }
 
     check_max("spec.labels entries", spec.labels.len(), LABELS_MAX)?;
     for (key, value) in &spec.labels {
@@ -248,6 +266,41 @@ fn validate_export(export: &ExportAttrs) -> Result<(), ValidationError> {
     )?;
     for (i, model) in export.lineage.iter().enumerate() {
         validate_text(&format!("spec.export.lineage[{i}]"), model, MODEL_LEN_MAX)?;
+    }
+    Ok(())
+}
+
+fn validate_health(health: &HealthCheck) -> Result<(), ValidationError> {
+    if let HealthProbe::Http(path) = &health.probe {
+        let ok = path.starts_with('/')
+            && path.len() <= HEALTH_PATH_LEN_MAX
+            && !path.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !ok {
+            return Err(invalid(
+                "spec.health.http",
+                format!(
+                    "{path:?} must be a URL path starting with '/', without spaces, at most {HEALTH_PATH_LEN_MAX} bytes"
+                ),
+            ));
+        }
+    }
+    if health.probe == HealthProbe::Off {
+        return Ok(());
+    }
+    if !(HEALTH_INTERVAL_MS_MIN..=HEALTH_INTERVAL_MS_MAX).contains(&health.interval_ms) {
+        return Err(invalid(
+            "spec.health.interval",
+            format!("must be between 1s and 1h, not {} ms", health.interval_ms),
+        ));
+    }
+    if health.timeout_ms == 0 || health.timeout_ms > health.interval_ms {
+        return Err(invalid(
+            "spec.health.timeout",
+            format!(
+                "must be above 0 and at most the interval ({} ms), not {} ms",
+                health.interval_ms, health.timeout_ms
+            ),
+        ));
     }
     Ok(())
 }
