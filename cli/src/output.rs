@@ -178,6 +178,15 @@ pub struct SpecView {
     pub residency: ResidencyView,
     pub health: HealthView,
     pub stop_after_disconnect_ms: u64,
+    pub placement: PlacementView,
+}
+
+/// `sov.v1.PlacementPreferences`; an empty `spread` is the default, "node".
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PlacementView {
+    pub spread: String,
+    pub prefer_countries: Vec<String>,
+    pub prefer_sites: Vec<String>,
 }
 
 impl From<pb::DeploymentSpec> for SpecView {
@@ -186,6 +195,7 @@ impl From<pb::DeploymentSpec> for SpecView {
         let x = s.export.unwrap_or_default();
         let res = s.residency.unwrap_or_default();
         let h = s.health.unwrap_or_default();
+        let p = s.placement.unwrap_or_default();
         SpecView {
             name: s.name,
             model: s.model,
@@ -218,6 +228,15 @@ impl From<pb::DeploymentSpec> for SpecView {
                 timeout_ms: h.timeout_ms,
             },
             stop_after_disconnect_ms: s.stop_after_disconnect_ms,
+            placement: PlacementView {
+                spread: if p.spread.is_empty() {
+                    "node".into()
+                } else {
+                    p.spread
+                },
+                prefer_countries: p.prefer_countries,
+                prefer_sites: p.prefer_sites,
+            },
         }
     }
 }
@@ -259,7 +278,23 @@ fn liveness_fields(s: &SpecView) -> Vec<(&'static str, String)> {
             duration_text(ms)
         ),
     };
-    vec![("Health check", health), ("Disconnected", disconnect)]
+    let p = &s.placement;
+    let mut prefer: Vec<String> = p.prefer_countries.clone();
+    prefer.extend(p.prefer_sites.iter().map(|site| format!("site {site}")));
+    let placement = match prefer.is_empty() {
+        true => format!("spread over {}s", p.spread),
+        false => format!("spread over {}s, prefer {}", p.spread, prefer.join(", ")),
+    };
+    let placement = if p.spread == "none" {
+        placement.replace("spread over nones", "packed")
+    } else {
+        placement
+    };
+    vec![
+        ("Health check", health),
+        ("Disconnected", disconnect),
+        ("Placement", placement),
+    ]
 }
 
 fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
@@ -837,6 +872,7 @@ mod tests {
                     timeout_ms: 2_000,
                 }),
                 stop_after_disconnect_ms: 90_000,
+                placement: None,
             }),
             generation: 3,
             created_at_ms: 1_700_000_000_000,

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use serde::Deserialize;
-use sov_proto::v1::{DeploymentSpec, ExportAttributes, HealthCheck, Residency, Resources};
+use sov_proto::v1::{
+    DeploymentSpec, ExportAttributes, HealthCheck, PlacementPreferences, Residency, Resources,
+};
 
 use crate::UsageError;
 
@@ -34,9 +36,20 @@ struct SpecFile {
     residency: ResidencyFile,
     #[serde(default)]
     health: HealthFile,
+    #[serde(default)]
+    placement: PlacementFile,
     /// e.g. "30s": stop the replicas when their agent is cut off from the schedulers this long.
     #[serde(default)]
     stop_after_disconnect: Option<String>,
+}
+
+/// Soft preferences: `spread = "node" | "site" | "country" | "none"`, preferred countries/sites.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PlacementFile {
+    spread: String,
+    prefer_countries: Vec<String>,
+    prefer_sites: Vec<String>,
 }
 
 /// How the agent checks that a model server is healthy: `http = "/health"` or `tcp = true`.
@@ -148,6 +161,11 @@ fn to_spec(file: SpecFile, health: HealthCheck, stop_after_disconnect_ms: u64) -
         }),
         health: Some(health),
         stop_after_disconnect_ms,
+        placement: Some(PlacementPreferences {
+            spread: file.placement.spread,
+            prefer_countries: file.placement.prefer_countries,
+            prefer_sites: file.placement.prefer_sites,
+        }),
     }
 }
 

@@ -12,8 +12,8 @@ use crate::raft::Replica;
 use crate::raft::now_ms;
 use crate::state::plan::{PolicyGate, day_of};
 use crate::state::{
-    self, DeploymentSpec, Desired, ExportAttrs, HealthCheck, HealthProbe, Outcome, Proposal,
-    Residency, Resources, State,
+    self, DeploymentSpec, Desired, ExportAttrs, HealthCheck, HealthProbe, Outcome, PlacementPrefs,
+    Proposal, Residency, Resources, Spread, State,
 };
 
 /// Page size when the client asks for none, and the most it may ask for.
@@ -35,6 +35,7 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> Result<DeploymentSpec, Status> 
     let export = spec.export.unwrap_or_default();
     let residency = spec.residency.unwrap_or_default();
     let health = spec.health.unwrap_or_default();
+    let placement = spec.placement.unwrap_or_default();
     if !health.http_path.is_empty() && health.tcp {
         return Err(Status::invalid_argument(
             "spec.health: set either http or tcp, not both",
@@ -80,6 +81,21 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> Result<DeploymentSpec, Status> 
             timeout_ms: health.timeout_ms,
         },
         stop_after_disconnect_ms: spec.stop_after_disconnect_ms,
+        placement: PlacementPrefs {
+            spread: match placement.spread.as_str() {
+                "" | "node" => Spread::Node,
+                "site" => Spread::Site,
+                "country" => Spread::Country,
+                "none" => Spread::None,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "spec.placement.spread: {other:?} must be \"node\", \"site\", \"country\" or \"none\""
+                    )));
+                }
+            },
+            prefer_countries: placement.prefer_countries,
+            prefer_sites: placement.prefer_sites,
+        },
     })
 }
 
@@ -123,6 +139,17 @@ pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment 
                 timeout_ms: s.health.timeout_ms,
             }),
             stop_after_disconnect_ms: s.stop_after_disconnect_ms,
+            placement: Some(pb::PlacementPreferences {
+                spread: match s.placement.spread {
+                    Spread::None => "none",
+                    Spread::Node => "node",
+                    Spread::Site => "site",
+                    Spread::Country => "country",
+                }
+                .into(),
+                prefer_countries: s.placement.prefer_countries.clone(),
+                prefer_sites: s.placement.prefer_sites.clone(),
+            }),
         }),
         generation: d.generation,
         created_at_ms: d.created_at_ms,

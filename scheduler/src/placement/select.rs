@@ -10,7 +10,8 @@ use super::feasibility::{Reason, check};
 use super::fit::Free;
 use super::score::score;
 use super::{Placement, Plan, PolicyOracle, missing_replicas};
-use crate::state::{DeploymentSpec, State};
+use crate::state::node::Node;
+use crate::state::{DeploymentSpec, Spread, State};
 
 /// Plans every deployment of `state` that is missing replicas, at most `placements_max`
 /// placements in one plan (a bound on the size of one Raft entry and one apply).
@@ -81,6 +82,22 @@ pub fn eligibility(
     Explanation::new(state.nodes.len(), reasons)
 }
 
+/// The domain replicas of `spec` are spread over; with `Spread::None` all nodes share the empty
+/// domain, so counting replicas there favours no node.
+fn spread_domain(spec: &DeploymentSpec, node: &Node) -> String {
+    match spec.placement.spread {
+        Spread::None => String::new(),
+        Spread::Node => node.name.clone(),
+        Spread::Site => format!("{}/{}", node.facts.country, node.facts.site),
+        Spread::Country => node.facts.country.clone(),
+    }
+}
+
+fn preferred(spec: &DeploymentSpec, node: &Node) -> bool {
+    let p = &spec.placement;
+    p.prefer_countries.contains(&node.facts.country) || p.prefer_sites.contains(&node.facts.site)
+}
+
 fn place<'s>(
     state: &'s State,
     spec: &DeploymentSpec,
@@ -88,10 +105,14 @@ fn place<'s>(
     free: &mut BTreeMap<&'s str, Free>,
     policy: &mut impl PolicyOracle,
 ) -> (Vec<Placement>, Option<Explanation>) {
-    let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+    // Replicas of this deployment per spread domain (node, site or country).
+    let mut per_domain: BTreeMap<String, u32> = BTreeMap::new();
     for a in state.allocations.values() {
-        if a.deployment == spec.name && a.desired == crate::state::Desired::Run {
-            *per_node.entry(a.node.clone()).or_default() += 1;
+        if a.deployment == spec.name
+            && a.desired == crate::state::Desired::Run
+            && let Some(node) = state.nodes.get(&a.node)
+        {
+            *per_domain.entry(spread_domain(spec, node)).or_default() += 1;
         }
     }
     let mut placements = Vec::new();
@@ -105,7 +126,11 @@ fn place<'s>(
                     let s = score(
                         node_free,
                         &spec.resources,
-                        per_node.get(&node.name).copied().unwrap_or(0),
+                        per_domain
+                            .get(&spread_domain(spec, node))
+                            .copied()
+                            .unwrap_or(0),
+                        preferred(spec, node),
                     );
                     if best.as_ref().is_none_or(|(b, _, _)| s > *b) {
                         best = Some((s, node.name.as_str(), reservation));
@@ -129,7 +154,9 @@ fn place<'s>(
                 reservation.port,
             );
         }
-        *per_node.entry(node.to_string()).or_default() += 1;
+        if let Some(chosen) = state.nodes.get(node) {
+            *per_domain.entry(spread_domain(spec, chosen)).or_default() += 1;
+        }
         placements.push(Placement {
             deployment: spec.name.clone(),
             node: node.to_string(),

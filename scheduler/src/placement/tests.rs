@@ -117,6 +117,50 @@ fn packs_gpus_and_spreads_replicas() {
 }
 
 #[test]
+fn spreads_over_sites_or_countries_and_honours_preferences() {
+    let mut nodes = vec![
+        node("de-1", "DE", &[81_920; 8]),
+        node("fr-1", "FR", &[81_920; 2]),
+        node("fr-2", "FR", &[81_920; 2]),
+    ];
+    for n in &mut nodes {
+        n.facts.site = format!("{}-site", n.facts.country);
+    }
+    let mut d = deployment("llm", 2, 1, 0);
+    d.spec.placement.spread = crate::state::Spread::Country;
+    let s = state(nodes.clone(), vec![d.clone()]);
+    let placed: Vec<String> = plan(&s, &mut allow_all(), 100)
+        .placements
+        .into_iter()
+        .map(|p| p.node)
+        .collect();
+    assert_eq!(placed, ["fr-1", "de-1"], "one replica per country");
+
+    d.spec.placement.spread = crate::state::Spread::None;
+    let s = state(nodes.clone(), vec![d.clone()]);
+    let placed: Vec<String> = plan(&s, &mut allow_all(), 100)
+        .placements
+        .into_iter()
+        .map(|p| p.node)
+        .collect();
+    assert_eq!(
+        placed,
+        ["fr-1", "fr-1"],
+        "no spreading: pack the fullest node"
+    );
+
+    d.spec.placement.spread = crate::state::Spread::Node;
+    d.spec.placement.prefer_countries = vec!["DE".into()];
+    d.spec.replicas = 1;
+    let s = state(nodes, vec![d]);
+    assert_eq!(
+        plan(&s, &mut allow_all(), 100).placements[0].node,
+        "de-1",
+        "preference beats packing"
+    );
+}
+
+#[test]
 fn explains_every_node_once_in_the_summary_and_every_reason_per_node() {
     let mut down = node("d-down", "FR", &[81_920]);
     down.status = NodeStatus::Down;

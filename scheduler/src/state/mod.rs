@@ -99,6 +99,27 @@ pub struct HealthCheck {
     pub timeout_ms: u32,
 }
 
+/// Over which domain the replicas of one deployment are spread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Pack replicas where GPUs fit best; several may share a node.
+    None,
+    #[default]
+    Node,
+    Site,
+    Country,
+}
+
+/// Soft preferences: they pick among eligible nodes and never make a node eligible.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlacementPrefs {
+    pub spread: Spread,
+    pub prefer_countries: Vec<String>,
+    pub prefer_sites: Vec<String>,
+}
+
 /// What an ML engineer submits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -116,6 +137,7 @@ pub struct DeploymentSpec {
     /// Stop the replicas when their agent has been cut off from every scheduler this long;
     /// 0 = keep running.
     pub stop_after_disconnect_ms: u64,
+    pub placement: PlacementPrefs,
 }
 
 /// A deployment as stored: the spec plus bookkeeping stamped at apply time.

@@ -204,6 +204,31 @@ pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
     validate_export(&spec.export)?;
     validate_residency(&spec.residency)?;
     validate_health(&spec.health)?;
+    check_max(
+        "spec.placement.prefer_countries entries",
+        spec.placement.prefer_countries.len(),
+        RESIDENCY_ENTRIES_MAX,
+    )?;
+    for (i, c) in spec.placement.prefer_countries.iter().enumerate() {
+        if !iso3166::is_country(c) {
+            return Err(invalid(
+                format!("spec.placement.prefer_countries[{i}]"),
+                format!("{c:?} is not an ISO 3166-1 alpha-2 country code"),
+            ));
+        }
+    }
+    check_max(
+        "spec.placement.prefer_sites entries",
+        spec.placement.prefer_sites.len(),
+        RESIDENCY_ENTRIES_MAX,
+    )?;
+    for (i, site) in spec.placement.prefer_sites.iter().enumerate() {
+        validate_text(
+            &format!("spec.placement.prefer_sites[{i}]"),
+            site,
+            MODEL_LEN_MAX,
+        )?;
+    }
     if spec.stop_after_disconnect_ms != 0 {
         let ok = (DISCONNECT_MS_MIN..=DISCONNECT_MS_MAX).contains(&spec.stop_after_disconnect_ms);
         if !ok {
