@@ -399,4 +399,131 @@ mod tests {
         assert_eq!(day_of(1_795_305_600_000), "2026-11-22");
         assert_eq!(day_of(-1), "1969-12-31");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::placement;
+        use crate::policy;
+        use crate::state::plan::PolicyGate;
+        use crate::state::{Deployment, ExportAttrs};
+
+        const COUNTRIES: [&str; 8] = ["FR", "DE", "PL", "IE", "US", "CN", "CH", "GB"];
+
+        fn arb_node(i: usize) -> impl Strategy<Value = crate::state::node::Node> {
+            (
+                prop::sample::select(&COUNTRIES[..]),
+                prop::sample::select(&COUNTRIES[..]),
+                0usize..5,
+            )
+                .prop_map(move |(country, parent, gpus)| {
+                    let name = format!("n{i:02}");
+                    crate::state::node::Node {
+                        facts: NodeFacts {
+                            country: country.into(),
+                            operator_hq: country.into(),
+                            ultimate_parent_hq: parent.into(),
+                            ..Default::default()
+                        },
+                        inventory: Inventory {
+                            cpu_millis: 16_000,
+                            memory_mib: 65_536,
+                            gpus: (0..gpus)
+                                .map(|g| Gpu {
+                                    uuid: format!("{name}-g{g}"),
+                                    model: "NVIDIA H100 80GB HBM3".into(),
+                                    memory_mib: 81_559,
+                                    simulated: true,
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        },
+                        name,
+                        ..Default::default()
+                    }
+                })
+        }
+
+        fn arb_deployment(i: usize) -> impl Strategy<Value = Deployment> {
+            (
+                prop::sample::select(vec![
+                    vec![],
+                    vec!["EU27".to_string()],
+                    vec!["EEA".to_string()],
+                    vec!["US-Tier1".to_string(), "CH".to_string()],
+                ]),
+                any::<bool>(),
+                1u32..4,
+                0u32..3,
+            )
+                .prop_map(move |(allowed, controlled, replicas, gpus)| Deployment {
+                    spec: DeploymentSpec {
+                        name: format!("d{i}"),
+                        model: "m".into(),
+                        replicas,
+                        resources: Resources {
+                            gpu_count: gpus,
+                            cpu_millis: 1_000,
+                            memory_mib: 1_024,
+                            ..Default::default()
+                        },
+                        export: ExportAttrs {
+                            eccn: if controlled {
+                                "4E091".into()
+                            } else {
+                                "EAR99".into()
+                            },
+                            ..Default::default()
+                        },
+                        residency: Residency {
+                            allowed,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    generation: 1,
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                    revision: 1,
+                })
+        }
+
+        fn arb_state() -> impl Strategy<Value = State> {
+            let nodes = (1usize..10).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>());
+            let deployments =
+                (1usize..5).prop_flat_map(|n| (0..n).map(arb_deployment).collect::<Vec<_>>());
+            (nodes, deployments).prop_map(|(nodes, deployments)| State {
+                nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+                deployments: deployments
+                    .into_iter()
+                    .map(|d| (d.spec.name.clone(), d))
+                    .collect(),
+                ..Default::default()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            /// With the shipped Cedar bundle: every planned placement is one the policy permits
+            /// (asked again, without the memo), and applying the plan to the state it was made
+            /// from accepts all of it.
+            #[test]
+            fn plans_under_the_shipped_policy_obey_it(mut s in arb_state()) {
+                let compiled = policy::compile(&shipped_bundle()).unwrap();
+                let today = day_of(1_795_305_600_000);
+                let plan = placement::plan(&s, &mut PolicyGate::new(Some(&compiled), &today), 1_000);
+                for p in &plan.placements {
+                    let decision = compiled.evaluate(&s.deployments[&p.deployment].spec, &s.nodes[&p.node], &today);
+                    prop_assert!(decision.allowed, "{} placed on {} against {:?}", p.deployment, p.node, decision.forbidding);
+                }
+                run(&mut s, vec![Proposal::ApplyPolicy { bundle: Box::new(PolicyBundle { files: shipped_bundle(), ..Default::default() }) }]);
+                let count = plan.placements.len();
+                let Outcome::PlanApplied { placed, rejected } = run(&mut s, vec![Proposal::ApplyPlan { placements: plan.placements }]) else { panic!() };
+                prop_assert!(rejected.is_empty(), "{:?}", rejected);
+                prop_assert_eq!(placed.len(), count);
+            }
+        }
+    }
 }
