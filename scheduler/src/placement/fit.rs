@@ -123,6 +123,19 @@ impl fmt::Display for Shortfall {
     }
 }
 
+/// CPU and memory a replica needs beyond what is free; shared by planning and re-checking.
+fn cpu_memory_shortfalls(free: &Free, r: &Resources) -> impl Iterator<Item = Shortfall> {
+    let cpu = (r.cpu_millis > free.cpu_millis).then_some(Shortfall::Cpu {
+        need_millis: r.cpu_millis,
+        free_millis: free.cpu_millis,
+    });
+    let memory = (r.memory_mib > free.memory_mib).then_some(Shortfall::Memory {
+        need_mib: r.memory_mib,
+        free_mib: free.memory_mib,
+    });
+    cpu.into_iter().chain(memory)
+}
+
 /// The concrete resources one replica would take on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -165,18 +178,7 @@ pub fn fit(free: &Free, r: &Resources) -> Result<Reservation, Vec<Shortfall>> {
             });
         }
     }
-    if r.cpu_millis > free.cpu_millis {
-        short.push(Shortfall::Cpu {
-            need_millis: r.cpu_millis,
-            free_millis: free.cpu_millis,
-        });
-    }
-    if r.memory_mib > free.memory_mib {
-        short.push(Shortfall::Memory {
-            need_mib: r.memory_mib,
-            free_mib: free.memory_mib,
-        });
-    }
+    short.extend(cpu_memory_shortfalls(free, r));
     let port = (PORT_FIRST..=PORT_LAST).find(|p| !free.ports_used.contains(p));
     if port.is_none() {
         short.push(Shortfall::Ports);
@@ -221,18 +223,7 @@ pub fn verify(
             free: free_suitable as u32,
         });
     }
-    if r.cpu_millis > free.cpu_millis {
-        short.push(Shortfall::Cpu {
-            need_millis: r.cpu_millis,
-            free_millis: free.cpu_millis,
-        });
-    }
-    if r.memory_mib > free.memory_mib {
-        short.push(Shortfall::Memory {
-            need_mib: r.memory_mib,
-            free_mib: free.memory_mib,
-        });
-    }
+    short.extend(cpu_memory_shortfalls(free, r));
     if !(PORT_FIRST..=PORT_LAST).contains(&port) || free.ports_used.contains(&port) {
         short.push(Shortfall::Ports);
     }
