@@ -189,8 +189,8 @@ enum DeployCommand {
 
     /// List deployments, all of them unless --limit is given.
     ///
-    /// Shows name, model, replica count, RUNNING (replicas placed to run / replicas wanted),
-    /// GPUs per replica, generation and last update time (UTC).
+    /// Shows name, model, replica count, RUNNING (replicas their agents report running / replicas
+    /// wanted), GPUs per replica, generation and last update time (UTC).
     ///
     /// Example: sovctl deploy list -o json
     List(ListArgs),
@@ -198,9 +198,10 @@ enum DeployCommand {
     /// Show one deployment: its full spec, export attributes, residency requirement and
     /// placed replicas.
     ///
-    /// Each replica shows its node, GPUs, port, desired state (run or stop) and the policy
-    /// version its placement was checked against. `sovctl explain` says why replicas are
-    /// missing.
+    /// Each replica shows its node, GPUs, port, desired state (run or stop), the status its
+    /// agent reports (pending, starting, running, failed or stopped, with the exit code), its
+    /// restarts and the policy version its placement was checked against. Below, the reason of
+    /// each failed or stopped replica. `sovctl explain` says why replicas are missing.
     ///
     /// Example: sovctl deploy show mistral-7b
     Show(ShowArgs),
@@ -217,7 +218,7 @@ enum NodeCommand {
     ///
     /// STATUS is ready or down, with ",draining" for drained nodes. PARENT HQ is the country of
     /// the operator's ultimate parent company. GPUS counts GPUs per model; "(simulated)" marks
-    /// nodes with GPUs that are not real hardware.
+    /// nodes with GPUs that are not real hardware. ALLOCS counts the replicas placed to run there.
     ///
     /// Example: sovctl node list --stale
     List(ReadArgs),
@@ -225,8 +226,10 @@ enum NodeCommand {
     /// Show every fact and every GPU of one node.
     ///
     /// Lists location facts (with subdivision and each certification's last valid day),
-    /// location trust, CPU and memory, then each GPU: index, UUID, model, memory, MIG mode,
-    /// driver and whether it is simulated.
+    /// location trust, CPU, memory and the port range for model servers, then each GPU: index,
+    /// UUID, model ("(simulated)" when it is not real hardware), memory, MIG mode and driver;
+    /// then the replicas placed on the node with the status their agent reports, and why any is
+    /// failed or stopped.
     ///
     /// Example: sovctl node show gpu-fr-1
     Show(NodeShowArgs),

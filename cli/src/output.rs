@@ -179,6 +179,8 @@ pub struct SpecView {
     pub health: HealthView,
     pub stop_after_disconnect_ms: u64,
     pub placement: PlacementView,
+    /// Empty: the allocation's own directory on the node.
+    pub working_dir: String,
 }
 
 /// `sov.v1.PlacementPreferences`; an empty `spread` is the default, "node".
@@ -237,6 +239,7 @@ impl From<pb::DeploymentSpec> for SpecView {
                 prefer_countries: p.prefer_countries,
                 prefer_sites: p.prefer_sites,
             },
+            working_dir: s.working_dir,
         }
     }
 }
@@ -301,7 +304,7 @@ fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
     map.into_iter().collect()
 }
 
-/// `sov.v1.Replica`.
+/// `sov.v1.Replica`: where the scheduler placed it and what its node's agent last reported.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplicaView {
     pub id: String,
@@ -311,6 +314,37 @@ pub struct ReplicaView {
     pub desired: String,
     pub policy_version: u64,
     pub created_at_ms: i64,
+    pub status: String,
+    /// `null` while the process never exited.
+    pub exit_code: Option<i32>,
+    pub status_reason: String,
+    pub restarts: u32,
+    pub status_at_ms: i64,
+}
+
+/// `Replica.desired` of a replica the scheduler wants running.
+const DESIRED_RUN: &str = "run";
+/// `Replica.status` values sovctl treats specially; the others are shown as they come.
+const STATUS_RUNNING: &str = "running";
+const STATUS_FAILED: &str = "failed";
+const STATUS_STOPPED: &str = "stopped";
+
+impl ReplicaView {
+    /// The scheduler wants it running (placed, not being stopped).
+    pub fn wants_run(&self) -> bool {
+        self.desired == DESIRED_RUN
+    }
+
+    /// Wanted and reported running by its agent, which has health-checked it.
+    pub fn is_running(&self) -> bool {
+        self.wants_run() && self.status == STATUS_RUNNING
+    }
+
+    /// The process is down (restarting with backoff, or stopped): its exit code and reason say
+    /// why, and are only shown then, as they describe the last exit.
+    fn is_down(&self) -> bool {
+        self.status == STATUS_FAILED || self.status == STATUS_STOPPED
+    }
 }
 
 impl From<pb::Replica> for ReplicaView {
@@ -323,6 +357,11 @@ impl From<pb::Replica> for ReplicaView {
             desired: r.desired,
             policy_version: r.policy_version,
             created_at_ms: r.created_at_ms,
+            status: r.status,
+            exit_code: r.exit_code,
+            status_reason: r.status_reason,
+            restarts: r.restarts,
+            status_at_ms: r.status_at_ms,
         }
     }
 }
@@ -338,22 +377,32 @@ pub struct DeploymentView {
     pub replicas: Vec<ReplicaView>,
 }
 
-/// `Replica.desired` of a replica the scheduler wants running.
-const DESIRED_RUN: &str = "run";
-
 impl DeploymentView {
     /// The deployment's name, or `-` when the spec is missing.
     pub fn name(&self) -> &str {
         self.spec.as_ref().map_or("-", |s| s.name.as_str())
     }
 
-    /// Replicas placed with desired state "run". Whether their servers are up is the agents'
-    /// report, which this count does not include.
+    /// Replicas the scheduler wants running and their agents report running (healthy).
     pub fn running(&self) -> usize {
-        self.replicas
-            .iter()
-            .filter(|r| r.desired == DESIRED_RUN)
-            .count()
+        self.replicas.iter().filter(|r| r.is_running()).count()
+    }
+
+    /// Replicas placed to run, whatever their agents report: more than `running` while
+    /// servers start, fail or have not been reported yet.
+    pub fn placed(&self) -> usize {
+        self.replicas.iter().filter(|r| r.wants_run()).count()
+    }
+
+    /// `running/wanted`, and how many are placed when that differs, so that a replica placed
+    /// but not (yet) healthy is not mistaken for a missing one.
+    fn running_text(&self, wanted: u32) -> String {
+        let (running, placed) = (self.running(), self.placed());
+        if placed == running {
+            format!("{running}/{wanted}")
+        } else {
+            format!("{running}/{wanted} ({placed} placed)")
+        }
     }
 }
 
@@ -526,7 +575,8 @@ pub fn members_table(members: &[MemberView], leader_id: u64) -> String {
     table.render()
 }
 
-/// `deploy list`. RUNNING is replicas placed to run / replicas wanted.
+/// `deploy list`. RUNNING is replicas reported running / replicas wanted; `deploy show` also
+/// says how many are placed.
 pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     let mut table = Table::new(&[
         "NAME",
@@ -573,7 +623,7 @@ pub fn deployment_text(d: &DeploymentView) -> String {
         pairs.extend([
             ("Model", dash_if_empty(&s.model)),
             ("Replicas", s.replicas.to_string()),
-            ("Running", format!("{}/{}", d.running(), s.replicas)),
+            ("Running", d.running_text(s.replicas)),
             ("GPUs/replica", r.gpu_count.to_string()),
             (
                 "GPU model",
@@ -599,6 +649,12 @@ pub fn deployment_text(d: &DeploymentView) -> String {
                 "Command",
                 if_set(!s.command.is_empty(), &shell_join(&s.command), "-"),
             ),
+        ]);
+        // Most specs run in the allocation's own directory; only a chosen one is worth a line.
+        if !s.working_dir.is_empty() {
+            pairs.push(("Working dir", s.working_dir.clone()));
+        }
+        pairs.extend([
             ("Env", key_values(&s.env)),
             ("Labels", key_values(&s.labels)),
         ]);
@@ -618,6 +674,7 @@ pub fn deployment_text(d: &DeploymentView) -> String {
     } else {
         out.push('\n');
         out.push_str(&replicas_table(&d.replicas));
+        out.push_str(&down_reasons(&d.replicas));
     }
     out
 }
@@ -689,20 +746,61 @@ fn trust_level(level: u32) -> String {
 
 /// The replicas of `deploy show`, sorted by id.
 pub fn replicas_table(replicas: &[ReplicaView]) -> String {
-    let mut sorted: Vec<&ReplicaView> = replicas.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut table = Table::new(&["ID", "NODE", "GPUS", "PORT", "DESIRED", "POLICY VERSION"]);
-    for r in sorted {
+    let mut table = Table::new(&[
+        "ID",
+        "NODE",
+        "GPUS",
+        "PORT",
+        "DESIRED",
+        "STATUS",
+        "RESTARTS",
+        "POLICY VERSION",
+    ]);
+    for r in by_id(replicas) {
         table.row(vec![
             dash_if_empty(&r.id),
             dash_if_empty(&r.node),
             gpus_cell(&r.gpu_uuids),
             port_cell(r.port),
             dash_if_empty(&r.desired),
+            replica_status_cell(r),
+            r.restarts.to_string(),
             r.policy_version.to_string(),
         ]);
     }
     table.render()
+}
+
+/// Replicas sorted by id, the order every replica table uses.
+fn by_id<'a>(replicas: impl IntoIterator<Item = &'a ReplicaView>) -> Vec<&'a ReplicaView> {
+    let mut sorted: Vec<&ReplicaView> = replicas.into_iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted
+}
+
+/// The agent's last report: `running`, or `failed (exit 137)` when a down process has an exit
+/// code. An empty status (a scheduler older than status reports) is `-`.
+pub(crate) fn replica_status_cell(r: &ReplicaView) -> String {
+    match r.exit_code {
+        Some(code) if r.is_down() => format!("{} (exit {code})", dash_if_empty(&r.status)),
+        _ => dash_if_empty(&r.status),
+    }
+}
+
+/// Why replicas are down, one `  ID: reason` line each in id order, after a blank line; empty
+/// when none is. A table cell would be too narrow for the agent's reason, and the reason is
+/// what people need to fix a failing server.
+pub(crate) fn down_reasons<'a>(replicas: impl IntoIterator<Item = &'a ReplicaView>) -> String {
+    let lines: String = by_id(replicas)
+        .into_iter()
+        .filter(|r| r.is_down() && !r.status_reason.is_empty())
+        .map(|r| format!("  {}: {}\n", dash_if_empty(&r.id), r.status_reason))
+        .collect();
+    if lines.is_empty() {
+        lines
+    } else {
+        format!("\n{lines}")
+    }
 }
 
 /// GPUs assigned to a replica: their count, then their UUIDs, NVML ones cut to the first group
@@ -873,19 +971,20 @@ mod tests {
                 }),
                 stop_after_disconnect_ms: 90_000,
                 placement: None,
+                working_dir: String::new(),
             }),
             generation: 3,
             created_at_ms: 1_700_000_000_000,
             updated_at_ms: 1_700_000_060_500,
             revision: 42,
             replicas: vec![
-                replica("mistral-7b-2", "gpu-fr-2", "stop"),
-                replica("mistral-7b-1", "gpu-fr-1", "run"),
+                replica("mistral-7b-2", "gpu-fr-2", "stop", "stopped"),
+                replica("mistral-7b-1", "gpu-fr-1", "run", "running"),
             ],
         })
     }
 
-    fn replica(id: &str, node: &str, desired: &str) -> pb::Replica {
+    fn replica(id: &str, node: &str, desired: &str, status: &str) -> pb::Replica {
         pb::Replica {
             id: id.into(),
             node: node.into(),
@@ -894,7 +993,20 @@ mod tests {
             desired: desired.into(),
             policy_version: 3,
             created_at_ms: 1_700_000_000_000,
+            status: status.into(),
+            status_at_ms: 1_700_000_030_000,
+            ..Default::default()
         }
+    }
+
+    /// A replica the agent restarts with backoff: exited 137, three restarts so far.
+    fn failed_replica(id: &str) -> ReplicaView {
+        ReplicaView::from(pb::Replica {
+            exit_code: Some(137),
+            status_reason: "killed by SIGKILL (out of memory?)".into(),
+            restarts: 3,
+            ..replica(id, "gpu-fr-3", "run", "failed")
+        })
     }
 
     #[test]
@@ -1041,9 +1153,9 @@ mod tests {
             "Residency:           EU27, CH\n",
             "Min location trust:  2 (operator-certificate)\n",
             "Certifications:      -\n",
-            "\nID             NODE       GPUS                PORT   DESIRED   POLICY VERSION\n\
-             mistral-7b-1   gpu-fr-1   1 (GPU-8f2c1e0a…)   7501   run       3\n\
-             mistral-7b-2   gpu-fr-2   1 (GPU-8f2c1e0a…)   7501   stop      3\n",
+            "\nID             NODE       GPUS                PORT   DESIRED   STATUS    RESTARTS   POLICY VERSION\n\
+             mistral-7b-1   gpu-fr-1   1 (GPU-8f2c1e0a…)   7501   run       running   0          3\n\
+             mistral-7b-2   gpu-fr-2   1 (GPU-8f2c1e0a…)   7501   stop      stopped   0          3\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -1069,6 +1181,61 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         assert!(text.ends_with("\nNo replicas placed.\n"), "{text}");
+    }
+
+    #[test]
+    fn deployment_text_says_why_a_replica_is_down() {
+        let mut d = deployment();
+        d.replicas.push(failed_replica("mistral-7b-3"));
+        // Placed but not reported yet: counts as placed, not as running.
+        d.replicas
+            .push(replica("mistral-7b-4", "gpu-fr-4", "run", "pending").into());
+        let text = deployment_text(&d);
+        assert!(
+            text.contains("Running:             1/2 (3 placed)\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "mistral-7b-3   gpu-fr-3   1 (GPU-8f2c1e0a…)   7501   run       failed (exit 137)   3          3\n\
+                 mistral-7b-4   gpu-fr-4   1 (GPU-8f2c1e0a…)   7501   run       pending             0          3\n\
+                 \n  mistral-7b-3: killed by SIGKILL (out of memory?)\n"
+            ),
+            "{text}"
+        );
+        assert_eq!((d.running(), d.placed()), (1, 3));
+    }
+
+    #[test]
+    fn exit_codes_and_reasons_show_only_for_down_replicas() {
+        // A running replica's exit code and reason describe an earlier exit, now recovered.
+        let mut r = failed_replica("a");
+        r.status = "running".into();
+        assert_eq!(replica_status_cell(&r), "running");
+        assert_eq!(down_reasons([&r]), "");
+        r.status = "stopped".into();
+        assert_eq!(replica_status_cell(&r), "stopped (exit 137)");
+        r.exit_code = None;
+        r.status_reason.clear();
+        assert_eq!(replica_status_cell(&r), "stopped");
+        assert_eq!(down_reasons([&r]), "");
+        r.status.clear();
+        assert_eq!(replica_status_cell(&r), "-");
+    }
+
+    #[test]
+    fn deployment_text_shows_a_chosen_working_dir_only() {
+        assert!(!deployment_text(&deployment()).contains("Working dir"));
+        let mut d = deployment();
+        d.spec.as_mut().unwrap().working_dir = "/srv/models/mistral".into();
+        let text = deployment_text(&d);
+        assert!(
+            text.contains(
+                "Command:             python3 -m http.server\n\
+                 Working dir:         /srv/models/mistral\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1114,6 +1281,21 @@ mod tests {
             "GPU-8f2c1e0a-1b2c-3d4e-5f60-718293a4b5c6"
         );
         assert_eq!(json["replicas"][1]["desired"], "run");
+        assert_eq!(json["replicas"][1]["status"], "running");
+        assert_eq!(json["replicas"][1]["exit_code"], serde_json::Value::Null);
+        assert_eq!(json["spec"]["working_dir"], "");
+        let failed = serde_json::to_value(failed_replica("x")).unwrap();
+        assert_eq!(
+            failed,
+            serde_json::json!({
+                "id": "x", "node": "gpu-fr-3",
+                "gpu_uuids": ["GPU-8f2c1e0a-1b2c-3d4e-5f60-718293a4b5c6"], "port": 7501,
+                "desired": "run", "policy_version": 3, "created_at_ms": 1_700_000_000_000_i64,
+                "status": "failed", "exit_code": 137,
+                "status_reason": "killed by SIGKILL (out of memory?)", "restarts": 3,
+                "status_at_ms": 1_700_000_030_000_i64
+            })
+        );
         let m = serde_json::to_value(member(1, true, None)).unwrap();
         assert_eq!(
             m,

@@ -41,6 +41,9 @@ struct SpecFile {
     /// e.g. "30s": stop the replicas when their agent is cut off from the schedulers this long.
     #[serde(default)]
     stop_after_disconnect: Option<String>,
+    /// Absolute directory the command runs in; default: the allocation's own directory.
+    #[serde(default)]
+    working_dir: String,
 }
 
 /// Soft preferences: `spread = "node" | "site" | "country" | "none"`, preferred countries/sites.
@@ -161,6 +164,7 @@ fn to_spec(file: SpecFile, health: HealthCheck, stop_after_disconnect_ms: u64) -
         }),
         health: Some(health),
         stop_after_disconnect_ms,
+        working_dir: file.working_dir,
         placement: Some(PlacementPreferences {
             spread: file.placement.spread,
             prefer_countries: file.placement.prefer_countries,

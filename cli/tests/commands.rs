@@ -70,8 +70,27 @@ impl DeploymentService for Fake {
     ) -> Answer<pb::ApplyDeploymentResponse> {
         Err(Status::unimplemented("fake"))
     }
-    async fn get(&self, _: Request<pb::GetDeploymentRequest>) -> Answer<pb::Deployment> {
-        Err(Status::unimplemented("fake"))
+    /// "echo": two replicas on sim-fr-1, one running, one restarting after its server exited.
+    async fn get(&self, req: Request<pb::GetDeploymentRequest>) -> Answer<pb::Deployment> {
+        let name = req.into_inner().name;
+        if name != "echo" {
+            return Err(Status::not_found(format!(
+                "deployment {name:?} does not exist"
+            )));
+        }
+        Ok(Response::new(pb::Deployment {
+            spec: Some(pb::DeploymentSpec {
+                name,
+                model: "echo".into(),
+                replicas: 2,
+                working_dir: "/srv/echo".into(),
+                ..Default::default()
+            }),
+            generation: 1,
+            revision: 5,
+            replicas: echo_replicas(),
+            ..Default::default()
+        }))
     }
     async fn list(
         &self,
@@ -138,37 +157,91 @@ impl DeploymentService for Fake {
     }
 }
 
+/// The replicas of deployment "echo", both on sim-fr-1.
+fn echo_replicas() -> Vec<pb::Replica> {
+    let replica = |i: u32, status: &str| pb::Replica {
+        id: format!("echo-{i}"),
+        node: "sim-fr-1".into(),
+        gpu_uuids: vec![format!("sim-fr-1-gpu{i}")],
+        port: 20000 + i,
+        desired: "run".into(),
+        policy_version: 2,
+        status: status.into(),
+        ..Default::default()
+    };
+    vec![
+        replica(0, "running"),
+        pb::Replica {
+            exit_code: Some(2),
+            status_reason: "exited with code 2: No module named vllm".into(),
+            restarts: 5,
+            ..replica(1, "failed")
+        },
+    ]
+}
+
+/// sim-fr-1: two simulated GPUs, the replicas of "echo" and one being stopped.
+fn sim_node() -> pb::Node {
+    let gpu = |index| pb::GpuDevice {
+        index,
+        uuid: format!("sim-fr-1-gpu{index}"),
+        model: "NVIDIA H100 80GB HBM3".into(),
+        memory_mib: 81559,
+        simulated: true,
+        ..Default::default()
+    };
+    let mut allocations: Vec<pb::NodeAllocation> = echo_replicas()
+        .into_iter()
+        .map(|r| pb::NodeAllocation {
+            deployment: "echo".into(),
+            replica: Some(r),
+        })
+        .collect();
+    allocations.push(pb::NodeAllocation {
+        deployment: "gone".into(),
+        replica: Some(pb::Replica {
+            id: "gone-0".into(),
+            node: "sim-fr-1".into(),
+            port: 20002,
+            desired: "stop".into(),
+            status: "running".into(),
+            ..Default::default()
+        }),
+    });
+    pb::Node {
+        name: "sim-fr-1".into(),
+        facts: Some(pb::LocationFacts {
+            country: "FR".into(),
+            ..Default::default()
+        }),
+        inventory: Some(pb::Inventory {
+            cpu_millis: 64_000,
+            memory_mib: 512 * 1024,
+            gpus: vec![gpu(0), gpu(1)],
+            port_first: 20000,
+            port_last: 20999,
+        }),
+        status: "ready".into(),
+        allocations,
+        ..Default::default()
+    }
+}
+
 #[tonic::async_trait]
 impl NodeService for Fake {
     async fn list(&self, _: Request<pb::ListNodesRequest>) -> Answer<pb::ListNodesResponse> {
-        let gpu = |index| pb::GpuDevice {
-            index,
-            uuid: format!("sim-fr-1-gpu{index}"),
-            model: "NVIDIA H100 80GB HBM3".into(),
-            memory_mib: 81559,
-            simulated: true,
-            ..Default::default()
-        };
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: vec![pb::Node {
-                name: "sim-fr-1".into(),
-                facts: Some(pb::LocationFacts {
-                    country: "FR".into(),
-                    ..Default::default()
-                }),
-                inventory: Some(pb::Inventory {
-                    cpu_millis: 64_000,
-                    memory_mib: 512 * 1024,
-                    gpus: vec![gpu(0), gpu(1)],
-                }),
-                status: "ready".into(),
-                ..Default::default()
-            }],
+            nodes: vec![sim_node()],
             revision: 9,
         }))
     }
-    async fn get(&self, _: Request<pb::GetNodeRequest>) -> Answer<pb::Node> {
-        Err(Status::not_found("node \"x\" is not registered"))
+    async fn get(&self, req: Request<pb::GetNodeRequest>) -> Answer<pb::Node> {
+        match req.into_inner().name.as_str() {
+            "sim-fr-1" => Ok(Response::new(sim_node())),
+            name => Err(Status::not_found(format!(
+                "node \"{name}\" is not registered"
+            ))),
+        }
     }
     async fn drain(&self, req: Request<pb::DrainNodeRequest>) -> Answer<pb::Node> {
         let req = req.into_inner();
@@ -388,14 +461,110 @@ async fn node_list_marks_simulated_gpus_in_table_and_json() {
     let out = sovctl(addr, &["node", "list"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = text(&out.stdout);
+    // ALLOCS: the two replicas of "echo"; the one being stopped does not count.
     assert!(
-        table.contains("2 x NVIDIA H100 80GB HBM3 (simulated)   64 cores   512 GiB\n"),
+        table.contains("2 x NVIDIA H100 80GB HBM3 (simulated)   64 cores   512 GiB   2\n"),
+        "{table}"
+    );
+    assert!(table.starts_with("NAME "), "{table}");
+    assert!(
+        table.lines().next().unwrap().ends_with("   ALLOCS"),
         "{table}"
     );
     let out = sovctl(addr, &["node", "list", "-o", "json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["nodes"][0]["inventory"]["gpus"][1]["simulated"], true);
+    assert_eq!(
+        v["nodes"][0]["allocations"][2]["replica"]["desired"],
+        "stop"
+    );
     assert_eq!(v["revision"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_show_lists_ports_and_allocations_with_why_they_are_down() {
+    let addr = serve().await;
+    let out = sovctl(addr, &["node", "show", "sim-fr-1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "Ports:               20000-20999\n",
+        "Allocations:         2 to run, 1 to stop\n",
+        "   NVIDIA H100 80GB HBM3 (simulated)   81559 MiB   ",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.ends_with(
+            "\nID       DEPLOYMENT   GPUS                            PORT    DESIRED   STATUS            RESTARTS\n\
+             echo-0   echo         1 (sim-fr-1-gpu0) (simulated)   20000   run       running           0\n\
+             echo-1   echo         1 (sim-fr-1-gpu1) (simulated)   20001   run       failed (exit 2)   5\n\
+             gone-0   gone         -                               20002   stop      running           0\n\
+             \n  echo-1: exited with code 2: No module named vllm\n"
+        ),
+        "{stdout}"
+    );
+    let out = sovctl(addr, &["node", "show", "sim-fr-1", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inventory"]["port_last"], 20999);
+    let failed = &v["allocations"][1];
+    assert_eq!(failed["deployment"], "echo");
+    assert_eq!(
+        (
+            failed["replica"]["status"].as_str(),
+            failed["replica"]["exit_code"].as_i64(),
+            failed["replica"]["restarts"].as_u64()
+        ),
+        (Some("failed"), Some(2), Some(5))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_show_says_which_replicas_run_and_why_one_does_not() {
+    let addr = serve().await;
+    let out = sovctl(addr, &["deploy", "show", "echo"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "Running:             1/2 (2 placed)\n",
+        "Working dir:         /srv/echo\n",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.ends_with(
+            "\nID       NODE       GPUS                PORT    DESIRED   STATUS            RESTARTS   POLICY VERSION\n\
+             echo-0   sim-fr-1   1 (sim-fr-1-gpu0)   20000   run       running           0          2\n\
+             echo-1   sim-fr-1   1 (sim-fr-1-gpu1)   20001   run       failed (exit 2)   5          2\n\
+             \n  echo-1: exited with code 2: No module named vllm\n"
+        ),
+        "{stdout}"
+    );
+    let out = sovctl(addr, &["deploy", "show", "echo", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["spec"]["working_dir"], "/srv/echo");
+    let failed = &v["replicas"][1];
+    assert_eq!(
+        (
+            failed["status"].as_str(),
+            failed["exit_code"].as_i64(),
+            failed["status_reason"].as_str(),
+            failed["restarts"].as_u64()
+        ),
+        (
+            Some("failed"),
+            Some(2),
+            Some("exited with code 2: No module named vllm"),
+            Some(5)
+        )
+    );
+    assert_eq!(v["replicas"][0]["exit_code"], serde_json::Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread")]

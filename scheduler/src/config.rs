@@ -48,6 +48,7 @@ pub struct Config {
     pub join: Option<String>,
     pub log_format: LogFormat,
     pub raft: RaftTuning,
+    pub liveness: crate::leader::liveness::LivenessConfig,
 }
 
 impl Default for Config {
@@ -65,6 +66,7 @@ impl Default for Config {
             join: None,
             log_format: LogFormat::Text,
             raft: RaftTuning::default(),
+            liveness: Default::default(),
         }
     }
 }
@@ -106,6 +108,12 @@ pub struct RunArgs {
     /// Log format [default: text]
     #[arg(long, env = "SOV_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Mark a node down after this long without a heartbeat [default: 10000]
+    #[arg(long, env = "SOV_HEARTBEAT_TTL_MS")]
+    pub heartbeat_ttl_ms: Option<u64>,
+    /// How often agents are told to heartbeat [default: 1000]
+    #[arg(long, env = "SOV_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -136,6 +144,14 @@ impl RunArgs {
             config.join.clone_from(&self.join);
         }
         config.bootstrap |= self.bootstrap;
+        if let Some(ttl) = self.heartbeat_ttl_ms {
+            config.liveness.heartbeat_ttl_ms = ttl;
+            // The grace after a leader change follows the TTL unless the file set it.
+            config.liveness.failover_grace_ms = config.liveness.failover_grace_ms.max(ttl);
+        }
+        if let Some(interval) = self.heartbeat_interval_ms {
+            config.liveness.heartbeat_interval_ms = interval;
+        }
         config.check()?;
         Ok(config)
     }
@@ -181,6 +197,7 @@ impl Config {
                 "raft timing: need heartbeat_interval_ms * 2 < election_timeout_min_ms < election_timeout_max_ms"
             );
         }
+        self.liveness.check()?;
         self.api_advertise()?;
         self.raft_advertise()?;
         Ok(())

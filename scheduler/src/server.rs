@@ -112,6 +112,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         }
     }));
 
+    let liveness = Arc::new(leader::liveness::Liveness::new(config.liveness));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ClusterServiceServer<ClusterApi>>()
@@ -146,8 +147,12 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
                 .max_decoding_message_size(REQUEST_BYTES_MAX),
         )
         .add_service(
-            AgentServiceServer::new(AgentApi::new(replica.clone()))
-                .max_decoding_message_size(REQUEST_BYTES_MAX),
+            AgentServiceServer::new(AgentApi::new(
+                replica.clone(),
+                liveness.clone(),
+                shutdown_rx.clone(),
+            ))
+            .max_decoding_message_size(REQUEST_BYTES_MAX),
         )
         .add_service(
             PolicyServiceServer::new(PolicyApi::new(replica.clone()))
@@ -180,6 +185,11 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
     }
     tasks.push(tokio::spawn(leader::cluster_id_duty(
         replica.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(leader::liveness::liveness_loop(
+        replica.clone(),
+        liveness.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(leader::placement_loop(

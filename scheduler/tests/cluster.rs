@@ -777,6 +777,7 @@ fn registration(name: &str, country: &str) -> pb::RegisterNodeRequest {
                 simulated: true,
                 ..Default::default()
             }],
+            ..Default::default()
         }),
     }
 }

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sov_proto::v1 as pb;
 
-use super::{Table, dash_if_empty, fields, if_set, sorted, time_cell};
+use super::{
+    ReplicaView, Table, dash_if_empty, down_reasons, fields, gpus_cell, if_set, port_cell,
+    replica_status_cell, sorted, time_cell,
+};
 
 /// `sov.v1.GpuDevice`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,6 +32,17 @@ pub struct InventoryView {
     pub cpu_millis: u32,
     pub memory_mib: u64,
     pub gpus: Vec<GpuView>,
+    /// Ports offered to model servers, inclusive; both 0 means the default range.
+    pub port_first: u32,
+    pub port_last: u32,
+}
+
+/// `sov.v1.NodeAllocation`. `replica` is `null` only if a server sends an allocation without
+/// one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllocationView {
+    pub deployment: String,
+    pub replica: Option<ReplicaView>,
 }
 
 /// `sov.v1.LocationFacts`.
@@ -57,6 +71,17 @@ pub struct NodeView {
     pub registered_at_ms: i64,
     pub updated_at_ms: i64,
     pub revision: u64,
+    pub allocations: Vec<AllocationView>,
+}
+
+impl NodeView {
+    /// Replicas placed here that the scheduler wants running: the node's share of the work.
+    pub fn allocations_to_run(&self) -> usize {
+        self.allocations
+            .iter()
+            .filter(|a| a.replica.as_ref().is_some_and(ReplicaView::wants_run))
+            .count()
+    }
 }
 
 impl From<pb::Node> for NodeView {
@@ -90,12 +115,22 @@ impl From<pb::Node> for NodeView {
                         simulated: g.simulated,
                     })
                     .collect(),
+                port_first: inventory.port_first,
+                port_last: inventory.port_last,
             },
             status: n.status,
             draining: n.draining,
             registered_at_ms: n.registered_at_ms,
             updated_at_ms: n.updated_at_ms,
             revision: n.revision,
+            allocations: n
+                .allocations
+                .into_iter()
+                .map(|a| AllocationView {
+                    deployment: a.deployment,
+                    replica: a.replica.map(ReplicaView::from),
+                })
+                .collect(),
         }
     }
 }
@@ -118,8 +153,10 @@ impl From<pb::ListNodesResponse> for NodeListView {
 
 /// Marks GPUs that are not real hardware.
 const SIMULATED_MARK: &str = "(simulated)";
+/// The range a node offers when its inventory names none (`Inventory.port_first`/`port_last`).
+const DEFAULT_PORTS: (u32, u32) = (20000, 20999);
 
-/// `node list`, sorted by name.
+/// `node list`, sorted by name. ALLOCS counts the replicas placed to run there.
 pub fn nodes_table(nodes: &[NodeView]) -> String {
     let mut sorted: Vec<&NodeView> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -134,6 +171,7 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
         "GPUS",
         "CPU",
         "MEMORY",
+        "ALLOCS",
     ]);
     for n in sorted {
         let facts = |get: fn(&LocationFactsView) -> &str| {
@@ -156,12 +194,13 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             ),
             cores(n.inventory.cpu_millis),
             mebibytes(n.inventory.memory_mib),
+            n.allocations_to_run().to_string(),
         ]);
     }
     table.render()
 }
 
-/// `node show`: every fact, then every GPU.
+/// `node show`: every fact, then every GPU, then the replicas placed here.
 pub fn node_text(n: &NodeView) -> String {
     let mut pairs = vec![("Name", dash_if_empty(&n.name)), ("Status", status_cell(n))];
     match &n.facts {
@@ -195,45 +234,117 @@ pub fn node_text(n: &NodeView) -> String {
             "GPUs",
             if_set(!inv.gpus.is_empty(), &gpus_summary(&inv.gpus), "none"),
         ),
+        ("Ports", ports(inv.port_first, inv.port_last)),
+        ("Allocations", allocations_summary(n)),
         ("Registered", time_cell(n.registered_at_ms)),
         ("Updated", time_cell(n.updated_at_ms)),
         ("Revision", n.revision.to_string()),
     ]);
     let mut out = fields(&pairs);
-    if inv.gpus.is_empty() {
-        return out;
+    if !inv.gpus.is_empty() {
+        out.push('\n');
+        out.push_str(&gpus_table(&inv.gpus));
     }
-    let mut gpus: Vec<&GpuView> = inv.gpus.iter().collect();
-    gpus.sort_by_key(|g| g.index);
-    let mut table = Table::new(&[
-        "INDEX",
-        "UUID",
-        "MODEL",
-        "MEMORY",
-        "MIG",
-        "DRIVER",
-        "SIMULATED",
-    ]);
-    for g in gpus {
+    if !n.allocations.is_empty() {
+        out.push('\n');
+        out.push_str(&allocations_table(n));
+    }
+    out
+}
+
+/// The GPUs of `node show` by index, each simulated one marked, with a note on what that means.
+fn gpus_table(gpus: &[GpuView]) -> String {
+    let mut by_index: Vec<&GpuView> = gpus.iter().collect();
+    by_index.sort_by_key(|g| g.index);
+    let mut table = Table::new(&["INDEX", "UUID", "MODEL", "MEMORY", "MIG", "DRIVER"]);
+    for g in by_index {
         table.row(vec![
             g.index.to_string(),
             dash_if_empty(&g.uuid),
-            dash_if_empty(&g.model),
+            marked_if_simulated(dash_if_empty(&g.model), g.simulated),
             format!("{} MiB", g.memory_mib),
             if_set(g.mig_enabled, "on", "off"),
             dash_if_empty(&g.driver_version),
-            if_set(g.simulated, "yes", "no"),
         ]);
     }
-    out.push('\n');
-    out.push_str(&table.render());
-    if inv.gpus.iter().any(|g| g.simulated) {
+    let mut out = table.render();
+    if gpus.iter().any(|g| g.simulated) {
         out.push_str(
             "\nSimulated GPUs were declared in a dev/test config, not found through NVML: \
              there is no such hardware behind them.\n",
         );
     }
     out
+}
+
+/// The replicas placed on the node, by id, with why any of them is down. A replica on a
+/// simulated GPU is marked, as the GPU itself is. An allocation without a replica (which no
+/// scheduler sends) has nothing to show and is left out.
+fn allocations_table(n: &NodeView) -> String {
+    let simulated = |uuid: &String| {
+        n.inventory
+            .gpus
+            .iter()
+            .any(|g| g.simulated && g.uuid == *uuid)
+    };
+    let mut placed: Vec<(&str, &ReplicaView)> = n
+        .allocations
+        .iter()
+        .filter_map(|a| Some((a.deployment.as_str(), a.replica.as_ref()?)))
+        .collect();
+    placed.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    let mut table = Table::new(&[
+        "ID",
+        "DEPLOYMENT",
+        "GPUS",
+        "PORT",
+        "DESIRED",
+        "STATUS",
+        "RESTARTS",
+    ]);
+    for &(deployment, r) in &placed {
+        table.row(vec![
+            dash_if_empty(&r.id),
+            dash_if_empty(deployment),
+            marked_if_simulated(gpus_cell(&r.gpu_uuids), r.gpu_uuids.iter().any(simulated)),
+            port_cell(r.port),
+            dash_if_empty(&r.desired),
+            replica_status_cell(r),
+            r.restarts.to_string(),
+        ]);
+    }
+    table.render() + &down_reasons(placed.iter().map(|&(_, r)| r))
+}
+
+/// `20000-20999`; the default range when the inventory names none (a scheduler that predates
+/// port ranges), marked so.
+fn ports(first: u32, last: u32) -> String {
+    match (first, last) {
+        (0, 0) => format!("{}-{} (default)", DEFAULT_PORTS.0, DEFAULT_PORTS.1),
+        (first, last) => format!("{first}-{last}"),
+    }
+}
+
+/// `none`, `2 to run`, or `2 to run, 1 to stop`: desired stop are replicas the scheduler is
+/// stopping (their deployment was deleted or they moved) until the agent confirms they stopped.
+fn allocations_summary(n: &NodeView) -> String {
+    if n.allocations.is_empty() {
+        return "none".to_owned();
+    }
+    let run = n.allocations_to_run();
+    match n.allocations.len() - run {
+        0 => format!("{run} to run"),
+        other => format!("{run} to run, {other} to stop"),
+    }
+}
+
+/// `text (simulated)` when `simulated`.
+fn marked_if_simulated(text: String, simulated: bool) -> String {
+    if simulated {
+        format!("{text} {SIMULATED_MARK}")
+    } else {
+        text
+    }
 }
 
 /// `node drain`: what changed and what did not (yet).
@@ -280,16 +391,12 @@ fn gpus_summary(gpus: &[GpuView]) -> String {
             None => groups.push((model, 1)),
         }
     }
-    let mut text = groups
+    let text = groups
         .iter()
         .map(|(model, count)| format!("{count} x {model}"))
         .collect::<Vec<_>>()
         .join(" + ");
-    if gpus.iter().any(|g| g.simulated) {
-        text.push(' ');
-        text.push_str(SIMULATED_MARK);
-    }
-    text
+    marked_if_simulated(text, gpus.iter().any(|g| g.simulated))
 }
 
 /// `ISO27001 valid until 2026-12-31`, one per line.
@@ -361,13 +468,37 @@ mod tests {
                 cpu_millis: 64_000,
                 memory_mib: 524_288,
                 gpus,
+                port_first: 20000,
+                port_last: 20999,
             }),
             status: "ready".into(),
             draining: false,
             registered_at_ms: 1_700_000_000_000,
             updated_at_ms: 1_700_000_060_000,
             revision: 12,
+            allocations: vec![],
         })
+    }
+
+    fn allocation(
+        deployment: &str,
+        id: &str,
+        gpu: u32,
+        desired: &str,
+        status: &str,
+    ) -> AllocationView {
+        AllocationView {
+            deployment: deployment.into(),
+            replica: Some(ReplicaView::from(pb::Replica {
+                id: id.into(),
+                node: "gpu-fr-1".into(),
+                gpu_uuids: vec![format!("GPU-{gpu:08x}-1111-2222-3333-444444444444")],
+                port: 20000 + gpu,
+                desired: desired.into(),
+                status: status.into(),
+                ..Default::default()
+            })),
+        }
     }
 
     #[test]
@@ -376,16 +507,20 @@ mod tests {
         drained.draining = true;
         drained.status = "down".into();
         let h100 = "NVIDIA H100 80GB HBM3";
-        let text = nodes_table(&[
-            node("gpu-fr-1", vec![gpu(0, h100, false), gpu(1, h100, false)]),
-            drained,
-        ]);
+        let mut busy = node("gpu-fr-1", vec![gpu(0, h100, false), gpu(1, h100, false)]);
+        // ALLOCS counts what the node is asked to run, not what it is stopping.
+        busy.allocations = vec![
+            allocation("a", "a-1", 0, "run", "running"),
+            allocation("b", "b-1", 1, "run", "failed"),
+            allocation("c", "c-1", 1, "stop", "running"),
+        ];
+        let text = nodes_table(&[busy, drained]);
         assert_eq!(
             text,
             concat!(
-                "NAME       STATUS          COUNTRY   SITE    OPERATOR   PARENT HQ   TRUST           GPUS                        CPU        MEMORY\n",
-                "gpu-de-1   down,draining   FR        par-2   Acme SAS   US          self-reported   -                           64 cores   512 GiB\n",
-                "gpu-fr-1   ready           FR        par-2   Acme SAS   US          self-reported   2 x NVIDIA H100 80GB HBM3   64 cores   512 GiB\n",
+                "NAME       STATUS          COUNTRY   SITE    OPERATOR   PARENT HQ   TRUST           GPUS                        CPU        MEMORY    ALLOCS\n",
+                "gpu-de-1   down,draining   FR        par-2   Acme SAS   US          self-reported   -                           64 cores   512 GiB   0\n",
+                "gpu-fr-1   ready           FR        par-2   Acme SAS   US          self-reported   2 x NVIDIA H100 80GB HBM3   64 cores   512 GiB   2\n",
             )
         );
     }
@@ -427,7 +562,7 @@ mod tests {
         );
         let text = node_text(&n);
         assert!(
-            text.contains("Facts:       missing: no deployment is placed here"),
+            text.contains("Facts:        missing: no deployment is placed here"),
             "{text}"
         );
         assert_eq!(
@@ -458,10 +593,12 @@ mod tests {
             "CPU:                 64 cores\n",
             "Memory:              512 GiB (524288 MiB)\n",
             "GPUs:                2 x NVIDIA H100 80GB HBM3 (simulated)\n",
+            "Ports:               20000-20999\n",
+            "Allocations:         none\n",
             "Revision:            12\n",
-            "INDEX   UUID                                       MODEL                   MEMORY      MIG   DRIVER      SIMULATED\n",
-            "0       GPU-00000000-1111-2222-3333-444444444444   NVIDIA H100 80GB HBM3   81559 MiB   off   550.54.15   yes\n",
-            "1       GPU-00000001-",
+            "INDEX   UUID                                       MODEL                               MEMORY      MIG   DRIVER\n",
+            "0       GPU-00000000-1111-2222-3333-444444444444   NVIDIA H100 80GB HBM3 (simulated)   81559 MiB   off   550.54.15\n",
+            "1       GPU-00000001-1111-2222-3333-444444444444   NVIDIA H100 80GB HBM3 (simulated)   ",
             "Simulated GPUs were declared in a dev/test config",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
@@ -475,7 +612,51 @@ mod tests {
         let text = node_text(&node("n", vec![gpu(0, "NVIDIA L4", false)]));
         assert!(!text.contains("imulated GPUs"), "{text}");
         assert!(!text.contains("(simulated)"), "{text}");
-        assert!(text.contains("   no\n"), "{text}");
+        assert!(text.contains("   NVIDIA L4   81559 MiB"), "{text}");
+    }
+
+    #[test]
+    fn show_lists_allocations_by_id_with_why_they_are_down() {
+        let mut n = node(
+            "gpu-fr-1",
+            vec![gpu(0, "NVIDIA L4", false), gpu(1, "NVIDIA L4", true)],
+        );
+        let mut failed = allocation("echo", "echo-2", 1, "run", "failed");
+        let r = failed.replica.as_mut().unwrap();
+        (r.exit_code, r.restarts) = (Some(1), 4);
+        r.status_reason = "exited with code 1: address already in use".into();
+        n.allocations = vec![
+            failed,
+            allocation("old", "old-1", 0, "stop", "stopped"),
+            allocation("echo", "echo-1", 0, "run", "running"),
+        ];
+        n.inventory.port_first = 21000;
+        n.inventory.port_last = 21099;
+        let text = node_text(&n);
+        assert!(
+            text.contains("Ports:               21000-21099\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Allocations:         2 to run, 1 to stop\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(concat!(
+                "\nID       DEPLOYMENT   GPUS                            PORT    DESIRED   STATUS            RESTARTS\n",
+                "echo-1   echo         1 (GPU-00000000…)               20000   run       running           0\n",
+                "echo-2   echo         1 (GPU-00000001…) (simulated)   20001   run       failed (exit 1)   4\n",
+                "old-1    old          1 (GPU-00000000…)               20000   stop      stopped           0\n",
+                "\n  echo-2: exited with code 1: address already in use\n",
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ports_default_when_the_inventory_names_none() {
+        assert_eq!(ports(0, 0), "20000-20999 (default)");
+        assert_eq!(ports(30000, 30010), "30000-30010");
     }
 
     #[test]
@@ -486,6 +667,19 @@ mod tests {
         assert_eq!(json["inventory"]["gpus"][0]["simulated"], true);
         assert_eq!(json["inventory"]["gpus"][0]["driver_version"], "550.54.15");
         assert_eq!(json["draining"], false);
+        assert_eq!(json["inventory"]["port_first"], 20000);
+        assert_eq!(json["inventory"]["port_last"], 20999);
+        assert_eq!(json["allocations"], serde_json::json!([]));
+        let mut n = node("n", vec![]);
+        n.allocations = vec![allocation("echo", "echo-1", 0, "run", "running")];
+        let json = serde_json::to_value(n).unwrap();
+        assert_eq!(json["allocations"][0]["deployment"], "echo");
+        assert_eq!(json["allocations"][0]["replica"]["id"], "echo-1");
+        assert_eq!(json["allocations"][0]["replica"]["status"], "running");
+        assert_eq!(
+            json["allocations"][0]["replica"]["exit_code"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]

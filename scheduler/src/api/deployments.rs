@@ -81,6 +81,7 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> Result<DeploymentSpec, Status> 
             timeout_ms: health.timeout_ms,
         },
         stop_after_disconnect_ms: spec.stop_after_disconnect_ms,
+        working_dir: spec.working_dir,
         placement: PlacementPrefs {
             spread: match placement.spread.as_str() {
                 "" | "node" => Spread::Node,
@@ -129,16 +130,9 @@ pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment 
                 min_location_trust: u32::from(s.residency.min_location_trust),
                 required_certifications: s.residency.required_certifications.clone(),
             }),
-            health: Some(pb::HealthCheck {
-                http_path: match &s.health.probe {
-                    HealthProbe::Http(path) => path.clone(),
-                    _ => String::new(),
-                },
-                tcp: s.health.probe == HealthProbe::Tcp,
-                interval_ms: s.health.interval_ms,
-                timeout_ms: s.health.timeout_ms,
-            }),
+            health: Some(health_to_pb(&s.health)),
             stop_after_disconnect_ms: s.stop_after_disconnect_ms,
+            working_dir: s.working_dir.clone(),
             placement: Some(pb::PlacementPreferences {
                 spread: match s.placement.spread {
                     Spread::None => "none",
@@ -159,20 +153,45 @@ pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment 
             .allocations
             .values()
             .filter(|a| a.deployment == s.name)
-            .map(|a| pb::Replica {
-                id: a.id.clone(),
-                node: a.node.clone(),
-                gpu_uuids: a.gpu_uuids.clone(),
-                port: u32::from(a.port),
-                desired: match a.desired {
-                    Desired::Run => "run",
-                    Desired::Stop => "stop",
-                }
-                .into(),
-                policy_version: a.policy_version,
-                created_at_ms: a.created_at_ms,
-            })
+            .map(replica_to_pb)
             .collect(),
+    }
+}
+
+pub fn health_to_pb(h: &HealthCheck) -> pb::HealthCheck {
+    pb::HealthCheck {
+        http_path: match &h.probe {
+            HealthProbe::Http(path) => path.clone(),
+            _ => String::new(),
+        },
+        tcp: h.probe == HealthProbe::Tcp,
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+    }
+}
+
+/// One allocation as clients see it: where, with what, and what its agent last reported.
+pub fn replica_to_pb(a: &state::Allocation) -> pb::Replica {
+    pb::Replica {
+        id: a.id.clone(),
+        node: a.node.clone(),
+        gpu_uuids: a.gpu_uuids.clone(),
+        port: u32::from(a.port),
+        desired: desired_name(a.desired).into(),
+        policy_version: a.policy_version,
+        created_at_ms: a.created_at_ms,
+        status: a.status.as_str().into(),
+        exit_code: a.exit_code,
+        status_reason: a.status_reason.clone(),
+        restarts: a.restarts,
+        status_at_ms: a.status_at_ms,
+    }
+}
+
+pub fn desired_name(d: Desired) -> &'static str {
+    match d {
+        Desired::Run => "run",
+        Desired::Stop => "stop",
     }
 }
 

@@ -11,6 +11,7 @@
 //! Must not touch: Raft internals (it goes through [`crate::raft::Replica`]) or state directly
 //! except to read it after a read barrier.
 
+pub mod agents;
 pub mod cluster;
 pub mod deployments;
 pub mod nodes;
@@ -25,9 +26,10 @@ use tonic::metadata::MetadataValue;
 use crate::raft::{Replica, WriteError};
 use crate::state::{self, Outcome, Proposal, Rejection, ValidationError};
 
+pub use agents::AgentApi;
 pub use cluster::ClusterApi;
 pub use deployments::DeploymentApi;
-pub use nodes::{AgentApi, NodeApi};
+pub use nodes::NodeApi;
 pub use policies::PolicyApi;
 
 /// Largest request the public API accepts; specs are far smaller.

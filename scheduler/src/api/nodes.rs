@@ -1,18 +1,18 @@
-//! `sov.v1.NodeService` (operators: list, show, drain) and the registration part of
-//! `sov.v1.AgentService` (agents report facts and inventory). Heartbeats and the assignment
-//! stream of the agent channel arrive with the node agent (issue #3).
+//! `sov.v1.NodeService` (operators: list, show, drain) and the conversions of node facts and
+//! inventory between protobuf and the core types (shared with the agent channel, `agents.rs`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sov_proto::v1 as pb;
-use sov_proto::v1::agent_service_server::AgentService;
 use sov_proto::v1::node_service_server::NodeService;
 use tonic::{Request, Response, Status};
 
+use super::deployments::replica_to_pb;
 use super::{propose, read_barrier};
 use crate::raft::Replica;
-use crate::state::node::{Gpu, Inventory, LocationTrust, Node, NodeFacts, NodeStatus};
-use crate::state::{NodeRegistration, Outcome, Proposal};
+use crate::state::node::{Gpu, Inventory, LocationTrust, Node, NodeFacts};
+use crate::state::{Allocation, NodeRegistration, Outcome, Proposal, State};
 
 fn trust_from_pb(value: &str) -> Result<LocationTrust, Status> {
     match value {
@@ -31,6 +31,11 @@ pub fn trust_name(trust: LocationTrust) -> &'static str {
         LocationTrust::OperatorCertificate => "operator-certificate",
         LocationTrust::HardwareAttested => "hardware-attested",
     }
+}
+
+fn port(field: &str, value: u32) -> Result<u16, Status> {
+    u16::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("{field}: {value} is not a port number")))
 }
 
 pub fn registration_from_pb(req: pb::RegisterNodeRequest) -> Result<NodeRegistration, Status> {
@@ -53,6 +58,8 @@ pub fn registration_from_pb(req: pb::RegisterNodeRequest) -> Result<NodeRegistra
         inventory: Inventory {
             cpu_millis: inv.cpu_millis,
             memory_mib: inv.memory_mib,
+            port_first: port("inventory.port_first", inv.port_first)?,
+            port_last: port("inventory.port_last", inv.port_last)?,
             gpus: inv
                 .gpus
                 .into_iter()
@@ -70,7 +77,8 @@ pub fn registration_from_pb(req: pb::RegisterNodeRequest) -> Result<NodeRegistra
     })
 }
 
-pub fn node_to_pb(n: &Node) -> pb::Node {
+/// A node as clients see it, with the allocations placed on it (`allocations` yields them).
+pub fn node_to_pb<'a>(n: &Node, allocations: impl IntoIterator<Item = &'a Allocation>) -> pb::Node {
     let f = &n.facts;
     pb::Node {
         name: n.name.clone(),
@@ -101,17 +109,36 @@ pub fn node_to_pb(n: &Node) -> pb::Node {
                     simulated: g.simulated,
                 })
                 .collect(),
+            port_first: u32::from(n.inventory.port_range().0),
+            port_last: u32::from(n.inventory.port_range().1),
         }),
-        status: match n.status {
-            NodeStatus::Ready => "ready",
-            NodeStatus::Down => "down",
-        }
-        .into(),
+        status: n.status.as_str().into(),
         draining: n.draining,
         registered_at_ms: n.registered_at_ms,
         updated_at_ms: n.updated_at_ms,
         revision: n.revision,
+        allocations: allocations
+            .into_iter()
+            .map(|a| pb::NodeAllocation {
+                deployment: a.deployment.clone(),
+                replica: Some(replica_to_pb(a)),
+            })
+            .collect(),
     }
+}
+
+/// Allocations grouped by node, in one pass (listing 10k nodes must not scan allocations 10k
+/// times).
+fn allocations_by_node(state: &State) -> HashMap<&str, Vec<&Allocation>> {
+    let mut by_node: HashMap<&str, Vec<&Allocation>> = HashMap::new();
+    for a in state.allocations.values() {
+        by_node.entry(a.node.as_str()).or_default().push(a);
+    }
+    by_node
+}
+
+fn node_with_allocations(state: &State, n: &Node) -> pb::Node {
+    node_to_pb(n, state.allocations.values().filter(|a| a.node == n.name))
 }
 
 pub struct NodeApi {
@@ -132,7 +159,10 @@ impl NodeApi {
             .await?
             .1
         {
-            Outcome::NodeUpdated { node } => Ok(Response::new(node_to_pb(&node))),
+            Outcome::NodeUpdated { node } => Ok(Response::new(node_with_allocations(
+                &self.replica.sm.read().state,
+                &node,
+            ))),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -146,7 +176,16 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         read_barrier(&self.replica, request.get_ref().consistency).await?;
         let applied = self.replica.sm.read();
-        let nodes = applied.state.nodes.values().map(node_to_pb).collect();
+        let by_node = allocations_by_node(&applied.state);
+        let nodes = applied
+            .state
+            .nodes
+            .values()
+            .map(|n| {
+                let allocs = by_node.get(n.name.as_str()).into_iter().flatten().copied();
+                node_to_pb(n, allocs)
+            })
+            .collect();
         Ok(Response::new(pb::ListNodesResponse {
             nodes,
             revision: applied.state.revision,
@@ -164,7 +203,7 @@ impl NodeService for NodeApi {
             applied.state.nodes.get(&req.name).ok_or_else(|| {
                 Status::not_found(format!("node {:?} is not registered", req.name))
             })?;
-        Ok(Response::new(node_to_pb(node)))
+        Ok(Response::new(node_with_allocations(&applied.state, node)))
     }
 
     async fn drain(
@@ -179,69 +218,5 @@ impl NodeService for NodeApi {
         request: Request<pb::UndrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         self.set_draining(request.into_inner().name, false).await
-    }
-}
-
-pub struct AgentApi {
-    replica: Arc<Replica>,
-}
-
-impl AgentApi {
-    pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
-    }
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} arrives with the node agent (issue #3); this scheduler only registers nodes"
-    ))
-}
-
-#[tonic::async_trait]
-impl AgentService for AgentApi {
-    async fn register(
-        &self,
-        request: Request<pb::RegisterNodeRequest>,
-    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
-        let registration = registration_from_pb(request.into_inner())?;
-        match propose(
-            &self.replica,
-            Proposal::RegisterNode {
-                node: Box::new(registration),
-            },
-        )
-        .await?
-        .1
-        {
-            Outcome::NodeRegistered { node, .. } => Ok(Response::new(pb::RegisterNodeResponse {
-                revision: node.revision,
-                heartbeat_ttl_ms: 0,
-            })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
-        }
-    }
-
-    async fn heartbeat(
-        &self,
-        _: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        Err(not_yet("heartbeats"))
-    }
-
-    type WatchAssignmentsStream = futures::stream::Empty<Result<pb::AssignmentEvent, Status>>;
-
-    async fn watch_assignments(
-        &self,
-        _: Request<pb::WatchAssignmentsRequest>,
-    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
-        Err(not_yet("the assignment stream"))
-    }
-
-    async fn report_status(
-        &self,
-        _: Request<pb::AllocationStatusReport>,
-    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
-        Err(not_yet("allocation status reports"))
     }
 }

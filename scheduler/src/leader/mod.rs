@@ -1,12 +1,15 @@
 //! Loops that run only on the leader: they read the applied state and propose commands.
 //!
-//! Owns: giving a new cluster its id, and the placement loop (plan missing replicas from a
-//! snapshot of the state, propose `ApplyPlan`, repeat while the state changes). Followers run
+//! Owns: giving a new cluster its id, the placement loop (plan missing replicas from a
+//! snapshot of the state, propose `ApplyPlan`, repeat while the state changes), and node
+//! liveness from heartbeats ([`liveness`]). Followers run
 //! the same tasks but they do nothing until their replica becomes leader. Must not touch: the
 //! meaning of commands (`state`), placement decisions (`placement`).
 //!
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements per proposal, one proposal
 //! in flight, and a plan that placed nothing is not retried until the state moves on.
+
+pub mod liveness;
 
 use std::sync::Arc;
 use std::time::Duration;

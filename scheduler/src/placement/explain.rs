@@ -69,7 +69,7 @@ fn group_key(reason: &Reason) -> String {
         Reason::Short(Shortfall::GpuMemory { .. }) => "gpu-memory",
         Reason::Short(Shortfall::Cpu { .. }) => "cpu",
         Reason::Short(Shortfall::Memory { .. }) => "memory",
-        Reason::Short(Shortfall::Ports) => "ports",
+        Reason::Short(Shortfall::Ports { .. }) => "ports",
     };
     kind.to_string()
 }

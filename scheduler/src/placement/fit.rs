@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::node::{Gpu, Node};
 use crate::state::{Allocation, Desired, Resources};
 
-/// Ports handed to model servers on each node, lowest free first.
+/// Ports handed to model servers on a node that declares no range of its own, lowest free first.
 pub const PORT_FIRST: u16 = 20_000;
 pub const PORT_LAST: u16 = 20_999;
 
@@ -24,6 +24,9 @@ pub struct Free {
     /// Unallocated GPUs, in inventory order.
     pub gpus: Vec<Gpu>,
     pub ports_used: BTreeSet<u16>,
+    /// The node's port range for model servers (inclusive).
+    pub port_first: u16,
+    pub port_last: u16,
 }
 
 impl Free {
@@ -33,6 +36,8 @@ impl Free {
             memory_mib: node.inventory.memory_mib,
             gpus: node.inventory.gpus.clone(),
             ports_used: BTreeSet::new(),
+            port_first: node.inventory.port_range().0,
+            port_last: node.inventory.port_range().1,
         };
         for a in allocations {
             if a.node == node.name && a.desired == Desired::Run {
@@ -74,7 +79,10 @@ pub enum Shortfall {
         need_mib: u64,
         free_mib: u64,
     },
-    Ports,
+    Ports {
+        first: u16,
+        last: u16,
+    },
 }
 
 fn gib(mib: u64) -> String {
@@ -118,7 +126,7 @@ impl fmt::Display for Shortfall {
                     gib(*free_mib)
                 )
             }
-            Shortfall::Ports => write!(f, "no free port in {PORT_FIRST}-{PORT_LAST}"),
+            Shortfall::Ports { first, last } => write!(f, "no free port in {first}-{last}"),
         }
     }
 }
@@ -179,9 +187,12 @@ pub fn fit(free: &Free, r: &Resources) -> Result<Reservation, Vec<Shortfall>> {
         }
     }
     short.extend(cpu_memory_shortfalls(free, r));
-    let port = (PORT_FIRST..=PORT_LAST).find(|p| !free.ports_used.contains(p));
+    let port = (free.port_first..=free.port_last).find(|p| !free.ports_used.contains(p));
     if port.is_none() {
-        short.push(Shortfall::Ports);
+        short.push(Shortfall::Ports {
+            first: free.port_first,
+            last: free.port_last,
+        });
     }
     match (short.is_empty(), port) {
         (true, Some(port)) => Ok(Reservation { gpu_uuids, port }),
@@ -224,8 +235,11 @@ pub fn verify(
         });
     }
     short.extend(cpu_memory_shortfalls(free, r));
-    if !(PORT_FIRST..=PORT_LAST).contains(&port) || free.ports_used.contains(&port) {
-        short.push(Shortfall::Ports);
+    if !(free.port_first..=free.port_last).contains(&port) || free.ports_used.contains(&port) {
+        short.push(Shortfall::Ports {
+            first: free.port_first,
+            last: free.port_last,
+        });
     }
     if short.is_empty() { Ok(()) } else { Err(short) }
 }

@@ -59,6 +59,7 @@ fn node(name: &str, country: &str, gpus: &[u64]) -> Node {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         },
         ..Default::default()
     }

@@ -78,6 +78,7 @@ fn node(
             cpu_millis: 64_000,
             memory_mib: 512 * 1024,
             gpus: vec![gpu(name, 0, "NVIDIA H100 80GB HBM3")],
+            ..Default::default()
         },
         ..Default::default()
     }

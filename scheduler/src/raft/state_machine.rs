@@ -43,6 +43,9 @@ struct SnapshotBody {
 struct Inner {
     applied: RwLock<Applied>,
     db: Database,
+    /// The state revision after the last apply, for watchers (assignment streams) that must
+    /// not poll.
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 /// Cheap to clone; all clones share the same state and database.
@@ -71,10 +74,12 @@ impl StateMachineStore {
                 state: body.state,
             };
         }
+        let (revision, _) = tokio::sync::watch::channel(applied.state.revision);
         Ok(Self {
             inner: Arc::new(Inner {
                 applied: RwLock::new(applied),
                 db,
+                revision,
             }),
         })
     }
@@ -83,6 +88,20 @@ impl StateMachineStore {
     pub fn closed_probe(&self) -> std::sync::Weak<dyn std::any::Any + Send + Sync> {
         let weak: std::sync::Weak<Inner> = Arc::downgrade(&self.inner);
         weak
+    }
+
+    /// Changes whenever the applied state's revision moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.revision.subscribe()
+    }
+
+    fn publish_revision(&self) {
+        let revision = self.read().state.revision;
+        self.inner.revision.send_if_modified(|r| {
+            let moved = *r != revision;
+            *r = revision;
+            moved
+        });
     }
 
     /// Read access to the applied state. Hold the guard only for a synchronous read.
@@ -193,6 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(CommandResponse { index, outcome });
             }
         }
+        self.publish_revision();
         Ok(())
     }
 
@@ -221,6 +241,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_membership: meta.last_membership.clone(),
             state: body.state,
         };
+        drop(applied);
+        self.publish_revision();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())
     }

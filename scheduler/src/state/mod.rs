@@ -25,8 +25,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use validate::{
-    MAX_DEPLOYMENTS, ValidationError, is_certification_name, is_date, is_group_name,
-    validate_deployment_name, validate_node, validate_proposal, validate_spec,
+    MAX_DEPLOYMENTS, REPORTS_MAX, STATUS_BATCH_MAX, ValidationError, is_certification_name,
+    is_date, is_group_name, validate_deployment_name, validate_node, validate_proposal,
+    validate_spec,
 };
 
 /// Resources one replica of a deployment needs.
@@ -138,6 +139,8 @@ pub struct DeploymentSpec {
     /// 0 = keep running.
     pub stop_after_disconnect_ms: u64,
     pub placement: PlacementPrefs,
+    /// Absolute directory the command runs in on the node; empty = the allocation's own dir.
+    pub working_dir: String,
 }
 
 /// A deployment as stored: the spec plus bookkeeping stamped at apply time.
@@ -169,6 +172,57 @@ pub enum Desired {
     Stop,
 }
 
+/// What the node's agent last reported about an allocation's process. Only transitions are
+/// reported (they are Raft commands); liveness between them is the heartbeat's job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocStatus {
+    /// Placed; the agent has not reported on it yet.
+    #[default]
+    Pending,
+    /// The process was spawned and is not healthy yet.
+    Starting,
+    /// Healthy (or simply alive when the deployment has no health check).
+    Running,
+    /// Exited or failed its health check; the agent restarts it with backoff.
+    Failed,
+    /// Not running, on purpose: stopped by the scheduler or fail-closed by the agent.
+    Stopped,
+}
+
+impl AllocStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocStatus::Pending => "pending",
+            AllocStatus::Starting => "starting",
+            AllocStatus::Running => "running",
+            AllocStatus::Failed => "failed",
+            AllocStatus::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => AllocStatus::Pending,
+            "starting" => AllocStatus::Starting,
+            "running" => AllocStatus::Running,
+            "failed" => AllocStatus::Failed,
+            "stopped" => AllocStatus::Stopped,
+            _ => return None,
+        })
+    }
+}
+
+/// One status transition of one allocation, as an agent reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocReport {
+    pub id: String,
+    pub status: AllocStatus,
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub restarts: u32,
+}
+
 /// One replica of a deployment placed on one node, with the resources reserved for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -187,7 +241,15 @@ pub struct Allocation {
     pub generation: u64,
     pub policy_version: u64,
     pub created_at_ms: i64,
+    /// Raft index of the last change of what the agent must do (placement, desired state).
+    /// Status reports do not move it, so an agent's own reports are not echoed back to it.
     pub revision: u64,
+    /// What the agent last reported, and when (leader time of the report's commit).
+    pub status: AllocStatus,
+    pub exit_code: Option<i32>,
+    pub status_reason: String,
+    pub restarts: u32,
+    pub status_at_ms: i64,
 }
 
 /// The replicated state. `BTreeMap`s keep iteration and serialization order deterministic.
@@ -239,6 +301,17 @@ pub enum Proposal {
     ApplyPlan {
         placements: Vec<crate::placement::Placement>,
     },
+    /// Status transitions of allocations on one node, as its agent reported them.
+    ReportAllocations {
+        node: String,
+        reports: Vec<AllocReport>,
+    },
+    /// Liveness transitions decided by the leader from heartbeats: nodes that missed their TTL
+    /// go `down` together in one command; nodes heard from again go back to `ready`.
+    SetNodeStatus {
+        names: Vec<String>,
+        status: node::NodeStatus,
+    },
 }
 
 /// What a node agent reports about its node.
@@ -273,6 +346,12 @@ impl fmt::Display for Command {
             }
             Proposal::ApplyPlan { placements } => {
                 write!(f, "apply-plan({} placements)", placements.len())
+            }
+            Proposal::ReportAllocations { node, reports } => {
+                write!(f, "report-allocations({node}, {} reports)", reports.len())
+            }
+            Proposal::SetNodeStatus { names, status } => {
+                write!(f, "set-node-status({} nodes, {status:?})", names.len())
             }
         }
     }
@@ -336,6 +415,18 @@ pub enum Outcome {
         placed: Vec<String>,
         rejected: Vec<plan::RejectedPlacement>,
     },
+    AllocationsReported {
+        /// Allocations whose status changed.
+        updated: usize,
+        /// Allocations that were meant to stop, reported stopped, and are now gone.
+        removed: usize,
+        /// Report ids that name no allocation on this node (already gone, or never there).
+        ignored: Vec<String>,
+    },
+    NodeStatusSet {
+        /// Nodes whose status actually changed.
+        changed: Vec<String>,
+    },
     Rejected(Rejection),
 }
 
@@ -360,8 +451,18 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
         } => apply_deployment(state, index, command.at_ms, spec, *expected_generation),
         Proposal::DeleteDeployment { name } => match state.deployments.remove(name) {
             Some(_) => {
-                // Without the deployment nothing may keep its resources reserved.
-                state.allocations.retain(|_, a| a.deployment != *name);
+                // The allocations stay, marked to stop, until their agents confirm the processes
+                // are gone: the record of what still runs stays true (reserved resources are
+                // released at once: only desired-running allocations count against a node).
+                let stopping: Vec<String> = state
+                    .allocations
+                    .values()
+                    .filter(|a| a.deployment == *name && a.desired == Desired::Run)
+                    .map(|a| a.id.clone())
+                    .collect();
+                for id in stopping {
+                    nodes::set_desired(state, index, &id, Desired::Stop);
+                }
                 Outcome::DeploymentDeleted { name: name.clone() }
             }
             None => Outcome::Rejected(Rejection::NotFound(name.clone())),
@@ -375,6 +476,12 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
         }
         Proposal::ApplyPlan { placements } => {
             plan::apply_plan(state, index, command.at_ms, placements)
+        }
+        Proposal::ReportAllocations { node, reports } => {
+            nodes::report_allocations(state, command.at_ms, node, reports)
+        }
+        Proposal::SetNodeStatus { names, status } => {
+            nodes::set_status(state, index, command.at_ms, names, *status)
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Nodes as the replicated state knows them: where they are and who runs them (location facts),
 //! what they have (inventory), and whether they can take work (status).
 //!
-//! Pure data; registration and liveness commands arrive with the node agent (issue #3), and
-//! placement (`crate::placement`) and policy (`crate::policy`) read these types.
+//! Pure data; the commands that change nodes live in `nodes.rs`, and placement
+//! (`crate::placement`) and policy (`crate::policy`) read these types.
 
 use std::collections::BTreeMap;
 
@@ -68,6 +68,23 @@ pub struct Inventory {
     pub cpu_millis: u32,
     pub memory_mib: u64,
     pub gpus: Vec<Gpu>,
+    /// Ports the node offers model servers (inclusive); 0/0 = the default 20000-20999.
+    pub port_first: u16,
+    pub port_last: u16,
+}
+
+impl Inventory {
+    /// The port range model servers get on this node.
+    pub fn port_range(&self) -> (u16, u16) {
+        if self.port_first == 0 && self.port_last == 0 {
+            (
+                crate::placement::fit::PORT_FIRST,
+                crate::placement::fit::PORT_LAST,
+            )
+        } else {
+            (self.port_first, self.port_last)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,7 +92,17 @@ pub struct Inventory {
 pub enum NodeStatus {
     #[default]
     Ready,
+    /// Missed heartbeats past its TTL; takes no new work.
     Down,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,4 +119,8 @@ pub struct Node {
     pub updated_at_ms: i64,
     /// Raft index of the last change.
     pub revision: u64,
+    /// Raft index of the last change to what this node's agent must run (an allocation placed
+    /// here, or told to stop). Assignment streams compare it to what they sent, so a commit
+    /// elsewhere in the cluster wakes no agent's stream for nothing.
+    pub assignments_revision: u64,
 }

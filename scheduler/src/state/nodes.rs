@@ -1,8 +1,9 @@
-//! Applying node commands: registration (an agent's report of facts and inventory) and drain.
+//! Applying node commands: registration (an agent's report of facts and inventory), drain,
+//! liveness transitions decided by the leader, and the agents' allocation status reports.
 
 use super::node::{Node, NodeStatus};
 use super::validate::{MAX_NODES, validate_node};
-use super::{NodeRegistration, Outcome, Rejection, State};
+use super::{AllocReport, AllocStatus, Desired, NodeRegistration, Outcome, Rejection, State};
 
 pub(super) fn register(
     state: &mut State,
@@ -38,6 +39,7 @@ pub(super) fn register(
         registered_at_ms: existing.map_or(at_ms, |n| n.registered_at_ms),
         updated_at_ms: at_ms,
         revision: index,
+        assignments_revision: existing.map_or(0, |n| n.assignments_revision),
     };
     state.nodes.insert(node.name.clone(), node.clone());
     Outcome::NodeRegistered {
@@ -65,4 +67,96 @@ pub(super) fn set_draining(
     Outcome::NodeUpdated {
         node: Box::new(node.clone()),
     }
+}
+
+/// Changes what the agent of an allocation's node must do, and tells that node's assignment
+/// stream (through `assignments_revision`) that there is news.
+pub(super) fn set_desired(state: &mut State, index: u64, id: &str, desired: Desired) {
+    let Some(alloc) = state.allocations.get_mut(id) else {
+        return;
+    };
+    if alloc.desired == desired {
+        return;
+    }
+    alloc.desired = desired;
+    alloc.revision = index;
+    let node = alloc.node.clone();
+    touch_assignments(state, &node, index);
+}
+
+/// Marks that the assignments of `node` changed at `index`.
+pub(super) fn touch_assignments(state: &mut State, node: &str, index: u64) {
+    if let Some(n) = state.nodes.get_mut(node) {
+        n.assignments_revision = index;
+    }
+}
+
+/// Applies an agent's status reports. Reports about allocations that are not (or no longer) on
+/// this node are ignored, not rejected: an agent may report on a process it stopped after the
+/// scheduler already forgot it, and one stale report must not drop the others.
+pub(super) fn report_allocations(
+    state: &mut State,
+    at_ms: i64,
+    node: &str,
+    reports: &[AllocReport],
+) -> Outcome {
+    if !state.nodes.contains_key(node) {
+        return Outcome::Rejected(Rejection::NodeNotFound(node.to_string()));
+    }
+    let mut updated = 0;
+    let mut removed = 0;
+    let mut ignored = Vec::new();
+    for r in reports {
+        let Some(alloc) = state.allocations.get_mut(&r.id).filter(|a| a.node == node) else {
+            ignored.push(r.id.clone());
+            continue;
+        };
+        // Stopped on purpose and confirmed: nothing runs any more, so the record can go.
+        if alloc.desired == Desired::Stop && r.status == AllocStatus::Stopped {
+            state.allocations.remove(&r.id);
+            removed += 1;
+            continue;
+        }
+        let unchanged = alloc.status == r.status
+            && alloc.exit_code == r.exit_code
+            && alloc.status_reason == r.reason
+            && alloc.restarts == r.restarts;
+        if unchanged {
+            continue;
+        }
+        alloc.status = r.status;
+        alloc.exit_code = r.exit_code;
+        alloc.status_reason = r.reason.clone();
+        alloc.restarts = r.restarts;
+        alloc.status_at_ms = at_ms;
+        updated += 1;
+    }
+    Outcome::AllocationsReported {
+        updated,
+        removed,
+        ignored,
+    }
+}
+
+/// Applies the leader's liveness decision to a batch of nodes. Unknown names are skipped: the
+/// leader decided from a state that may have moved on, and the rest of the batch still holds.
+pub(super) fn set_status(
+    state: &mut State,
+    index: u64,
+    at_ms: i64,
+    names: &[String],
+    status: NodeStatus,
+) -> Outcome {
+    let mut changed = Vec::new();
+    for name in names {
+        if let Some(node) = state.nodes.get_mut(name)
+            && node.status != status
+        {
+            node.status = status;
+            node.updated_at_ms = at_ms;
+            node.revision = index;
+            changed.push(name.clone());
+        }
+    }
+    Outcome::NodeStatusSet { changed }
 }

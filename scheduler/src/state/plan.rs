@@ -172,8 +172,10 @@ pub(super) fn apply_plan(
                 policy_version,
                 created_at_ms: at_ms,
                 revision: index,
+                ..Allocation::default()
             },
         );
+        super::nodes::touch_assignments(state, &p.node, index);
         placed.push(id);
     }
     Outcome::PlanApplied { placed, rejected }
@@ -248,6 +250,7 @@ mod tests {
                     cpu_millis: 8_000,
                     memory_mib: 65_536,
                     gpus: vec![gpu],
+                    ..Default::default()
                 },
             }),
         }
@@ -438,6 +441,7 @@ mod tests {
                                     ..Default::default()
                                 })
                                 .collect(),
+                            ..Default::default()
                         },
                         name,
                         ..Default::default()

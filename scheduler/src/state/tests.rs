@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 
+use super::node::NodeStatus;
 use super::validate::{NAME_LEN_MAX, REPLICAS_MAX};
 use super::*;
 
@@ -244,6 +245,20 @@ fn arb_proposal() -> impl Strategy<Value = Proposal> {
             Proposal::ApplyDeployment { spec: Box::new(s), expected_generation }
         }),
         2 => arb_name().prop_map(|name| Proposal::DeleteDeployment { name }),
+        1 => (proptest::collection::vec(arb_name(), 0..4), any::<bool>()).prop_map(|(names, down)| {
+            let status = if down { NodeStatus::Down } else { NodeStatus::Ready };
+            Proposal::SetNodeStatus { names, status }
+        }),
+        1 => (arb_name(), "[a-d]-[0-9]-0", 0u8..5).prop_map(|(node, id, s)| Proposal::ReportAllocations {
+            node,
+            reports: vec![AllocReport {
+                id,
+                status: [AllocStatus::Starting, AllocStatus::Running, AllocStatus::Failed, AllocStatus::Stopped, AllocStatus::Running][s as usize],
+                exit_code: (s == 2).then_some(1),
+                reason: String::new(),
+                restarts: u32::from(s),
+            }],
+        }),
     ]
 }
 
@@ -359,6 +374,7 @@ fn nodes_are_validated_with_the_field_named() {
         cpu_millis: 64_000,
         memory_mib: 512_000,
         gpus: vec![gpu("GPU-1"), gpu("GPU-2")],
+        ..Default::default()
     };
     validate_node("gpu-fr-1", &facts, &inventory).unwrap();
 
@@ -453,4 +469,182 @@ fn health_checks_and_disconnect_rules_are_bounded() {
     let mut off = spec("a");
     off.health.interval_ms = 0;
     validate_spec(&off).expect("no probe needs no timing");
+}
+
+/// A state with one registered node "n" and one allocation "d-1-0" of deployment "d" on it.
+fn state_with_allocation() -> State {
+    let mut state = State::default();
+    apply_spec(&mut state, 1, spec("d"), None);
+    state.nodes.insert(
+        "n".into(),
+        node::Node {
+            name: "n".into(),
+            ..Default::default()
+        },
+    );
+    state.allocations.insert(
+        "d-1-0".into(),
+        Allocation {
+            id: "d-1-0".into(),
+            deployment: "d".into(),
+            node: "n".into(),
+            revision: 1,
+            ..Default::default()
+        },
+    );
+    state.revision = 1;
+    state
+}
+
+#[test]
+fn status_reports_update_the_allocation_and_ignore_strangers() {
+    let mut state = state_with_allocation();
+    let report = |id: &str, status| AllocReport {
+        id: id.into(),
+        status,
+        exit_code: Some(137),
+        reason: "killed by signal 9".into(),
+        restarts: 1,
+    };
+    let out = apply(
+        &mut state,
+        2,
+        &cmd(
+            500,
+            Proposal::ReportAllocations {
+                node: "n".into(),
+                reports: vec![
+                    report("d-1-0", AllocStatus::Failed),
+                    report("zz-1-0", AllocStatus::Running),
+                ],
+            },
+        ),
+    );
+    assert_eq!(
+        out,
+        Outcome::AllocationsReported {
+            updated: 1,
+            removed: 0,
+            ignored: vec!["zz-1-0".into()]
+        }
+    );
+    let a = &state.allocations["d-1-0"];
+    assert_eq!(
+        (a.status, a.exit_code, a.restarts, a.status_at_ms),
+        (AllocStatus::Failed, Some(137), 1, 500)
+    );
+    assert_eq!(a.revision, 1, "a report is not news for the agent's stream");
+
+    // A report from another node about this allocation is ignored; an unknown node is refused.
+    let other = apply(
+        &mut state,
+        3,
+        &cmd(
+            600,
+            Proposal::ReportAllocations {
+                node: "m".into(),
+                reports: vec![report("d-1-0", AllocStatus::Running)],
+            },
+        ),
+    );
+    assert_eq!(
+        other,
+        Outcome::Rejected(Rejection::NodeNotFound("m".into()))
+    );
+    assert_eq!(state.allocations["d-1-0"].status, AllocStatus::Failed);
+}
+
+#[test]
+fn deleting_a_deployment_stops_its_allocations_until_the_agent_confirms() {
+    let mut state = state_with_allocation();
+    apply(
+        &mut state,
+        2,
+        &cmd(10, Proposal::DeleteDeployment { name: "d".into() }),
+    );
+    let a = &state.allocations["d-1-0"];
+    assert_eq!(a.desired, Desired::Stop);
+    assert_eq!(a.revision, 2);
+    assert_eq!(
+        state.nodes["n"].assignments_revision, 2,
+        "the node's stream must wake"
+    );
+
+    // "running" while stopping keeps the record; "stopped" removes it.
+    let report = |status| Proposal::ReportAllocations {
+        node: "n".into(),
+        reports: vec![AllocReport {
+            id: "d-1-0".into(),
+            status,
+            ..Default::default()
+        }],
+    };
+    apply(&mut state, 3, &cmd(20, report(AllocStatus::Running)));
+    assert!(state.allocations.contains_key("d-1-0"));
+    let out = apply(&mut state, 4, &cmd(30, report(AllocStatus::Stopped)));
+    assert_eq!(
+        out,
+        Outcome::AllocationsReported {
+            updated: 0,
+            removed: 1,
+            ignored: vec![]
+        }
+    );
+    assert!(state.allocations.is_empty());
+}
+
+#[test]
+fn liveness_batches_change_only_what_differs() {
+    let mut state = state_with_allocation();
+    let set = |names: &[&str], status| Proposal::SetNodeStatus {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        status,
+    };
+    let out = apply(
+        &mut state,
+        2,
+        &cmd(10, set(&["n", "ghost"], NodeStatus::Down)),
+    );
+    assert_eq!(
+        out,
+        Outcome::NodeStatusSet {
+            changed: vec!["n".into()]
+        }
+    );
+    assert_eq!(state.nodes["n"].status, NodeStatus::Down);
+    assert_eq!(state.nodes["n"].revision, 2);
+    let again = apply(&mut state, 3, &cmd(20, set(&["n"], NodeStatus::Down)));
+    assert_eq!(again, Outcome::NodeStatusSet { changed: vec![] });
+    assert_eq!(state.nodes["n"].revision, 2, "no change, no new revision");
+    apply(&mut state, 4, &cmd(30, set(&["n"], NodeStatus::Ready)));
+    assert_eq!(state.nodes["n"].status, NodeStatus::Ready);
+}
+
+#[test]
+fn reports_and_liveness_batches_are_bounded_and_validated() {
+    let too_many = Proposal::ReportAllocations {
+        node: "n".into(),
+        reports: vec![
+            AllocReport {
+                id: "x".into(),
+                ..Default::default()
+            };
+            REPORTS_MAX + 1
+        ],
+    };
+    assert!(validate_proposal(&too_many).is_err());
+    let control = Proposal::ReportAllocations {
+        node: "n".into(),
+        reports: vec![AllocReport {
+            id: "x".into(),
+            reason: "a\nb".into(),
+            ..Default::default()
+        }],
+    };
+    assert_eq!(validate_proposal(&control).unwrap_err().field, "reason");
+    let bad_name = Proposal::SetNodeStatus {
+        names: vec!["Bad Name".into()],
+        status: NodeStatus::Down,
+    };
+    assert_eq!(validate_proposal(&bad_name).unwrap_err().field, "node.name");
 }

@@ -41,10 +41,27 @@ pub const LINEAGE_MAX: usize = 32;
 pub const RESIDENCY_ENTRIES_MAX: usize = 64;
 pub const GROUP_NAME_LEN_MAX: usize = 64;
 pub const CERTIFICATIONS_MAX: usize = 32;
+/// Status reports one command may carry; an agent sends transitions, rarely more than a few.
+pub const REPORTS_MAX: usize = 256;
+/// Model servers never get privileged ports.
+pub const PORT_MIN: u16 = 1_024;
+/// Nodes one liveness command may change (the leader splits bigger batches).
+pub const STATUS_BATCH_MAX: usize = 10_000;
+pub const REASON_LEN_MAX: usize = 1_024;
+/// `<deployment>-<raft index>-<n>` fits easily.
+pub const ALLOCATION_ID_LEN_MAX: usize = 128;
 pub const CERTIFICATION_LEN_MAX: usize = 64;
 
 /// Environment variables the agent sets itself for every model server; a spec may not set them.
-const RESERVED_ENV: [&str; 2] = ["CUDA_VISIBLE_DEVICES", "PORT"];
+/// Set by the agent for every model server (which GPUs, which port, who it is and where).
+const RESERVED_ENV: [&str; 6] = [
+    "CUDA_VISIBLE_DEVICES",
+    "PORT",
+    "SOV_ALLOCATION",
+    "SOV_DEPLOYMENT",
+    "SOV_NODE",
+    "SOV_COUNTRY",
+];
 
 /// One precise complaint about one field, worded for the person who wrote the spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -242,6 +259,20 @@ pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
         }
     }
 
+    if !spec.working_dir.is_empty() {
+        validate_text("spec.working_dir", &spec.working_dir, COMMAND_ARG_LEN_MAX)?;
+        let ok = spec.working_dir.starts_with('/')
+            && !spec.working_dir.split('/').any(|part| part == "..");
+        if !ok {
+            return Err(invalid(
+                "spec.working_dir",
+                format!(
+                    "{:?} must be an absolute path without \"..\" (or unset: the allocation's own directory)",
+                    spec.working_dir
+                ),
+            ));
+        }
+    }
     check_max("spec.labels entries", spec.labels.len(), LABELS_MAX)?;
     for (key, value) in &spec.labels {
         let field = format!("spec.labels.{key}");
@@ -482,6 +513,17 @@ pub fn validate_node(
     }
     check_max("inventory.cpu_millis", inventory.cpu_millis, CPU_MILLIS_MAX)?;
     check_max("inventory.memory_mib", inventory.memory_mib, MEMORY_MIB_MAX)?;
+    if (inventory.port_first, inventory.port_last) != (0, 0) {
+        let (first, last) = (inventory.port_first, inventory.port_last);
+        if first < PORT_MIN || last < first {
+            return Err(invalid(
+                "inventory.ports",
+                format!(
+                    "{first}-{last} is not a port range: need {PORT_MIN} <= first <= last (or neither set, for 20000-20999)"
+                ),
+            ));
+        }
+    }
     check_max(
         "inventory.gpus entries",
         inventory.gpus.len(),
@@ -539,6 +581,27 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
         ),
         Proposal::SetDraining { name, .. } => {
             validate_deployment_name(name).map_err(|e| invalid("node.name", e.message))
+        }
+        Proposal::ReportAllocations { node, reports } => {
+            validate_deployment_name(node).map_err(|e| invalid("node", e.message))?;
+            check_max("reports", reports.len(), REPORTS_MAX)?;
+            for r in reports {
+                if r.id.is_empty() || r.id.len() > ALLOCATION_ID_LEN_MAX {
+                    return Err(invalid(
+                        "allocation_id",
+                        format!("must be 1-{ALLOCATION_ID_LEN_MAX} characters"),
+                    ));
+                }
+                validate_text("reason", &r.reason, REASON_LEN_MAX)?;
+            }
+            Ok(())
+        }
+        Proposal::SetNodeStatus { names, .. } => {
+            check_max("names", names.len(), STATUS_BATCH_MAX)?;
+            for name in names {
+                validate_deployment_name(name).map_err(|e| invalid("node.name", e.message))?;
+            }
+            Ok(())
         }
     }
 }
