@@ -1,23 +1,143 @@
-//! `sov-agent`: the node agent (inventory, location facts, heartbeats, model-server driver).
+//! `sov-agent`: the node agent, and a fleet simulator for tests and benchmarks.
 //!
-//! The agent channel it will speak is defined in `proto/proto/sov/v1/agent.proto`; the agent
-//! itself is the next milestone (issue #3). Until then this binary only explains that, so a
-//! deployment script that starts it fails loudly instead of silently doing nothing.
+//! `sov-agent run --config agent.toml` runs the real agent (see [`sov_agent::agent`]);
+//! `sov-agent check --config agent.toml` validates the config and prints the inventory it would
+//! report; `sov-agent fleet --nodes N --spec fleet.toml` runs N virtual nodes in one process.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sov_agent::config::AgentConfig;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
     name = "sov-agent",
     version,
-    about = "sov node agent: reports GPU inventory and location facts, runs model servers (not yet available)"
+    about = "sov node agent: reports this node's location facts and GPU inventory to the schedulers, \
+             heartbeats, and runs the model servers they assign",
+    after_help = "Examples:\n  \
+        sov-agent run --config /etc/sov/agent.toml\n  \
+        sov-agent check --config deploy/dev/agents/fr-par-1.toml\n  \
+        sov-agent fleet --nodes 1000 --spec deploy/dev/fleet.toml --scheduler http://127.0.0.1:7400\n\n\
+        A commented example config: deploy/agent.example.toml"
 )]
-struct Cli {}
+struct Cli {
+    /// Log format
+    #[arg(
+        long,
+        env = "SOV_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: register, heartbeat, run assigned model servers until SIGTERM/Ctrl-C.
+    /// Model servers keep running when the agent stops and are re-adopted when it starts again.
+    Run {
+        /// Agent config (TOML): name, scheduler endpoints, location facts
+        #[arg(long, short, env = "SOV_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Stop every model server when the agent stops (default: leave them running, to be
+        /// re-adopted by the next agent start). For dev clusters and tests.
+        #[arg(long)]
+        stop_on_exit: bool,
+    },
+    /// Validate a config and print the registration it would send (facts and inventory).
+    Check {
+        #[arg(long, short, env = "SOV_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Simulate N virtual nodes in one process (register, heartbeat, acknowledge assignments;
+    /// no processes run). Every virtual GPU is reported simulated.
+    Fleet(sov_agent::fleet::FleetArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SOV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A watch that turns true on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
 
 fn main() {
-    Cli::parse();
-    eprintln!(
-        "error: sov-agent is not implemented yet (issue #3); schedulers run without agents for now"
-    );
-    std::process::exit(2);
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            stop_on_exit,
+        } => {
+            let cfg = AgentConfig::load(&config)?;
+            sov_agent::agent::run(cfg, stop_on_exit, shutdown_signal()).await
+        }
+        Command::Check { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            let mut fp = sov_agent::inventory::Fingerprinter::new(&cfg);
+            let inventory = fp.fingerprint();
+            let report = serde_json::json!({
+                "name": cfg.name,
+                "schedulers": cfg.schedulers,
+                "facts": cfg.facts(),
+                "inventory": inventory,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Fleet(args) => sov_agent::fleet::run(args, shutdown_signal()).await,
+    }
 }

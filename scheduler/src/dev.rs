@@ -36,15 +36,15 @@ pub struct DevArgs {
     /// Policy bundle applied when the cluster has none yet.
     #[arg(long, default_value = "deploy/policies")]
     pub policies: PathBuf,
-    /// Demo fleet: nodes with SIMULATED inventory registered at start (no agents run them).
+    /// Demo fleet: one real `sov-agent` per node of this file, with SIMULATED GPUs.
     #[arg(long, default_value = "deploy/dev/nodes.toml")]
     pub fleet: PathBuf,
-    /// Start the schedulers only: no default policy, no simulated nodes.
+    /// Start the schedulers only: no default policy, no agents.
     #[arg(long)]
     pub bare: bool,
 }
 
-/// One simulated node of the demo fleet file.
+/// One node of the demo fleet file; `sov-scheduler dev` runs a real agent for it.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FleetNode {
@@ -68,6 +68,20 @@ struct FleetNode {
     gpu_model: String,
     #[serde(default)]
     gpu_memory_mib: u64,
+    /// CPU and memory the agent offers instead of measuring this machine (a laptop would
+    /// otherwise look like five small nodes).
+    #[serde(default = "dev_cpu_millis")]
+    cpu_millis: u32,
+    #[serde(default = "dev_memory_mib")]
+    memory_mib: u64,
+}
+
+fn dev_cpu_millis() -> u32 {
+    64_000
+}
+
+fn dev_memory_mib() -> u64 {
+    512 * 1024
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -76,16 +90,16 @@ struct FleetFile {
     node: Vec<FleetNode>,
 }
 
-/// Applies the default policy bundle if none is in force and registers the demo fleet; returns
-/// what it did, for the summary. Files that are missing (the launcher runs outside the repo)
-/// are skipped with a note rather than failing the cluster.
+/// Applies the default policy bundle if none is in force; returns what it did, for the summary.
+/// A missing bundle (the launcher runs outside the repo) is skipped with a note rather than
+/// failing the cluster.
 async fn seed(args: &DevArgs, endpoint: &str) -> anyhow::Result<Vec<String>> {
     use sov_proto::v1 as pb;
     let mut done = Vec::new();
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
         .connect()
         .await?;
-    let mut policies = pb::policy_service_client::PolicyServiceClient::new(channel.clone());
+    let mut policies = pb::policy_service_client::PolicyServiceClient::new(channel);
     let active = policies
         .get(pb::GetPolicyRequest {
             version: 0,
@@ -125,55 +139,6 @@ async fn seed(args: &DevArgs, endpoint: &str) -> anyhow::Result<Vec<String>> {
         }
         Err(status) => return Err(status.into()),
     }
-    let Ok(text) = std::fs::read_to_string(&args.fleet) else {
-        done.push(format!(
-            "no simulated nodes: {} not found",
-            args.fleet.display()
-        ));
-        return Ok(done);
-    };
-    let fleet: FleetFile =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.fleet.display()))?;
-    let mut agents = pb::agent_service_client::AgentServiceClient::new(channel);
-    for n in &fleet.node {
-        let gpus = (0..n.gpus)
-            .map(|i| pb::GpuDevice {
-                index: i,
-                uuid: format!("GPU-SIMULATED-{}-{i}", n.name),
-                model: n.gpu_model.clone(),
-                memory_mib: n.gpu_memory_mib,
-                simulated: true,
-                ..Default::default()
-            })
-            .collect();
-        let request = pb::RegisterNodeRequest {
-            name: n.name.clone(),
-            facts: Some(pb::LocationFacts {
-                country: n.country.clone(),
-                subdivision: n.subdivision.clone(),
-                site: n.site.clone(),
-                operator: n.operator.clone(),
-                operator_hq: n.operator_hq.clone(),
-                ultimate_parent_hq: n.ultimate_parent_hq.clone(),
-                certifications: n.certifications.clone().into_iter().collect(),
-                location_trust: "self-reported".into(),
-            }),
-            inventory: Some(pb::Inventory {
-                cpu_millis: 64_000,
-                memory_mib: 512 * 1024,
-                gpus,
-            }),
-        };
-        agents
-            .register(request)
-            .await
-            .map_err(|e| anyhow::anyhow!("registering {}: {}", n.name, e.message()))?;
-    }
-    done.push(format!(
-        "registered {} nodes with SIMULATED GPUs from {} (no agents run them)",
-        fleet.node.len(),
-        args.fleet.display()
-    ));
     Ok(done)
 }
 
@@ -200,6 +165,288 @@ fn read_bundle(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// The directory holding `sov-agent` and `sov-model-server` (next to this binary). Under
+/// `cargo run` they are built first, so the one README command is enough; elsewhere their
+/// absence is an error that says how to build them.
+fn agent_binaries(exe: &Path) -> anyhow::Result<PathBuf> {
+    let dir = exe
+        .parent()
+        .context("cannot tell where sov-scheduler lives")?
+        .to_path_buf();
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        eprintln!("building sov-agent and sov-model-server (cargo build)…");
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "--bin",
+                "sov-agent",
+                "--bin",
+                "sov-model-server",
+            ])
+            .args(profile)
+            .status()
+            .context("cannot run cargo to build sov-agent")?;
+        if !status.success() {
+            bail!("building sov-agent and sov-model-server failed ({status})");
+        }
+    }
+    for bin in ["sov-agent", "sov-model-server"] {
+        if !dir.join(bin).exists() {
+            bail!(
+                "{bin} not found next to {}; build every binary first: cargo build --bins (or pass --bare to run schedulers only)",
+                exe.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// A real agent of the demo fleet.
+struct DevAgent {
+    name: String,
+    country: String,
+    log: PathBuf,
+    child: Child,
+}
+
+/// The agent config for one demo node: its facts from the fleet file, SIMULATED GPUs, CPU and
+/// memory as declared, and every scheduler endpoint.
+/// Ports each dev agent offers its model servers: all agents share this host, so each gets its
+/// own block of 100 (agent i: 20000 + 100 i ...).
+const DEV_PORTS_PER_AGENT: u16 = 100;
+
+fn agent_config(
+    n: &FleetNode,
+    index: u16,
+    endpoints: &[String],
+    data_dir: &Path,
+) -> anyhow::Result<String> {
+    use toml::{Table, Value};
+    let mut location = Table::new();
+    for (key, value) in [
+        ("country", &n.country),
+        ("subdivision", &n.subdivision),
+        ("site", &n.site),
+        ("operator", &n.operator),
+        ("operator_hq", &n.operator_hq),
+        ("ultimate_parent_hq", &n.ultimate_parent_hq),
+    ] {
+        if !value.is_empty() {
+            location.insert(key.into(), Value::String(value.clone()));
+        }
+    }
+    let certs: Table = n
+        .certifications
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    location.insert("certifications".into(), Value::Table(certs));
+    let mut config = Table::new();
+    config.insert("name".into(), Value::String(n.name.clone()));
+    config.insert(
+        "schedulers".into(),
+        Value::Array(endpoints.iter().cloned().map(Value::String).collect()),
+    );
+    config.insert(
+        "data_dir".into(),
+        Value::String(data_dir.to_string_lossy().into_owned()),
+    );
+    config.insert("stop_grace".into(), Value::String("5s".into()));
+    config.insert("location".into(), Value::Table(location));
+    let mut resources = Table::new();
+    resources.insert("cpu_millis".into(), Value::Integer(i64::from(n.cpu_millis)));
+    resources.insert(
+        "memory_mib".into(),
+        Value::Integer(i64::try_from(n.memory_mib).unwrap_or(i64::MAX)),
+    );
+    let first = crate::placement::fit::PORT_FIRST + index * DEV_PORTS_PER_AGENT;
+    resources.insert("port_first".into(), Value::Integer(i64::from(first)));
+    resources.insert(
+        "port_last".into(),
+        Value::Integer(i64::from(first + DEV_PORTS_PER_AGENT - 1)),
+    );
+    config.insert("resources".into(), Value::Table(resources));
+    if n.gpus > 0 {
+        let mut gpus = Table::new();
+        gpus.insert("model".into(), Value::String(n.gpu_model.clone()));
+        gpus.insert(
+            "memory_mib".into(),
+            Value::Integer(i64::try_from(n.gpu_memory_mib).unwrap_or(i64::MAX)),
+        );
+        gpus.insert("count".into(), Value::Integer(i64::from(n.gpus)));
+        config.insert(
+            "simulated_gpus".into(),
+            Value::Array(vec![Value::Table(gpus)]),
+        );
+    }
+    Ok(format!(
+        "# Written by `sov-scheduler dev` from the demo fleet file; rewritten at every start.\n\
+         # The GPUs below are SIMULATED: they exist only on paper.\n{}",
+        toml::to_string(&config)?
+    ))
+}
+
+/// Starts one `sov-agent run` per node of the fleet file (none if the file is missing).
+fn spawn_agents(
+    bin_dir: &Path,
+    args: &DevArgs,
+    endpoints: &[String],
+) -> anyhow::Result<(Vec<DevAgent>, Option<String>)> {
+    let Ok(text) = std::fs::read_to_string(&args.fleet) else {
+        return Ok((
+            Vec::new(),
+            Some(format!("no agents: {} not found", args.fleet.display())),
+        ));
+    };
+    let fleet: FleetFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.fleet.display()))?;
+    let root = std::path::absolute(args.dir.join("agents"))?;
+    // Model servers find `sov-model-server` (and the examples' other programs) on PATH.
+    let path = match std::env::var_os("PATH") {
+        Some(p) => {
+            let mut dirs = vec![bin_dir.to_path_buf()];
+            dirs.extend(std::env::split_paths(&p));
+            std::env::join_paths(dirs)?
+        }
+        None => bin_dir.as_os_str().to_owned(),
+    };
+    let mut agents = Vec::new();
+    if fleet.node.len() > 10 {
+        bail!(
+            "{}: at most 10 dev agents (each gets 100 ports from 20000)",
+            args.fleet.display()
+        );
+    }
+    for (index, n) in (0u16..).zip(&fleet.node) {
+        let dir = root.join(&n.name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let config_path = dir.join("agent.toml");
+        std::fs::write(
+            &config_path,
+            agent_config(n, index, endpoints, &dir.join("data"))?,
+        )?;
+        let log = dir.join("agent.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut cmd = Command::new(bin_dir.join("sov-agent"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            // Ctrl-C on the dev cluster stops its model servers too.
+            .arg("--stop-on-exit")
+            .env("PATH", &path)
+            .env_remove("SOV_AGENT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: as for the schedulers: the agent stops if the launcher dies.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("cannot start sov-agent")?;
+        agents.push(DevAgent {
+            name: n.name.clone(),
+            country: n.country.clone(),
+            log,
+            child,
+        });
+    }
+    Ok((agents, None))
+}
+
+/// SIGTERM to every agent (they stop their model servers), then waits.
+async fn stop_agents(agents: &mut [DevAgent]) {
+    for a in agents.iter() {
+        if let Some(pid) = a.child.id() {
+            // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for a in agents.iter_mut() {
+        match tokio::time::timeout(STOP_TIMEOUT, a.child.wait()).await {
+            Ok(_) => eprintln!("  stopped agent {}", a.name),
+            Err(_) => {
+                eprintln!(
+                    "  agent {} did not stop within {STOP_TIMEOUT:?}; killing it",
+                    a.name
+                );
+                let _ = a.child.kill().await;
+            }
+        }
+    }
+}
+
+/// Waits until every agent's node is registered and ready, printing progress.
+async fn wait_for_agents(endpoint: &str, agents: &mut [DevAgent]) -> anyhow::Result<()> {
+    use sov_proto::v1 as pb;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut last = String::new();
+    loop {
+        for a in agents.iter_mut() {
+            if let Some(status) = a.child.try_wait()? {
+                bail!(
+                    "agent {} exited ({status}) during start-up; last lines of {}:\n{}",
+                    a.name,
+                    a.log.display(),
+                    log_tail(&a.log)
+                );
+            }
+        }
+        let ready = async {
+            let mut client =
+                pb::node_service_client::NodeServiceClient::connect(endpoint.to_string())
+                    .await
+                    .ok()?;
+            let nodes = client
+                .list(pb::ListNodesRequest { consistency: 0 })
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            Some(
+                agents
+                    .iter()
+                    .filter(|a| {
+                        nodes
+                            .iter()
+                            .any(|n| n.name == a.name && n.status == "ready")
+                    })
+                    .count(),
+            )
+        }
+        .await
+        .unwrap_or(0);
+        if ready == agents.len() {
+            return Ok(());
+        }
+        let report = format!("agents ready: {ready}/{}", agents.len());
+        if report != last {
+            eprintln!("  … {report}");
+            last = report;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agents did not register within {START_TIMEOUT:?} ({last}); see their logs under the dev dir"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 struct DevNode {
@@ -402,12 +649,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 
     let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.api)).collect();
+    let mut agents = Vec::new();
     let seeded = if args.bare {
         Vec::new()
     } else {
-        match seed(&args, &endpoints[0]).await {
+        let started = async {
+            let mut done = seed(&args, &endpoints[0]).await?;
+            let bin_dir = agent_binaries(&exe)?;
+            let (spawned, note) = spawn_agents(&bin_dir, &args, &endpoints)?;
+            agents = spawned;
+            done.extend(note);
+            if !agents.is_empty() {
+                eprintln!(
+                    "  started {} agents; waiting for them to register",
+                    agents.len()
+                );
+                wait_for_agents(&endpoints[0], &mut agents).await?;
+                done.push(format!(
+                    "{} agents running (SIMULATED GPUs, real model-server processes), from {}",
+                    agents.len(),
+                    args.fleet.display()
+                ));
+            }
+            anyhow::Ok(done)
+        };
+        match started.await {
             Ok(done) => done,
             Err(e) => {
+                stop_agents(&mut agents).await;
                 stop_all(&mut nodes).await;
                 return Err(e.context("seeding the dev cluster (use --bare to skip)"));
             }
@@ -434,11 +703,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for line in &seeded {
         println!("  {line}");
     }
+    if !agents.is_empty() {
+        println!("\n  {:<22} {:<8} LOG", "AGENT (node)", "COUNTRY");
+        for a in &agents {
+            println!("  {:<22} {:<8} {}", a.name, a.country, a.log.display());
+        }
+    }
     println!("\nTalk to it (in another terminal):");
     println!("  export SOV_ENDPOINT={}", endpoints.join(","));
     println!("  cargo run -q --bin sovctl -- cluster status");
     println!("  cargo run -q --bin sovctl -- deploy apply -f deploy/examples/tiny-echo.toml");
-    println!("  cargo run -q --bin sovctl -- deploy list");
+    println!("  cargo run -q --bin sovctl -- deploy show tiny-echo      # nodes and ports");
+    println!("  curl -s localhost:PORT/v1/completions -d '{{\"prompt\":\"hello sov\"}}'");
     println!("  cargo run -q --bin sovctl -- node list");
     println!("  cargo run -q --bin sovctl -- deploy apply -f deploy/examples/mistral-7b.toml");
     println!("  cargo run -q --bin sovctl -- explain mistral-7b");
@@ -467,6 +743,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             eprintln!("\nscheduler {id} exited unexpectedly ({status}); last lines of {}:\n{}\nstopping the others…", log.display(), log_tail(&log));
         }
     }
+    stop_agents(&mut agents).await;
     stop_all(&mut nodes).await;
     eprintln!(
         "dev cluster stopped; start it again with the same command to continue where you left off"

@@ -14,6 +14,8 @@
 //! Nothing here sleeps to let something happen: waits poll a condition until a deadline and
 //! fail with the last reason the condition gave.
 
+pub mod agent;
+
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Display;
 use std::io::{Read, Write};
@@ -375,11 +377,18 @@ pub struct Scheduler {
     start: Start,
     child: Option<Child>,
     starts: u32,
+    /// Extra `sov-scheduler run` flags, given on every (re)start.
+    extra_args: Vec<String>,
 }
 
 impl Scheduler {
     /// Starts scheduler `id` with its data dir and log under `root/node-<id>/`, on fresh ports.
     pub fn start(id: u64, root: &Path, start: Start) -> Scheduler {
+        Self::start_with(id, root, start, &[])
+    }
+
+    /// Like [`Scheduler::start`], with extra `sov-scheduler run` flags (kept for restarts).
+    pub fn start_with(id: u64, root: &Path, start: Start, extra_args: &[&str]) -> Scheduler {
         let ports = free_ports(3);
         let dir = root.join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("cannot create node dir");
@@ -393,6 +402,7 @@ impl Scheduler {
             start,
             child: None,
             starts: 0,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -429,6 +439,7 @@ impl Scheduler {
             }
             Start::Plain => {}
         }
+        cmd.args(&self.extra_args);
         // Only the flags above configure it: no stray SOV_* setting from the environment.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("SOV_") {
@@ -477,6 +488,22 @@ impl Scheduler {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, it answers nothing (a hung host).
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT after [`Scheduler::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
         }
     }
 
@@ -545,6 +572,11 @@ impl Cluster {
     /// Starts `n` schedulers and waits until all are voters, a leader is known, the cluster has
     /// its id, and every scheduler answers `/readyz` with 200.
     pub fn start(n: u64, timeline: Timeline) -> Cluster {
+        Self::start_with(n, timeline, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra `sov-scheduler run` flags for every scheduler.
+    pub fn start_with(n: u64, timeline: Timeline, extra_args: &[&str]) -> Cluster {
         assert!(n >= 1);
         let root = tempfile::Builder::new()
             .prefix("sov-e2e-")
@@ -555,9 +587,12 @@ impl Cluster {
             root,
             timeline,
         };
-        cluster
-            .nodes
-            .push(Scheduler::start(1, cluster.root.path(), Start::Bootstrap));
+        cluster.nodes.push(Scheduler::start_with(
+            1,
+            cluster.root.path(),
+            Start::Bootstrap,
+            extra_args,
+        ));
         let first = cluster.nodes[0].api_addr();
         let took = cluster.nodes[0].wait_ready(FORM_TIMEOUT);
         timeline.log(format_args!(
@@ -567,7 +602,12 @@ impl Cluster {
             cluster.root.path().display()
         ));
         for id in 2..=n {
-            let node = Scheduler::start(id, cluster.root.path(), Start::Join(first.clone()));
+            let node = Scheduler::start_with(
+                id,
+                cluster.root.path(),
+                Start::Join(first.clone()),
+                extra_args,
+            );
             cluster.nodes.push(node);
         }
         cluster.wait_formed(n as usize);

@@ -4,9 +4,9 @@
 //! 4E091 export rule and the embargo allow; `deploy plan`, `explain` and `node drain` say so in
 //! the scheduler's own words, and every scheduler holds the same placements.
 //!
-//! Everything goes through the real `sovctl` binary except node registration: no agent exists
-//! yet, so the test registers nodes with simulated GPUs through `AgentService.Register`, as
-//! `sov-scheduler dev` does.
+//! Everything goes through the real `sovctl` binary except node registration: to test placement
+//! alone, with a fleet of eleven precise location facts, the test registers nodes with simulated
+//! GPUs through `AgentService.Register` and runs no agents (see `agents.rs` for those).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -153,6 +153,7 @@ fn register_fleet(tl: &Timeline, endpoints: &[String]) {
                             simulated: true,
                         })
                         .collect(),
+                    ..Default::default()
                 }),
             };
             let call = async {
@@ -366,7 +367,9 @@ fn policy_versions(endpoints: &str, stale: bool) -> Vec<u64> {
 #[test]
 fn a_three_node_cluster_places_replicas_only_where_policy_allows() {
     let tl = Timeline::new();
-    let mut cluster = Cluster::start(3, tl);
+    // The test registers nodes itself and runs no agents to heartbeat for them: a TTL of an
+    // hour keeps them ready for the whole test.
+    let mut cluster = Cluster::start_with(3, tl, &["--heartbeat-ttl-ms", "3600000"]);
     let endpoints = cluster.endpoints();
     let each: Vec<String> = cluster.nodes.iter().map(|n| n.endpoint()).collect();
     let scratch = cluster.scratch();

@@ -1,0 +1,91 @@
+//! A simulated fleet against a real three-scheduler cluster: 1,000 virtual nodes
+//! (`sov-agent fleet`, one process, shared connections) register and stay `ready` for 60 s at
+//! the default 1 s heartbeat and 10 s TTL. A bigger run (5k, 10k nodes) is the heartbeat
+//! benchmark in docs/benchmarks.md, not a test.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sov_e2e::{Cluster, Timeline, bin, die_with_parent, sovctl, wait_until};
+
+const NODES: usize = 1_000;
+const HOLD: Duration = Duration::from_secs(60);
+
+/// (ready, down) among the nodes `node list` shows.
+fn counts(endpoints: &str) -> Result<(usize, usize), String> {
+    let out = sovctl(endpoints, &["node", "list", "-o", "json"]);
+    if !out.success() {
+        return Err(out.stderr.clone());
+    }
+    let nodes = out.json()["nodes"].as_array().cloned().unwrap_or_default();
+    let ready = nodes.iter().filter(|n| n["status"] == "ready").count();
+    let down = nodes.iter().filter(|n| n["status"] == "down").count();
+    Ok((ready, down))
+}
+
+#[test]
+fn a_thousand_virtual_nodes_register_and_stay_ready_for_a_minute() {
+    let tl = Timeline::new();
+    let cluster = Cluster::start(3, tl);
+    let endpoints = cluster.endpoints();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/fleet.toml");
+    let log_path = cluster.scratch().join("fleet.log");
+    let log = std::fs::File::create(&log_path).expect("fleet log");
+    let mut cmd = Command::new(bin("sov-agent"));
+    cmd.args(["fleet", "--nodes", &NODES.to_string(), "--spec"])
+        .arg(&spec)
+        .args(["--scheduler", &endpoints, "--status-every-s", "5"])
+        .env("SOV_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    let mut fleet = cmd.spawn().expect("cannot start sov-agent fleet");
+    tl.log(format_args!("started a fleet of {NODES} virtual nodes"));
+
+    let (_, took) = wait_until(
+        &format!("{NODES} ready nodes"),
+        Duration::from_secs(120),
+        || match counts(&endpoints)? {
+            (ready, _) if ready == NODES => Ok(()),
+            (ready, down) => Err(format!("{ready} ready, {down} down")),
+        },
+    );
+    tl.log(format_args!(
+        "{NODES} nodes registered and ready after {} ms",
+        took.as_millis()
+    ));
+
+    let start = Instant::now();
+    while start.elapsed() < HOLD {
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(
+            fleet.try_wait().expect("try_wait").is_none(),
+            "the fleet exited; its log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        let (ready, down) = counts(&endpoints).expect("node list");
+        tl.log(format_args!(
+            "t+{:>2}s: {ready} ready, {down} down",
+            start.elapsed().as_secs()
+        ));
+        assert_eq!(
+            (ready, down),
+            (NODES, 0),
+            "every virtual node must stay ready; fleet log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    let _ = fleet.kill();
+    let _ = fleet.wait();
+    let summary = std::fs::read_to_string(&log_path).unwrap_or_default();
+    tl.log(format_args!(
+        "fleet's last progress line: {}",
+        summary
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("fleet: t="))
+            .unwrap_or("-")
+    ));
+}
