@@ -1,6 +1,7 @@
-//! The README's main path: `sov-scheduler dev` brings up a local three-scheduler cluster,
-//! `sovctl` writes to it, Ctrl-C stops every scheduler cleanly, and running the same command
-//! again continues with the same data.
+//! The README's main path: `sov-scheduler dev` (run from the repository root, as the README
+//! says) brings up three schedulers and five real agents, the shipped `tiny-echo` example is
+//! placed and its model servers answer on their ports, Ctrl-C stops every scheduler, agent and
+//! model server cleanly, and running the same command again continues with the same data.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -9,7 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sov_e2e::{Timeline, bin, die_with_parent, file_tail, port_accepts, sovctl, write_spec};
+use sov_e2e::{
+    Timeline, bin, die_with_parent, file_tail, http_get, port_accepts, sovctl, wait_until,
+};
 
 const NODES: u16 = 3;
 /// Scheduler i uses BASE+10*(i-1) .. +2, so a three-node cluster spans BASE..=BASE+22.
@@ -18,7 +21,7 @@ const UP_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A base port whose whole span is free right now: tried at pseudo-random places in
-/// 20000..60000 (seeded from the pid and clock, so parallel runs spread out).
+/// 21000..60000 (seeded from the pid and clock, so parallel runs spread out).
 fn free_base_port() -> u16 {
     let mut seed = u64::from(std::process::id())
         ^ std::time::SystemTime::now()
@@ -30,7 +33,8 @@ fn free_base_port() -> u16 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let base = 20_000 + (seed % 40_000) as u16;
+        // Above the dev agents' model-server ports (20000-20999).
+        let base = 21_000 + (seed % 39_000) as u16;
         let held: Vec<_> = (base..base + PORT_SPAN)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
@@ -38,7 +42,7 @@ fn free_base_port() -> u16 {
             return base;
         }
     }
-    panic!("found no {PORT_SPAN} consecutive free loopback ports in 20000..60000");
+    panic!("found no {PORT_SPAN} consecutive free loopback ports in 21000..60000");
 }
 
 /// One `sov-scheduler dev` process; SIGKILLed on drop (its schedulers then get SIGTERM from
@@ -61,7 +65,10 @@ impl Dev {
             .arg("--dir")
             .arg(dir)
             .args(["--base-port", &base_port.to_string()])
+            .current_dir(repo_root())
             .env("SOV_LOG", "info")
+            // Not under `cargo run`: the launcher must not start a nested cargo build.
+            .env_remove("CARGO")
             .env_remove("SOV_DEV_DIR")
             .env_remove("SOV_CONFIG")
             .stdin(Stdio::null())
@@ -164,6 +171,33 @@ impl Drop for Dev {
     }
 }
 
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Ports of the tiny-echo replicas, once both report running.
+fn running_ports(endpoint: &str) -> Result<Vec<u16>, String> {
+    let shown = sovctl(endpoint, &["-o", "json", "deploy", "show", "tiny-echo"]);
+    if !shown.success() {
+        return Err(shown.stderr.clone());
+    }
+    let v = shown.json();
+    let replicas = v["replicas"].as_array().cloned().unwrap_or_default();
+    let running: Vec<u16> = replicas
+        .iter()
+        .filter(|r| r["status"] == "running")
+        .filter_map(|r| r["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    if running.len() == 2 {
+        Ok(running)
+    } else {
+        Err(format!("replicas: {}", v["replicas"]))
+    }
+}
+
 /// Every port of every dev scheduler (API, Raft, HTTP).
 fn dev_ports(base: u16) -> Vec<u16> {
     (0..NODES)
@@ -210,13 +244,33 @@ fn dev_cluster_starts_stops_on_ctrl_c_and_keeps_its_data() {
     let took = dev.wait_up();
     tl.log(format_args!("dev cluster up after {} ms", took.as_millis()));
 
-    let spec = write_spec(root.path(), "tiny-echo", "m", 2);
+    let nodes = sovctl(&endpoint, &["-o", "json", "node", "list"]).json();
+    let ready = nodes["nodes"]
+        .as_array()
+        .map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count());
+    assert_eq!(ready, 5, "five agents registered: {nodes}");
+    let spec = repo_root().join("deploy/examples/tiny-echo.toml");
     let out = sovctl(
         &endpoint,
         &["deploy", "apply", "-f", spec.to_str().unwrap()],
     );
     out.assert_ok();
     tl.log(format_args!("applied: {}", out.stdout.trim()));
+    let (ports, took) = wait_until("both tiny-echo replicas running", UP_TIMEOUT, || {
+        running_ports(&endpoint)
+    });
+    tl.log(format_args!(
+        "tiny-echo running on ports {ports:?} after {} ms",
+        took.as_millis()
+    ));
+    for port in &ports {
+        let (code, body) = http_get(*port, "/").expect("model server answers");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("sim-"),
+            "it says which node it runs on: {body}"
+        );
+    }
 
     let (status, took) = dev.interrupt();
     assert!(status.success(), "dev exited with {status} after SIGINT");
@@ -225,6 +279,12 @@ fn dev_cluster_starts_stops_on_ctrl_c_and_keeps_its_data() {
         took.as_millis()
     ));
     assert_all_stopped(base);
+    for port in &ports {
+        assert!(
+            !port_accepts(*port),
+            "model server on {port} outlived the dev cluster"
+        );
+    }
     tl.log(format_args!(
         "no scheduler port ({base}..={}) accepts connections",
         base + PORT_SPAN - 1

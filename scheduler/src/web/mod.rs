@@ -74,7 +74,20 @@ pub fn render_metrics(replica: &Replica) -> String {
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().count();
     let learners = membership.learner_ids().count();
-    let deployments = replica.sm.read().state.deployments.len();
+    let (deployments, nodes_ready, nodes_down, by_status) = {
+        let applied = replica.sm.read();
+        let s = &applied.state;
+        let down = s
+            .nodes
+            .values()
+            .filter(|n| n.status == crate::state::node::NodeStatus::Down)
+            .count();
+        let mut by_status = std::collections::BTreeMap::new();
+        for a in s.allocations.values() {
+            *by_status.entry(a.status.as_str()).or_insert(0u64) += 1;
+        }
+        (s.deployments.len(), s.nodes.len() - down, down, by_status)
+    };
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         let _ = writeln!(
@@ -144,10 +157,28 @@ pub fn render_metrics(replica: &Replica) -> String {
         deployments as u64,
     );
     gauge(
+        "sov_nodes_ready",
+        "Registered nodes whose heartbeats arrive within the TTL.",
+        nodes_ready as u64,
+    );
+    gauge(
+        "sov_nodes_down",
+        "Registered nodes marked down (no heartbeat within the TTL).",
+        nodes_down as u64,
+    );
+    gauge(
         "sov_ready",
         "1 if /readyz would answer 200.",
         u64::from(not_ready_reason(replica).is_none()),
     );
+    let _ = writeln!(
+        out,
+        "# HELP sov_allocations Allocations by the status their agent last reported.\n# TYPE sov_allocations gauge"
+    );
+    for status in ["pending", "starting", "running", "failed", "stopped"] {
+        let count = by_status.get(status).copied().unwrap_or(0);
+        let _ = writeln!(out, "sov_allocations{{status=\"{status}\"}} {count}");
+    }
     let flushes = replica
         .log_flushes
         .flushes

@@ -1,0 +1,144 @@
+//! Heartbeat capacity: how many virtual nodes a three-scheduler cluster holds `ready` at a 1 s
+//! heartbeat, and what the leader's CPU costs for it.
+//!
+//! For each fleet size it starts a fresh cluster (the built binaries, release when run through
+//! `cargo bench`), starts `sov-agent fleet`, waits until every node is registered and ready,
+//! then holds for `SOV_BENCH_HOLD_S` seconds (default 30) and measures:
+//! - the leader's CPU (user + system time from `/proc/<pid>/stat`) per second of wall time,
+//!   as a share of one core;
+//! - heartbeats per second answered (from the fleet's own progress line);
+//! - the lowest count of `ready` nodes seen while holding (polled every 5 s).
+//!
+//! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench heartbeats`
+//! (sizes: `SOV_BENCH_NODES=1000,5000,10000`). Absolute numbers depend on the machine; the
+//! fleet simulator shares it with the schedulers. Results go to docs/benchmarks.md by hand.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sov_e2e::{Cluster, Timeline, bin, cluster_status, die_with_parent, sovctl, u64_field};
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state is [0]; utime is field 14 overall -> [11], stime [12].
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / ticks_per_second()
+}
+
+fn ready_count(endpoints: &str) -> usize {
+    let out = sovctl(endpoints, &["node", "list", "-o", "json", "--stale"]);
+    if !out.success() {
+        return 0;
+    }
+    out.json()["nodes"]
+        .as_array()
+        .map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count())
+}
+
+struct Row {
+    nodes: usize,
+    register_s: f64,
+    leader_cpu: f64,
+    heartbeats_per_s: f64,
+    min_ready: usize,
+}
+
+fn run(nodes: usize, hold: Duration) -> Row {
+    let tl = Timeline::new();
+    let mut cluster = Cluster::start(3, tl);
+    let endpoints = cluster.endpoints();
+    let leader = u64_field(&cluster_status(&endpoints).expect("status"), "leader_id");
+    let leader_pid = cluster.node(leader).pid().expect("leader pid");
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/fleet.toml");
+    let log_path = cluster.scratch().join("fleet.log");
+    let log = std::fs::File::create(&log_path).expect("fleet log");
+    let mut cmd = Command::new(bin("sov-agent"));
+    cmd.args(["fleet", "--nodes", &nodes.to_string(), "--spec"])
+        .arg(&spec)
+        .args(["--scheduler", &endpoints, "--status-every-s", "5"])
+        .env("SOV_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    let mut fleet = cmd.spawn().expect("start fleet");
+    let started = Instant::now();
+    while ready_count(&endpoints) < nodes {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{nodes} nodes did not all become ready"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let register_s = started.elapsed().as_secs_f64();
+    tl.log(format_args!("{nodes} ready after {register_s:.1} s"));
+    // Let registration's burst settle before measuring steady state.
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu0 = cpu_seconds(leader_pid);
+    let t0 = Instant::now();
+    let mut min_ready = nodes;
+    while t0.elapsed() < hold {
+        std::thread::sleep(Duration::from_secs(5));
+        min_ready = min_ready.min(ready_count(&endpoints));
+    }
+    let leader_cpu = (cpu_seconds(leader_pid) - cpu0) / t0.elapsed().as_secs_f64();
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let heartbeats_per_s = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let i = l.find("heartbeats/s ")?;
+            l[i + "heartbeats/s ".len()..]
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    let _ = fleet.kill();
+    let _ = fleet.wait();
+    Row {
+        nodes,
+        register_s,
+        leader_cpu,
+        heartbeats_per_s,
+        min_ready,
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("SOV_BENCH_NODES")
+        .unwrap_or_else(|_| "1000,5000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let hold = Duration::from_secs(
+        std::env::var("SOV_BENCH_HOLD_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let rows: Vec<Row> = sizes.iter().map(|&n| run(n, hold)).collect();
+    println!(
+        "\n| virtual nodes | all ready after | leader CPU (share of one core) | heartbeats/s answered | fewest ready while holding {} s |",
+        hold.as_secs()
+    );
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.1} s | {:.2} | {:.0} | {} |",
+            r.nodes, r.register_s, r.leader_cpu, r.heartbeats_per_s, r.min_ready
+        );
+    }
+}
