@@ -29,6 +29,7 @@ use crate::client::{Backoff, CALL_TIMEOUT, Schedulers, bounded, one_line};
 use crate::config::AgentConfig;
 use crate::driver::{AllocSpec, Driver, DriverConfig, HealthCheck, HealthProbe, StatusChange};
 use crate::inventory::Fingerprinter;
+use sov_scheduler::api::nodes::{facts_to_pb, inventory_to_pb};
 use sov_scheduler::state::node::Inventory;
 
 /// Status transitions kept while no scheduler answers; beyond that the oldest are dropped
@@ -218,42 +219,10 @@ fn with_timeout<T>(message: T) -> tonic::Request<T> {
 }
 
 fn registration(name: &str, cfg: &AgentConfig, inventory: &Inventory) -> pb::RegisterNodeRequest {
-    let f = cfg.facts();
     pb::RegisterNodeRequest {
         name: name.to_string(),
-        facts: Some(pb::LocationFacts {
-            country: f.country,
-            subdivision: f.subdivision,
-            site: f.site,
-            operator: f.operator,
-            operator_hq: f.operator_hq,
-            ultimate_parent_hq: f.ultimate_parent_hq,
-            certifications: f.certifications.into_iter().collect(),
-            location_trust: "self-reported".into(),
-        }),
+        facts: Some(facts_to_pb(&cfg.facts())),
         inventory: Some(inventory_to_pb(inventory)),
-    }
-}
-
-pub fn inventory_to_pb(inv: &Inventory) -> pb::Inventory {
-    pb::Inventory {
-        cpu_millis: inv.cpu_millis,
-        memory_mib: inv.memory_mib,
-        gpus: inv
-            .gpus
-            .iter()
-            .map(|g| pb::GpuDevice {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                model: g.model.clone(),
-                memory_mib: g.memory_mib,
-                mig_enabled: g.mig_enabled,
-                driver_version: g.driver_version.clone(),
-                simulated: g.simulated,
-            })
-            .collect(),
-        port_first: u32::from(inv.port_first),
-        port_last: u32::from(inv.port_last),
     }
 }
 

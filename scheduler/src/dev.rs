@@ -182,16 +182,17 @@ fn agent_binaries(exe: &Path) -> anyhow::Result<PathBuf> {
         } else {
             vec![]
         };
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "--bin",
-                "sov-agent",
-                "--bin",
-                "sov-model-server",
-            ])
-            .args(profile)
+        let mut build = std::process::Command::new(cargo);
+        build
+            .args(["build", "-q", "-p", "sov-agent", "--bins"])
+            .args(profile);
+        // Wherever the command was typed, build in this workspace.
+        if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+            build
+                .arg("--manifest-path")
+                .arg(Path::new(&dir).join("Cargo.toml"));
+        }
+        let status = build
             .status()
             .context("cannot run cargo to build sov-agent")?;
         if !status.success() {

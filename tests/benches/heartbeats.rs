@@ -13,11 +13,10 @@
 //! (sizes: `SOV_BENCH_NODES=1000,5000,10000`). Absolute numbers depend on the machine; the
 //! fleet simulator shares it with the schedulers. Results go to docs/benchmarks.md by hand.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sov_e2e::{Cluster, Timeline, bin, cluster_status, die_with_parent, sovctl, u64_field};
+use sov_e2e::agent::{node_counts, start_fleet};
+use sov_e2e::{Cluster, Timeline, cluster_status, u64_field};
 
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -37,13 +36,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn ready_count(endpoints: &str) -> usize {
-    let out = sovctl(endpoints, &["node", "list", "-o", "json", "--stale"]);
-    if !out.success() {
-        return 0;
-    }
-    out.json()["nodes"]
-        .as_array()
-        .map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count())
+    node_counts(endpoints, true).map_or(0, |(ready, _)| ready)
 }
 
 struct Row {
@@ -60,19 +53,8 @@ fn run(nodes: usize, hold: Duration) -> Row {
     let endpoints = cluster.endpoints();
     let leader = u64_field(&cluster_status(&endpoints).expect("status"), "leader_id");
     let leader_pid = cluster.node(leader).pid().expect("leader pid");
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/fleet.toml");
     let log_path = cluster.scratch().join("fleet.log");
-    let log = std::fs::File::create(&log_path).expect("fleet log");
-    let mut cmd = Command::new(bin("sov-agent"));
-    cmd.args(["fleet", "--nodes", &nodes.to_string(), "--spec"])
-        .arg(&spec)
-        .args(["--scheduler", &endpoints, "--status-every-s", "5"])
-        .env("SOV_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log);
-    die_with_parent(&mut cmd);
-    let mut fleet = cmd.spawn().expect("start fleet");
+    let mut fleet = start_fleet(nodes, &endpoints, &log_path);
     let started = Instant::now();
     while ready_count(&endpoints) < nodes {
         assert!(

@@ -217,3 +217,37 @@ fn is_zombie(pid: u32) -> bool {
 pub fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
 }
+
+/// Starts `sov-agent fleet` with `nodes` virtual nodes (deploy/dev/fleet.toml) against
+/// `endpoints`, its progress lines in `log_path`.
+pub fn start_fleet(nodes: usize, endpoints: &str, log_path: &Path) -> Child {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/fleet.toml");
+    let log = std::fs::File::create(log_path).expect("cannot create the fleet log");
+    let mut cmd = Command::new(bin("sov-agent"));
+    cmd.args(["fleet", "--nodes", &nodes.to_string(), "--spec"])
+        .arg(&spec)
+        .args(["--scheduler", endpoints, "--status-every-s", "5"])
+        .env("SOV_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup fleet log"))
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    cmd.spawn().expect("cannot start sov-agent fleet")
+}
+
+/// (ready, down) among the nodes `sovctl node list` shows (`--stale` reads the answering
+/// scheduler's state without a read barrier: cheaper while measuring).
+pub fn node_counts(endpoints: &str, stale: bool) -> Result<(usize, usize), String> {
+    let mut args = vec!["node", "list", "-o", "json"];
+    if stale {
+        args.push("--stale");
+    }
+    let out = crate::sovctl(endpoints, &args);
+    if !out.success() {
+        return Err(out.stderr.clone());
+    }
+    let nodes = out.json()["nodes"].as_array().cloned().unwrap_or_default();
+    let ready = nodes.iter().filter(|n| n["status"] == "ready").count();
+    let down = nodes.iter().filter(|n| n["status"] == "down").count();
+    Ok((ready, down))
+}

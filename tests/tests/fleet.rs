@@ -3,51 +3,27 @@
 //! the default 1 s heartbeat and 10 s TTL. A bigger run (5k, 10k nodes) is the heartbeat
 //! benchmark in docs/benchmarks.md, not a test.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sov_e2e::{Cluster, Timeline, bin, die_with_parent, sovctl, wait_until};
+use sov_e2e::agent::{node_counts, start_fleet};
+use sov_e2e::{Cluster, Timeline, wait_until};
 
 const NODES: usize = 1_000;
 const HOLD: Duration = Duration::from_secs(60);
-
-/// (ready, down) among the nodes `node list` shows.
-fn counts(endpoints: &str) -> Result<(usize, usize), String> {
-    let out = sovctl(endpoints, &["node", "list", "-o", "json"]);
-    if !out.success() {
-        return Err(out.stderr.clone());
-    }
-    let nodes = out.json()["nodes"].as_array().cloned().unwrap_or_default();
-    let ready = nodes.iter().filter(|n| n["status"] == "ready").count();
-    let down = nodes.iter().filter(|n| n["status"] == "down").count();
-    Ok((ready, down))
-}
 
 #[test]
 fn a_thousand_virtual_nodes_register_and_stay_ready_for_a_minute() {
     let tl = Timeline::new();
     let cluster = Cluster::start(3, tl);
     let endpoints = cluster.endpoints();
-    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/fleet.toml");
     let log_path = cluster.scratch().join("fleet.log");
-    let log = std::fs::File::create(&log_path).expect("fleet log");
-    let mut cmd = Command::new(bin("sov-agent"));
-    cmd.args(["fleet", "--nodes", &NODES.to_string(), "--spec"])
-        .arg(&spec)
-        .args(["--scheduler", &endpoints, "--status-every-s", "5"])
-        .env("SOV_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log);
-    die_with_parent(&mut cmd);
-    let mut fleet = cmd.spawn().expect("cannot start sov-agent fleet");
+    let mut fleet = start_fleet(NODES, &endpoints, &log_path);
     tl.log(format_args!("started a fleet of {NODES} virtual nodes"));
 
     let (_, took) = wait_until(
         &format!("{NODES} ready nodes"),
         Duration::from_secs(120),
-        || match counts(&endpoints)? {
+        || match node_counts(&endpoints, false)? {
             (ready, _) if ready == NODES => Ok(()),
             (ready, down) => Err(format!("{ready} ready, {down} down")),
         },
@@ -65,7 +41,7 @@ fn a_thousand_virtual_nodes_register_and_stay_ready_for_a_minute() {
             "the fleet exited; its log:\n{}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
         );
-        let (ready, down) = counts(&endpoints).expect("node list");
+        let (ready, down) = node_counts(&endpoints, false).expect("node list");
         tl.log(format_args!(
             "t+{:>2}s: {ready} ready, {down} down",
             start.elapsed().as_secs()

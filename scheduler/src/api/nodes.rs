@@ -77,40 +77,54 @@ pub fn registration_from_pb(req: pb::RegisterNodeRequest) -> Result<NodeRegistra
     })
 }
 
+/// Location facts as the wire carries them.
+pub fn facts_to_pb(f: &NodeFacts) -> pb::LocationFacts {
+    pb::LocationFacts {
+        country: f.country.clone(),
+        subdivision: f.subdivision.clone(),
+        site: f.site.clone(),
+        operator: f.operator.clone(),
+        operator_hq: f.operator_hq.clone(),
+        ultimate_parent_hq: f.ultimate_parent_hq.clone(),
+        certifications: f.certifications.clone().into_iter().collect(),
+        location_trust: trust_name(f.location_trust).into(),
+    }
+}
+
+/// Inventory as the wire carries it, ports as declared (0/0 = the default range). Agents send
+/// this; the scheduler's answers fill in the effective range.
+pub fn inventory_to_pb(inv: &Inventory) -> pb::Inventory {
+    pb::Inventory {
+        cpu_millis: inv.cpu_millis,
+        memory_mib: inv.memory_mib,
+        gpus: inv
+            .gpus
+            .iter()
+            .map(|g| pb::GpuDevice {
+                index: g.index,
+                uuid: g.uuid.clone(),
+                model: g.model.clone(),
+                memory_mib: g.memory_mib,
+                mig_enabled: g.mig_enabled,
+                driver_version: g.driver_version.clone(),
+                simulated: g.simulated,
+            })
+            .collect(),
+        port_first: u32::from(inv.port_first),
+        port_last: u32::from(inv.port_last),
+    }
+}
+
 /// A node as clients see it, with the allocations placed on it (`allocations` yields them).
 pub fn node_to_pb<'a>(n: &Node, allocations: impl IntoIterator<Item = &'a Allocation>) -> pb::Node {
-    let f = &n.facts;
+    let (port_first, port_last) = n.inventory.port_range();
     pb::Node {
         name: n.name.clone(),
-        facts: Some(pb::LocationFacts {
-            country: f.country.clone(),
-            subdivision: f.subdivision.clone(),
-            site: f.site.clone(),
-            operator: f.operator.clone(),
-            operator_hq: f.operator_hq.clone(),
-            ultimate_parent_hq: f.ultimate_parent_hq.clone(),
-            certifications: f.certifications.clone().into_iter().collect(),
-            location_trust: trust_name(f.location_trust).into(),
-        }),
+        facts: Some(facts_to_pb(&n.facts)),
         inventory: Some(pb::Inventory {
-            cpu_millis: n.inventory.cpu_millis,
-            memory_mib: n.inventory.memory_mib,
-            gpus: n
-                .inventory
-                .gpus
-                .iter()
-                .map(|g| pb::GpuDevice {
-                    index: g.index,
-                    uuid: g.uuid.clone(),
-                    model: g.model.clone(),
-                    memory_mib: g.memory_mib,
-                    mig_enabled: g.mig_enabled,
-                    driver_version: g.driver_version.clone(),
-                    simulated: g.simulated,
-                })
-                .collect(),
-            port_first: u32::from(n.inventory.port_range().0),
-            port_last: u32::from(n.inventory.port_range().1),
+            port_first: u32::from(port_first),
+            port_last: u32::from(port_last),
+            ..inventory_to_pb(&n.inventory)
         }),
         status: n.status.as_str().into(),
         draining: n.draining,
