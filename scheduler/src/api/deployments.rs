@@ -361,8 +361,17 @@ impl DeploymentService for DeploymentApi {
         Ok(Response::new(pb::Explanation {
             deployment: req.name.clone(),
             replicas_wanted: deployment.spec.replicas,
-            replicas_running: deployment.spec.replicas
-                - placement::missing_replicas(state, &deployment.spec),
+            // What the agents report, not what is placed: a placed replica whose server
+            // keeps failing is not running.
+            replicas_running: state
+                .allocations
+                .values()
+                .filter(|a| {
+                    a.deployment == req.name
+                        && a.desired == Desired::Run
+                        && a.status == state::AllocStatus::Running
+                })
+                .count() as u32,
             nodes_total: explanation.nodes_total as u32,
             nodes_eligible: explanation.nodes_eligible as u32,
             summary: summarize(&explanation, policy.is_some()),
