@@ -1,0 +1,1026 @@
+//! Placement throughput and policy cost on a simulated fleet: 10,000 nodes x 1,000 deployments
+//! under the shipped policy bundle (`deploy/policies`).
+//!
+//! What it measures, all in this process on the pure core (no Raft, no network, no disk):
+//!
+//! 1. **Feasibility matrix**: for every (deployment, node) pair, `placement::feasibility::check`
+//!    (ready, not draining, policy, resources through `fit`) against one `free_map` of the
+//!    fleet: the stage the planner runs on every node for every replica. One full pass, cold:
+//!    a new `Evaluator` (every plan and every apply start with a new `PolicyGate`), so Cedar
+//!    runs once per distinct (deployment signature, node signature); it is driven through the
+//!    same mapping as `PolicyGate` so the bench can read how often Cedar ran. The pass is timed
+//!    in ten slices of deployments. Then, on the first slice, the real `PolicyGate` warm (every
+//!    decision memoized), repeated; and, on a fifth of that slice, its parts: the policy
+//!    lookups alone, `Evaluator::decide` alone, and `fit` alone. Cedar's own cost is timed with
+//!    uncached `CompiledPolicy::evaluate` calls. `eligibility` (what `sovctl explain` calls) is
+//!    timed per deployment: it builds its own `free_map` on every call.
+//! 2. **Single-deployment placement**: `plan_spec` for a new 4-replica deployment in the full
+//!    fleet, with a new gate (its signature is new, so its Cedar decisions are cold) and warm.
+//! 3. **Whole plan**: `plan(state, gate, PLAN_PLACEMENTS_MAX)` with every deployment missing
+//!    all its replicas, as one round of the leader's placement loop (a new gate per round).
+//! 4. **Apply side**: `state::apply` of the `ApplyPlan` command carrying that plan (every
+//!    placement re-checked against state and policy at the command's index), on copies of the
+//!    state, as every replica does once the command is committed; and what a copy of the state
+//!    costs. Then the leader's loop without Raft: round 1 is that plan, applied; `--rounds N`
+//!    adds up to N rounds of plan-then-apply, stopping after a plan that places nothing.
+//!
+//! The fleet is deterministic (a fixed-seed generator): nodes at 33 sites in 13 countries (EU
+//! members, Irish and Dutch entities with a US parent, US, GB, CH, JP, AU, and China, which the
+//! shipped embargo rule refuses), 16 operators, 8 hardware profiles, certifications (one of
+//! them expired) and three location-trust levels, a few hundred distinct node profiles in all;
+//! deployments of 50 models (some 4E091), each offered in 4 residency/trust/certification
+//! variants, with varied GPU, CPU and memory needs and 2 to 6 replicas.
+//!
+//! Run: `cargo bench -p sov-scheduler --bench placement` (defaults: `-- --runs 3 --rounds 0`;
+//! `--runs N` repeats each repeated figure N times, `--rounds N` simulates more of the leader's
+//! loop, about a minute per round at full size). Without `--bench`, which `cargo bench` passes
+//! and `cargo test --benches` does not, it runs a small fleet once as a smoke pass. Figures and
+//! their analysis live in docs/benchmarks.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use sov_scheduler::placement::feasibility::{self, Reason};
+use sov_scheduler::placement::{self, Forbid, PolicyOracle, fit};
+use sov_scheduler::policy::Evaluator;
+use sov_scheduler::state::node::{Gpu, Inventory, LocationTrust, Node, NodeFacts};
+use sov_scheduler::state::plan::{PLAN_PLACEMENTS_MAX, PolicyGate, day_of};
+use sov_scheduler::state::policies::PolicyBundle;
+use sov_scheduler::state::{
+    Command, DeploymentSpec, ExportAttrs, NodeRegistration, Outcome, PlacementPrefs, Proposal,
+    Residency, Resources, Spread, State, apply,
+};
+
+/// 2026-11-22T00:00:00Z: the leader's stamp on every command, so certifications are judged on
+/// that day (one in the fleet expired on 2026-10-31).
+const AT_MS: i64 = 1_795_305_600_000;
+const NODES: usize = 10_000;
+const DEPLOYMENTS: usize = 1_000;
+const SMOKE_NODES: usize = 300;
+const SMOKE_DEPLOYMENTS: usize = 40;
+const RUNS_MAX: usize = 50;
+/// The leader loop simulation stops after this many rounds even if replicas are still missing.
+const ROUNDS_MAX: usize = 20;
+/// Replicas of the deployment `plan_spec` places.
+const NEW_REPLICAS: u32 = 4;
+/// The uncached Cedar timing evaluates this many deployments on this many nodes.
+const CEDAR_DEPLOYMENTS: usize = 10;
+const CEDAR_NODES: usize = 100;
+
+struct Operator {
+    name: &'static str,
+    hq: &'static str,
+    parent: &'static str,
+}
+
+const OPERATORS: [Operator; 16] = [
+    op("ovhcloud", "FR", "FR"),
+    op("scaleway", "FR", "FR"),
+    op("hetzner", "DE", "DE"),
+    op("ionos", "DE", "DE"),
+    op("beyond", "PL", "PL"),
+    // Irish and Dutch entities of US companies: EU-located, not EU-headquartered parents.
+    op("aws-emea", "IE", "US"),
+    op("azure-emea", "NL", "US"),
+    op("nebius", "NL", "NL"),
+    op("ecodc", "SE", "SE"),
+    op("nscale", "GB", "GB"),
+    op("infomaniak", "CH", "CH"),
+    op("aws-us", "US", "US"),
+    op("coreweave", "US", "US"),
+    op("lambda", "US", "US"),
+    op("sakura", "JP", "JP"),
+    op("alibaba", "CN", "CN"),
+];
+
+const fn op(name: &'static str, hq: &'static str, parent: &'static str) -> Operator {
+    Operator { name, hq, parent }
+}
+
+struct Site {
+    country: &'static str,
+    subdivision: &'static str,
+    name: &'static str,
+    operator: &'static str,
+    trust: LocationTrust,
+    /// Certification name and last valid day.
+    certifications: &'static [(&'static str, &'static str)],
+    /// Relative share of the fleet's nodes.
+    weight: u32,
+}
+
+const SELF: LocationTrust = LocationTrust::SelfReported;
+const CERT: LocationTrust = LocationTrust::OperatorCertificate;
+const HW: LocationTrust = LocationTrust::HardwareAttested;
+const ISO: (&str, &str) = ("iso27001", "2027-09-30");
+const SNC: (&str, &str) = ("secnumcloud", "2027-06-30");
+const SNC_EXPIRED: (&str, &str) = ("secnumcloud", "2026-10-31");
+const C5: (&str, &str) = ("c5", "2027-12-31");
+const FEDRAMP: (&str, &str) = ("fedramp", "2028-01-31");
+
+#[rustfmt::skip]
+const SITES: [Site; 33] = [
+    site("FR", "FR-IDF", "par1", "ovhcloud", HW, &[SNC, ISO], 4),
+    site("FR", "FR-HDF", "rbx1", "ovhcloud", CERT, &[ISO], 5),
+    site("FR", "FR-IDF", "par2", "scaleway", CERT, &[SNC_EXPIRED, ISO], 3),
+    site("FR", "FR-ARA", "lyo1", "scaleway", SELF, &[], 2),
+    site("FR", "FR-IDF", "par3", "aws-emea", CERT, &[ISO], 3),
+    site("DE", "DE-BY", "nbg1", "hetzner", CERT, &[ISO], 4),
+    site("DE", "DE-SN", "fsn1", "hetzner", SELF, &[], 4),
+    site("DE", "DE-HE", "fra1", "ionos", HW, &[C5, ISO], 3),
+    site("DE", "DE-BE", "ber1", "ionos", CERT, &[C5], 2),
+    site("DE", "DE-HE", "fra2", "azure-emea", CERT, &[C5, ISO], 4),
+    site("PL", "PL-MZ", "waw1", "beyond", SELF, &[ISO], 2),
+    site("PL", "PL-MZ", "waw2", "aws-emea", CERT, &[ISO], 2),
+    site("IE", "IE-D", "dub1", "aws-emea", CERT, &[ISO], 6),
+    site("IE", "IE-D", "dub2", "azure-emea", CERT, &[ISO], 5),
+    site("NL", "NL-NH", "ams1", "azure-emea", CERT, &[ISO], 4),
+    site("NL", "NL-NH", "ams2", "nebius", CERT, &[ISO], 3),
+    site("SE", "SE-AB", "sto1", "ecodc", CERT, &[ISO], 2),
+    site("FI", "FI-18", "hel1", "nebius", CERT, &[ISO], 3),
+    site("GB", "GB-LND", "lon1", "nscale", CERT, &[ISO], 3),
+    site("GB", "GB-LND", "lon2", "aws-emea", CERT, &[ISO], 3),
+    site("CH", "CH-ZH", "zrh1", "infomaniak", HW, &[ISO], 2),
+    site("US", "US-VA", "iad1", "aws-us", CERT, &[FEDRAMP, ISO], 10),
+    site("US", "US-OR", "pdx1", "aws-us", CERT, &[FEDRAMP, ISO], 6),
+    site("US", "US-TX", "dfw1", "coreweave", SELF, &[], 6),
+    site("US", "US-NJ", "ewr1", "coreweave", CERT, &[ISO], 5),
+    site("US", "US-CA", "sjc1", "lambda", SELF, &[], 4),
+    site("US", "US-IA", "dsm1", "azure-emea", CERT, &[FEDRAMP, ISO], 4),
+    site("US", "US-TX", "aus1", "lambda", SELF, &[], 3),
+    site("JP", "JP-13", "tyo1", "sakura", CERT, &[ISO], 3),
+    site("JP", "JP-27", "osa1", "sakura", SELF, &[], 2),
+    site("AU", "AU-NSW", "syd1", "aws-us", CERT, &[ISO], 2),
+    site("CN", "CN-BJ", "pek1", "alibaba", CERT, &[], 2),
+    site("CN", "CN-SH", "sha1", "alibaba", SELF, &[], 1),
+];
+
+const fn site(
+    country: &'static str,
+    subdivision: &'static str,
+    name: &'static str,
+    operator: &'static str,
+    trust: LocationTrust,
+    certifications: &'static [(&'static str, &'static str)],
+    weight: u32,
+) -> Site {
+    Site {
+        country,
+        subdivision,
+        name,
+        operator,
+        trust,
+        certifications,
+        weight,
+    }
+}
+
+struct Hardware {
+    gpu_model: &'static str,
+    gpus: u32,
+    gpu_memory_mib: u64,
+    cpu_millis: u32,
+    memory_mib: u64,
+}
+
+const GIB: u64 = 1024;
+
+#[rustfmt::skip]
+const HARDWARE: [Hardware; 8] = [
+    hw("NVIDIA H100 80GB HBM3", 8, 81_559, 192_000, 2_048 * GIB),
+    hw("NVIDIA H200", 8, 143_771, 192_000, 2_048 * GIB),
+    hw("NVIDIA B200", 8, 183_359, 224_000, 2_048 * GIB),
+    hw("NVIDIA A100-SXM4-40GB", 4, 40_960, 64_000, 512 * GIB),
+    hw("NVIDIA A100 80GB PCIe", 4, 81_920, 64_000, 512 * GIB),
+    hw("NVIDIA H100 PCIe", 2, 81_559, 32_000, 256 * GIB),
+    // Not classified by the shipped entity data: its export class is "unclassified".
+    hw("NVIDIA L40S", 4, 46_068, 64_000, 512 * GIB),
+    hw("", 0, 0, 64_000, 256 * GIB),
+];
+
+const fn hw(
+    gpu_model: &'static str,
+    gpus: u32,
+    gpu_memory_mib: u64,
+    cpu_millis: u32,
+    memory_mib: u64,
+) -> Hardware {
+    Hardware {
+        gpu_model,
+        gpus,
+        gpu_memory_mib,
+        cpu_millis,
+        memory_mib,
+    }
+}
+
+/// Residency requirements the deployments choose from; empty = none of their own.
+const RESIDENCY: [&[&str]; 12] = [
+    &[],
+    &[],
+    &["EU27"],
+    &["EU27"],
+    &["EEA"],
+    &["FR"],
+    &["DE"],
+    &["US"],
+    &["GDPR-adequate"],
+    &["JP"],
+    &["US-Tier1"],
+    &["FR", "DE"],
+];
+const MIN_TRUST: [u8; 4] = [0, 0, 2, 3];
+const REQUIRED_CERTIFICATIONS: [&[&str]; 7] = [
+    &[],
+    &[],
+    &[],
+    &["iso27001"],
+    &["secnumcloud"],
+    &["c5"],
+    &["fedramp"],
+];
+const MODELS: usize = 50;
+/// Deployments of one model differ in residency, trust and certifications in this many ways.
+const VARIANTS: usize = 4;
+
+/// GPU needs per replica: count, model ("" = any), minimum memory per GPU.
+const GPU_NEEDS: [(u32, &str, u64); 9] = [
+    (1, "", 40_960),
+    (1, "", 81_920),
+    (2, "", 81_920),
+    (4, "", 40_960),
+    (8, "NVIDIA H100 80GB HBM3", 0),
+    (1, "NVIDIA H200", 0),
+    (2, "", 0),
+    (4, "NVIDIA B200", 0),
+    (0, "", 0),
+];
+
+/// SplitMix64: a fixed seed gives the same fleet on every run and every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn node_registration(i: usize, rng: &mut Rng) -> NodeRegistration {
+    let weights: u32 = SITES.iter().map(|s| s.weight).sum();
+    let mut pick = rng.below(weights as usize) as u32;
+    let site_index = SITES
+        .iter()
+        .position(|s| {
+            if pick < s.weight {
+                return true;
+            }
+            pick -= s.weight;
+            false
+        })
+        .unwrap_or(0);
+    let site = &SITES[site_index];
+    let operator = OPERATORS
+        .iter()
+        .find(|o| o.name == site.operator)
+        .expect("every site names a listed operator");
+    // Each site runs three of the hardware profiles.
+    let hardware = &HARDWARE[(site_index * 3 + rng.below(3)) % HARDWARE.len()];
+    let name = format!("n{i:05}");
+    let mut certifications: BTreeMap<String, String> = site
+        .certifications
+        .iter()
+        .map(|(c, until)| (c.to_string(), until.to_string()))
+        .collect();
+    // A quarter of the nodes are also certified for privacy management; a fifth are attested
+    // by hardware whatever their site's usual level: more distinct node profiles, as in a fleet
+    // bought over years.
+    if rng.below(4) == 0 {
+        certifications.insert("iso27701".into(), "2027-05-31".into());
+    }
+    let location_trust = if rng.below(5) == 0 { HW } else { site.trust };
+    NodeRegistration {
+        name: name.clone(),
+        facts: NodeFacts {
+            country: site.country.into(),
+            subdivision: site.subdivision.into(),
+            site: site.name.into(),
+            operator: operator.name.into(),
+            operator_hq: operator.hq.into(),
+            ultimate_parent_hq: operator.parent.into(),
+            certifications,
+            location_trust,
+        },
+        inventory: Inventory {
+            cpu_millis: hardware.cpu_millis,
+            memory_mib: hardware.memory_mib,
+            gpus: (0..hardware.gpus)
+                .map(|g| Gpu {
+                    index: g,
+                    uuid: format!("GPU-{name}-{g}"),
+                    model: hardware.gpu_model.into(),
+                    memory_mib: hardware.gpu_memory_mib,
+                    driver_version: "570.124.06".into(),
+                    ..Gpu::default()
+                })
+                .collect(),
+            ..Inventory::default()
+        },
+    }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn deployment_spec(i: usize, rng: &mut Rng) -> DeploymentSpec {
+    let model = i % MODELS;
+    let variant = (i / MODELS) % VARIANTS;
+    let (gpu_count, gpu_model, gpu_memory_mib) = GPU_NEEDS[rng.below(GPU_NEEDS.len())];
+    let spread = match rng.below(10) {
+        0 => Spread::Site,
+        1 => Spread::Country,
+        _ => Spread::Node,
+    };
+    DeploymentSpec {
+        name: format!("d{i:04}"),
+        model: format!("lab-{}/model-{model:02}", model % 7),
+        replicas: 2 + rng.below(5) as u32,
+        resources: Resources {
+            gpu_count,
+            gpu_model: gpu_model.into(),
+            gpu_memory_mib,
+            cpu_millis: 4_000 * (1 + rng.below(8) as u32),
+            memory_mib: 16 * GIB * (1 + rng.below(16) as u64),
+        },
+        command: strings(&["vllm", "serve", "--port", "$PORT"]),
+        export: ExportAttrs {
+            eccn: if model.is_multiple_of(10) {
+                "4E091"
+            } else {
+                "EAR99"
+            }
+            .into(),
+            weights_published: !model.is_multiple_of(3),
+            training_compute_log10: 23 + (model % 4) as u32,
+            lineage: vec![format!("base-{}", model % 5)],
+        },
+        residency: Residency {
+            allowed: strings(RESIDENCY[(model * 5 + variant * 7) % RESIDENCY.len()]),
+            min_location_trust: MIN_TRUST[(model + variant) % MIN_TRUST.len()],
+            required_certifications: strings(
+                REQUIRED_CERTIFICATIONS[(model * 3 + variant * 5) % REQUIRED_CERTIFICATIONS.len()],
+            ),
+        },
+        placement: PlacementPrefs {
+            spread,
+            ..PlacementPrefs::default()
+        },
+        ..DeploymentSpec::default()
+    }
+}
+
+fn shipped_bundle() -> anyhow::Result<BTreeMap<String, String>> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/policies");
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {dir}"))? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|x| x == "cedar" || x == "cedarschema" || x == "json")
+        {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            files.insert(name.into_owned(), std::fs::read_to_string(&path)?);
+        }
+    }
+    Ok(files)
+}
+
+/// Applies one proposal at the next index, as a replica applies a committed command.
+fn propose(state: &mut State, proposal: Proposal) -> Outcome {
+    let index = state.revision + 1;
+    apply(
+        state,
+        index,
+        &Command {
+            at_ms: AT_MS,
+            proposal,
+        },
+    )
+}
+
+/// The fleet through the real commands (validation included): policy, nodes, deployments.
+fn build_state(nodes: usize, deployments: usize) -> anyhow::Result<State> {
+    let mut state = State::default();
+    let bundle = PolicyBundle {
+        files: shipped_bundle()?,
+        author: "bench".into(),
+        comment: "shipped default bundle".into(),
+    };
+    match propose(
+        &mut state,
+        Proposal::ApplyPolicy {
+            bundle: Box::new(bundle),
+        },
+    ) {
+        Outcome::PolicyApplied { .. } => {}
+        other => bail!("the shipped policy bundle was not accepted: {other:?}"),
+    }
+    let mut rng = Rng(0x005e_ed0f_5017);
+    for i in 0..nodes {
+        let node = Box::new(node_registration(i, &mut rng));
+        if let Outcome::Rejected(why) = propose(&mut state, Proposal::RegisterNode { node }) {
+            bail!("node {i} was rejected: {why}");
+        }
+    }
+    for i in 0..deployments {
+        let spec = Box::new(deployment_spec(i, &mut rng));
+        let proposal = Proposal::ApplyDeployment {
+            spec,
+            expected_generation: None,
+        };
+        if let Outcome::Rejected(why) = propose(&mut state, proposal) {
+            bail!("deployment {i} was rejected: {why}");
+        }
+    }
+    Ok(state)
+}
+
+/// `PolicyGate`'s mapping over an `Evaluator` it can ask how often Cedar ran.
+struct Counting<'a> {
+    evaluator: Evaluator<'a>,
+}
+
+impl PolicyOracle for Counting<'_> {
+    fn forbidding(&mut self, deployment: &DeploymentSpec, node: &Node) -> Vec<Forbid> {
+        let decision = self.evaluator.decide(deployment, node);
+        decision
+            .forbidding
+            .iter()
+            .map(|r| Forbid {
+                id: r.id.clone(),
+                reason: r.reason.clone(),
+            })
+            .collect()
+    }
+}
+
+/// What one pass over (deployment, node) pairs found.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+struct Matrix {
+    pairs: usize,
+    eligible: usize,
+    forbidden: usize,
+    short_only: usize,
+}
+
+impl std::ops::AddAssign for Matrix {
+    fn add_assign(&mut self, other: Matrix) {
+        self.pairs += other.pairs;
+        self.eligible += other.eligible;
+        self.forbidden += other.forbidden;
+        self.short_only += other.short_only;
+    }
+}
+
+/// The feasibility stage for `deployments` on every node, against one free-capacity map, as
+/// the planner runs it for each replica (`select.rs`).
+fn matrix(
+    state: &State,
+    free: &BTreeMap<&str, fit::Free>,
+    deployments: &[&DeploymentSpec],
+    policy: &mut impl PolicyOracle,
+) -> Matrix {
+    let mut m = Matrix::default();
+    for spec in deployments {
+        for node in state.nodes.values() {
+            m.pairs += 1;
+            match feasibility::check(spec, node, &free[node.name.as_str()], policy) {
+                Ok(_) => m.eligible += 1,
+                Err(reasons) if reasons.iter().any(|r| matches!(r, Reason::Forbidden(_))) => {
+                    m.forbidden += 1
+                }
+                Err(_) => m.short_only += 1,
+            }
+        }
+    }
+    m
+}
+
+/// The policy lookups of the matrix alone: signatures, memo lookup, mapping to `Forbid`s.
+fn policy_only(
+    state: &State,
+    deployments: &[&DeploymentSpec],
+    policy: &mut impl PolicyOracle,
+) -> usize {
+    let mut permitted = 0;
+    for spec in deployments {
+        for node in state.nodes.values() {
+            permitted += usize::from(policy.forbidding(spec, node).is_empty());
+        }
+    }
+    permitted
+}
+
+/// The memoized decisions alone: both signatures built and looked up, nothing mapped.
+fn decide_only(state: &State, deployments: &[&DeploymentSpec], evaluator: &mut Evaluator) -> usize {
+    let mut allowed = 0;
+    for spec in deployments {
+        for node in state.nodes.values() {
+            allowed += usize::from(evaluator.decide(spec, node).allowed);
+        }
+    }
+    allowed
+}
+
+/// The resource fit of the matrix alone.
+fn fit_only(free: &BTreeMap<&str, fit::Free>, deployments: &[&DeploymentSpec]) -> usize {
+    let mut fits = 0;
+    for spec in deployments {
+        for f in free.values() {
+            fits += usize::from(fit::fit(f, &spec.resources).is_ok());
+        }
+    }
+    fits
+}
+
+struct Args {
+    runs: usize,
+    /// Leader-loop rounds (plan, then apply) after the first plan; each is a full plan.
+    rounds: usize,
+    smoke: bool,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Self> {
+        let mut bench = false;
+        let mut runs = None;
+        let mut rounds = None;
+        let mut args = std::env::args().skip(1);
+        let number = |flag: &str, args: &mut std::iter::Skip<std::env::Args>| {
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value, e.g. 3"))?;
+            let n: usize = value
+                .parse()
+                .with_context(|| format!("{flag} {value:?} is not a number"))?;
+            ensure!(n <= RUNS_MAX, "{flag} must be at most {RUNS_MAX}");
+            anyhow::Ok(n)
+        };
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--bench" => bench = true,
+                "--runs" => {
+                    let n = number("--runs", &mut args)?;
+                    ensure!(n >= 1, "--runs must be at least 1");
+                    runs = Some(n);
+                }
+                "--rounds" => rounds = Some(number("--rounds", &mut args)?),
+                other => {
+                    bail!("unknown argument {other:?}; usage: placement [--runs N] [--rounds N]")
+                }
+            }
+        }
+        // A smoke pass keeps `cargo test --benches` quick and runs the leader loop to the end.
+        Ok(Self {
+            runs: runs.unwrap_or(if bench { 3 } else { 1 }),
+            rounds: rounds.unwrap_or(if bench { 0 } else { ROUNDS_MAX }),
+            smoke: !bench,
+        })
+    }
+
+    /// The command line that reproduces this run.
+    fn command(&self) -> String {
+        format!(
+            "cargo bench -p sov-scheduler --bench placement -- --runs {} --rounds {}",
+            self.runs, self.rounds
+        )
+    }
+}
+
+/// Median, minimum and maximum of some runs.
+struct Stats {
+    median: Duration,
+    min: Duration,
+    max: Duration,
+    runs: usize,
+}
+
+impl Stats {
+    fn of(mut times: Vec<Duration>) -> Self {
+        assert!(!times.is_empty(), "at least one run");
+        times.sort();
+        Stats {
+            median: times[times.len() / 2],
+            min: times[0],
+            max: times[times.len() - 1],
+            runs: times.len(),
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {} (min {}, max {}, {} runs)",
+            ms(self.median),
+            ms(self.min),
+            ms(self.max),
+            self.runs
+        )
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 1.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.0} µs", ms * 1e3)
+    }
+}
+
+fn per_s(count: usize, d: Duration) -> f64 {
+    count as f64 / d.as_secs_f64()
+}
+
+/// Runs `f` `runs` times; every run must give the same answer (the work is deterministic).
+fn timed<T: PartialEq + std::fmt::Debug>(runs: usize, mut f: impl FnMut() -> T) -> (T, Stats) {
+    let mut times = Vec::with_capacity(runs);
+    let mut first = None;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out = f();
+        times.push(start.elapsed());
+        match &first {
+            None => first = Some(out),
+            Some(seen) => assert_eq!(seen, &out, "a deterministic pass gave another answer"),
+        }
+    }
+    (first.expect("at least one run"), Stats::of(times))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse()?;
+    let (nodes, deployments) = if args.smoke {
+        (SMOKE_NODES, SMOKE_DEPLOYMENTS)
+    } else {
+        (NODES, DEPLOYMENTS)
+    };
+    let runs = args.runs;
+    let start = Instant::now();
+    let mut state = build_state(nodes, deployments)?;
+    let build_time = start.elapsed();
+    let (_, compiled) = state
+        .active_policy()
+        .context("the shipped bundle is in force")?;
+    let today = day_of(AT_MS);
+    let replicas: u32 = state.deployments.values().map(|d| d.spec.replicas).sum();
+    // What Cedar sees of a node and of a deployment (the evaluator's signatures; in this fleet
+    // a deployment's other export attributes follow from its model).
+    let profiles: BTreeSet<_> = state
+        .nodes
+        .values()
+        .map(|n| {
+            let f = &n.facts;
+            let in_force: BTreeSet<&str> = f
+                .certifications
+                .iter()
+                .filter(|(_, until)| until.as_str() >= today.as_str())
+                .map(|(c, _)| c.as_str())
+                .collect();
+            let models: BTreeSet<&str> =
+                n.inventory.gpus.iter().map(|g| g.model.as_str()).collect();
+            (
+                [&f.country, &f.subdivision, &f.site, &f.operator],
+                [&f.operator_hq, &f.ultimate_parent_hq],
+                in_force,
+                f.location_trust,
+                models,
+            )
+        })
+        .collect();
+    let signatures: BTreeSet<_> = state
+        .deployments
+        .values()
+        .map(|d| {
+            let s = &d.spec;
+            (
+                &s.model,
+                &s.export.eccn,
+                &s.residency.allowed,
+                s.residency.min_location_trust,
+                &s.residency.required_certifications,
+            )
+        })
+        .collect();
+    // The same, restricted to the attributes the shipped policies read: how far memoizing on
+    // what the bundle uses, rather than on everything Cedar could see, would shrink the work.
+    let read_profiles: BTreeSet<_> = profiles
+        .iter()
+        .map(|(place, hq, certs, trust, _)| (place[0], hq, certs, trust))
+        .collect();
+    let read_signatures: BTreeSet<_> = signatures
+        .iter()
+        .map(|(_, eccn, residency, trust, certs)| (eccn, residency, trust, certs))
+        .collect();
+    println!("command: {}", args.command());
+    println!(
+        "fleet: {nodes} nodes ({} distinct node profiles as Cedar sees them), {deployments} deployments ({} distinct policy signatures) wanting {replicas} replicas; built through apply in {}",
+        profiles.len(),
+        signatures.len(),
+        ms(build_time)
+    );
+    println!(
+        "on the attributes the shipped policies read: {} node profiles, {} deployment signatures",
+        read_profiles.len(),
+        read_signatures.len()
+    );
+    println!("policy day {today}; {runs} runs per repeated figure\n");
+
+    // 1. Feasibility matrix: one full cold pass, timed in slices of a tenth of the
+    // deployments; Cedar's cost falls on the slices that bring new signatures.
+    let specs: Vec<&DeploymentSpec> = state.deployments.values().map(|d| &d.spec).collect();
+    let slice = (deployments / 10).max(1);
+    let mut counting = Counting {
+        evaluator: Evaluator::new(&compiled, &today),
+    };
+    let cold_start = Instant::now();
+    let free = placement::free_map(&state);
+    let free_time = cold_start.elapsed();
+    let mut cold = Matrix::default();
+    let mut slice_times = Vec::new();
+    let mut first_slice = Matrix::default();
+    for (i, chunk) in specs.chunks(slice).enumerate() {
+        let t = Instant::now();
+        let m = matrix(&state, &free, chunk, &mut counting);
+        slice_times.push(t.elapsed());
+        if i == 0 {
+            first_slice = m;
+        }
+        cold += m;
+    }
+    let cold_time = cold_start.elapsed();
+    let evaluations = counting.evaluator.evaluations();
+    let cold_slices = Stats::of(slice_times);
+
+    // Warm: the real `PolicyGate`, filled by one pass over the first slice, then timed.
+    let first: &[&DeploymentSpec] = &specs[..slice.min(specs.len())];
+    let mut gate = PolicyGate::new(Some(&compiled), &today);
+    let gate_fill_start = Instant::now();
+    let gate_first = matrix(&state, &free, first, &mut gate);
+    let gate_fill = gate_fill_start.elapsed();
+    ensure!(
+        gate_first == first_slice,
+        "PolicyGate and the counting Evaluator disagree: {gate_first:?} vs {first_slice:?}"
+    );
+    let (_, warm) = timed(runs, || matrix(&state, &free, first, &mut gate));
+    // The parts of the warm cost, on fewer deployments: a per-pair figure needs no more, and
+    // the whole bench stays within a few minutes.
+    let part: &[&DeploymentSpec] = &first[..(first.len() / 5).max(1)];
+    let part_pairs = (part.len() * state.nodes.len()) as f64;
+    let (_, policy_warm) = timed(runs, || policy_only(&state, part, &mut gate));
+    let (_, decide_warm) = timed(runs, || decide_only(&state, part, &mut counting.evaluator));
+    let (_, fit_stats) = timed(runs, || fit_only(&free, part));
+    let first_pairs = first_slice.pairs as f64;
+    let ns_per_pair = |d: Duration| d.as_secs_f64() * 1e9 / first_pairs;
+    let ns_per_part_pair = |d: Duration| d.as_secs_f64() * 1e9 / part_pairs;
+    let scale = specs.len() as f64 / first.len() as f64;
+    // Cedar alone: one uncached evaluation per pair, for deployments of distinct signatures
+    // against nodes spread over the fleet.
+    let step = (state.nodes.len() / CEDAR_NODES).max(1);
+    let cedar_pairs: Vec<(&DeploymentSpec, &Node)> = first[..first.len().min(CEDAR_DEPLOYMENTS)]
+        .iter()
+        .flat_map(|spec| {
+            state
+                .nodes
+                .values()
+                .step_by(step)
+                .take(CEDAR_NODES)
+                .map(move |node| (*spec, node))
+        })
+        .collect();
+    let (_, cedar_stats) = timed(runs, || {
+        cedar_pairs
+            .iter()
+            .filter(|(spec, node)| compiled.evaluate(spec, node, &today).allowed)
+            .count()
+    });
+    let cedar_us = cedar_stats.median.as_secs_f64() * 1e6 / cedar_pairs.len().max(1) as f64;
+
+    println!(
+        "1. feasibility matrix: {} pairs ({} deployments x {} nodes)",
+        cold.pairs,
+        specs.len(),
+        state.nodes.len()
+    );
+    println!(
+        "   {} eligible, {} forbidden by policy, {} permitted but short of resources",
+        cold.eligible, cold.forbidden, cold.short_only
+    );
+    println!(
+        "   full pass, cold (a new Evaluator, as every plan and every apply starts with): {} (free_map {}), 1 run",
+        ms(cold_time),
+        ms(free_time)
+    );
+    println!("     slices of {slice} deployments: {cold_slices}");
+    println!(
+        "   Cedar evaluations: {evaluations} for {} pairs (1 per {:.0} pairs)",
+        cold.pairs,
+        cold.pairs as f64 / evaluations.max(1) as f64
+    );
+    println!(
+        "   warm PolicyGate (decisions memoized), first {} deployments: {warm}; {:.0} ns per pair, x{scale:.0} = {} for the full matrix",
+        first.len(),
+        ns_per_pair(warm.median),
+        ms(warm.median.mul_f64(scale))
+    );
+    println!("     parts of it, first {} deployments:", part.len());
+    println!(
+        "     policy lookups alone (PolicyGate): {policy_warm}; {:.0} ns per pair",
+        ns_per_part_pair(policy_warm.median)
+    );
+    println!(
+        "     of which Evaluator::decide (signatures, memo lookup): {decide_warm}; {:.0} ns per pair",
+        ns_per_part_pair(decide_warm.median)
+    );
+    println!(
+        "     resource fit alone (fit::fit): {fit_stats}; {:.0} ns per pair",
+        ns_per_part_pair(fit_stats.median)
+    );
+    println!(
+        "   Cedar alone (CompiledPolicy::evaluate, uncached), {} pairs: {cedar_stats}; {cedar_us:.0} µs per evaluation, x{evaluations} = {} of the cold pass",
+        cedar_pairs.len(),
+        ms(Duration::from_secs_f64(cedar_us * evaluations as f64 / 1e6))
+    );
+    println!(
+        "   the first slice with a new PolicyGate (its Cedar evaluations included): {}",
+        ms(gate_fill)
+    );
+    let sample = &specs[..runs.max(3).min(specs.len())];
+    let (_, explain) = timed(1, || {
+        for spec in sample {
+            placement::eligibility(&state, spec, &mut gate);
+        }
+    });
+    println!(
+        "   eligibility() (`sovctl explain`; warm, builds its own free_map): {} per deployment, mean of {}\n",
+        ms(explain.median / sample.len() as u32),
+        sample.len()
+    );
+
+    // 2. Single-deployment placement: a deployment with a new signature, so its decisions
+    // are cold in a new gate, as in `sovctl deploy plan`.
+    let mut rng = Rng(0x0e11);
+    let mut new_spec = deployment_spec(deployments, &mut rng);
+    new_spec.name = "new-deployment".into();
+    new_spec.model = "lab-new/model-new".into();
+    new_spec.replicas = NEW_REPLICAS;
+    new_spec.residency.allowed = strings(&["EU27"]);
+    new_spec.residency.required_certifications = Vec::new();
+    new_spec.resources = Resources {
+        gpu_count: 2,
+        gpu_model: String::new(),
+        gpu_memory_mib: 81_920,
+        cpu_millis: 16_000,
+        memory_mib: 128 * GIB,
+    };
+    let ((placed, _), single_cold) = timed(runs, || {
+        let mut gate = PolicyGate::new(Some(&compiled), &today);
+        let (placements, unplaced) = placement::plan_spec(&state, &new_spec, &mut gate);
+        (placements.len(), unplaced.is_some())
+    });
+    let mut gate = PolicyGate::new(Some(&compiled), &today);
+    placement::plan_spec(&state, &new_spec, &mut gate);
+    let (_, single_warm) = timed(runs, || {
+        placement::plan_spec(&state, &new_spec, &mut gate).0.len()
+    });
+    let (_, free_stats) = timed(runs, || placement::free_map(&state).len());
+    println!(
+        "2. single deployment (EU27, 2 GPUs of 80 GiB), {NEW_REPLICAS} replicas, into {} nodes: {placed} placed",
+        state.nodes.len()
+    );
+    println!("   new gate:  {single_cold}");
+    println!("   warm gate: {single_warm}");
+    println!("   of which free_map: {free_stats}\n");
+
+    // 3. Whole plan, as one round of the leader's loop (a new gate every round).
+    let plan_start = Instant::now();
+    let mut gate = PolicyGate::new(Some(&compiled), &today);
+    let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
+    let plan_time = plan_start.elapsed();
+    let planned: BTreeSet<&str> = plan
+        .placements
+        .iter()
+        .map(|p| p.deployment.as_str())
+        .collect();
+    let node_scans: usize = plan.placements.len() + plan.unplaced.len();
+    println!(
+        "3. whole plan (at most {PLAN_PLACEMENTS_MAX} placements): {} placements for {} deployments; {} deployments with replicas that fit nowhere",
+        plan.placements.len(),
+        planned.len(),
+        plan.unplaced.len()
+    );
+    println!(
+        "   {} (1 run); {:.0} placements/s; {} per node scan ({node_scans} scans of {} nodes: one per placement, one per deployment left unplaced)\n",
+        ms(plan_time),
+        per_s(plan.placements.len(), plan_time),
+        ms(plan_time / node_scans.max(1) as u32),
+        state.nodes.len()
+    );
+
+    // 4. Apply side: the ApplyPlan command on copies of the state, as every replica applies it.
+    let command = Command {
+        at_ms: AT_MS,
+        proposal: Proposal::ApplyPlan {
+            placements: plan.placements.clone(),
+        },
+    };
+    let mut apply_times = Vec::new();
+    let mut applied = 0;
+    for _ in 0..runs {
+        let mut copy = state.clone();
+        let index = copy.revision + 1;
+        let t = Instant::now();
+        let outcome = apply(&mut copy, index, &command);
+        apply_times.push(t.elapsed());
+        let Outcome::PlanApplied { placed, rejected } = outcome else {
+            bail!("the plan was not applied: {outcome:?}");
+        };
+        ensure!(
+            rejected.is_empty(),
+            "a fresh plan had rejections: {:?}",
+            &rejected[..rejected.len().min(3)]
+        );
+        applied = placed.len();
+    }
+    let apply_stats = Stats::of(apply_times);
+    // What planning from a copy of the state, instead of under the state machine's read lock,
+    // would add to a round.
+    let (_, clone_stats) = timed(runs, || state.clone().revision);
+    println!("4. apply of that ApplyPlan ({applied} placements re-checked and stored):");
+    println!(
+        "   {apply_stats}; {:.0} placements/s per replica",
+        per_s(applied, apply_stats.median)
+    );
+    println!("   a copy of the whole state (State::clone): {clone_stats}");
+
+    // The leader's loop without Raft: round 1 is the plan above; then plan with a new gate and
+    // apply, for `rounds` more rounds or until a plan places nothing.
+    let t = Instant::now();
+    propose(&mut state, command.proposal);
+    let mut rounds = vec![(applied, plan.unplaced.len(), plan_time, t.elapsed())];
+    for _ in 0..args.rounds {
+        let t0 = Instant::now();
+        let mut gate = PolicyGate::new(Some(&compiled), &today);
+        let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
+        let plan_time = t0.elapsed();
+        if plan.placements.is_empty() {
+            rounds.push((0, plan.unplaced.len(), plan_time, Duration::ZERO));
+            break;
+        }
+        let t1 = Instant::now();
+        let outcome = propose(
+            &mut state,
+            Proposal::ApplyPlan {
+                placements: plan.placements,
+            },
+        );
+        let apply_time = t1.elapsed();
+        let Outcome::PlanApplied { placed, .. } = outcome else {
+            bail!("a round's plan was not applied: {outcome:?}");
+        };
+        rounds.push((placed.len(), plan.unplaced.len(), plan_time, apply_time));
+    }
+    let total: usize = rounds.iter().map(|r| r.0).sum();
+    let loop_time: Duration = rounds.iter().map(|r| r.2 + r.3).sum();
+    println!(
+        "   leader loop without Raft: {total} of {replicas} replicas placed in {} rounds, {}; {:.0} placements/s",
+        rounds.len(),
+        ms(loop_time),
+        per_s(total, loop_time)
+    );
+    let mut allocations = 0;
+    for (i, (placed, unplaced, plan_time, apply_time)) in rounds.iter().enumerate() {
+        allocations += placed;
+        println!(
+            "   round {:2}: {placed:4} placed, {unplaced:3} deployments unplaceable, plan {}, apply {}, allocations after: {allocations}",
+            i + 1,
+            ms(*plan_time),
+            ms(*apply_time),
+        );
+    }
+    println!("\ntotal bench time {}", ms(start.elapsed()));
+    Ok(())
+}
