@@ -69,19 +69,25 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
     let mut quiet_at: Option<u64> = None;
     loop {
         if replica.is_leader() {
-            let planned = {
+            let snapshot = {
                 let applied = replica.sm.read();
-                let state = &applied.state;
-                if quiet_at == Some(state.revision) {
-                    None
-                } else {
+                (quiet_at != Some(applied.state.revision)).then(|| applied.state.clone())
+            };
+            // Plan on a copy and off the async workers: planning a large fleet takes seconds
+            // (docs/benchmarks.md, Placement), and holding the state machine's lock that long
+            // would stall every commit and every read.
+            let planned = match snapshot {
+                None => None,
+                Some(state) => {
                     let today = day_of(now_ms());
-                    let policy = state.active_policy();
-                    let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
-                    Some((
-                        state.revision,
-                        placement::plan(state, &mut gate, PLAN_PLACEMENTS_MAX),
-                    ))
+                    tokio::task::spawn_blocking(move || {
+                        let policy = state.active_policy();
+                        let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+                        let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
+                        (state.revision, plan)
+                    })
+                    .await
+                    .ok()
                 }
             };
             match planned {
