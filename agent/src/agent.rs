@@ -25,7 +25,7 @@ use sov_proto::v1 as pb;
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Code, Status};
 
-use crate::client::{Backoff, CALL_TIMEOUT, Schedulers, bounded, one_line};
+use crate::client::{Backoff, Schedulers, bounded, one_line, with_timeout};
 use crate::config::AgentConfig;
 use crate::driver::{AllocSpec, Driver, DriverConfig, HealthCheck, HealthProbe, StatusChange};
 use crate::inventory::Fingerprinter;
@@ -212,12 +212,6 @@ fn alloc_spec(a: &pb::Assignment) -> AllocSpec {
     }
 }
 
-fn with_timeout<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(CALL_TIMEOUT);
-    request
-}
-
 fn registration(name: &str, cfg: &AgentConfig, inventory: &Inventory) -> pb::RegisterNodeRequest {
     pb::RegisterNodeRequest {
         name: name.to_string(),
@@ -380,7 +374,7 @@ async fn session(
     let mut interval = shared.heartbeat_override.unwrap_or(DEFAULT_HEARTBEAT);
     if register {
         let request = registration(&cfg.name, cfg, &lock(&shared.inventory));
-        match bounded(client.register(with_timeout(request))).await {
+        match client.register(with_timeout(request)).await {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 if shared.heartbeat_override.is_none() && resp.heartbeat_interval_ms > 0 {
@@ -433,7 +427,7 @@ async fn session(
                 name: cfg.name.clone(),
                 last_seen_revision,
             };
-            match bounded(client.clone().heartbeat(with_timeout(request))).await {
+            match client.clone().heartbeat(with_timeout(request)).await {
                 Ok(resp) => {
                     shared.touch();
                     let resp = resp.into_inner();
@@ -495,11 +489,10 @@ async fn reporter(shared: Arc<Shared>) {
             continue;
         };
         let result = match shared.schedulers.client() {
-            Ok((endpoint, mut client)) => {
-                bounded(client.report_status(with_timeout(report.clone())))
-                    .await
-                    .map_err(|s| (endpoint, s))
-            }
+            Ok((endpoint, mut client)) => client
+                .report_status(with_timeout(report.clone()))
+                .await
+                .map_err(|s| (endpoint, s)),
             Err(e) => Err((
                 shared.schedulers.current(),
                 Status::unavailable(e.to_string()),

@@ -133,8 +133,17 @@ impl Schedulers {
     }
 }
 
-/// Bounds a call on the client side. `grpc-timeout` (set by [`tonic::Request::set_timeout`])
-/// only asks the server to give up; a hung server or a silent network never answers at all.
+/// A unary request bounded by [`CALL_TIMEOUT`]: tonic sends it as `grpc-timeout` (the server
+/// gives up too) and its channel enforces it on the client, so a hung server cannot hang the
+/// call.
+pub fn with_timeout<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+/// Bounds the opening of a server stream (until its first response headers) on the client
+/// side. A `grpc-timeout` cannot serve here: it would be a deadline for the whole stream.
 pub async fn bounded<T>(
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::client::{Backoff, CALL_TIMEOUT, bounded};
+use crate::client::{Backoff, bounded, with_timeout};
 
 /// Most virtual nodes one process simulates.
 pub const FLEET_NODES_MAX: usize = 20_000;
@@ -260,12 +260,6 @@ struct Counters {
     healthy: AtomicU64,
 }
 
-fn with_timeout<T>(message: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.set_timeout(CALL_TIMEOUT);
-    r
-}
-
 /// Runs the fleet until `shutdown` (or `--duration-s`).
 pub async fn run(args: FleetArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -376,7 +370,7 @@ async fn virtual_node(
         let outcome: Result<(), Status> = async {
             if !registered {
                 let _permit = registering.acquire().await.map_err(|_| Status::cancelled("closing"))?;
-                let resp = bounded(client.register(with_timeout(request.clone()))).await?.into_inner();
+                let resp = client.register(with_timeout(request.clone())).await?.into_inner();
                 if heartbeat_override.is_none() && resp.heartbeat_interval_ms > 0 {
                     interval = Duration::from_millis(resp.heartbeat_interval_ms);
                 }
@@ -399,7 +393,7 @@ async fn virtual_node(
                 tokio::select! {
                     _ = tick.tick() => {
                         let hb = pb::HeartbeatRequest { name: name.clone(), last_seen_revision: revision };
-                        match bounded(client.heartbeat(with_timeout(hb))).await {
+                        match client.heartbeat(with_timeout(hb)).await {
                             Ok(_) => {
                                 counters.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
                                 set_healthy(true, &mut healthy);
@@ -443,7 +437,7 @@ async fn virtual_node(
                                 reason: "simulated node: acknowledged, no process runs".into(),
                                 restarts: 0,
                             };
-                            bounded(client.report_status(with_timeout(report))).await?;
+                            client.report_status(with_timeout(report)).await?;
                             counters.acks.fetch_add(1, Ordering::Relaxed);
                             acked.insert((id, desired));
                         }
