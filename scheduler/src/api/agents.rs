@@ -258,8 +258,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = request.into_inner();
         node_name("name", &req.name)?;
-        let metrics = self.replica.metrics();
-        if metrics.state != openraft::ServerState::Leader {
+        if !self.replica.is_leader() {
             return Err(self.not_leader());
         }
         let (status, revision) = {

@@ -275,8 +275,10 @@ impl Replica {
         Some((id, node))
     }
 
+    /// Reads the state in place: heartbeats and assignment streams ask this thousands of
+    /// times a second, and `metrics()` clones the whole metrics (membership included).
     pub fn is_leader(&self) -> bool {
-        self.metrics().state == ServerState::Leader
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
     }
 
     /// Commits a proposal and returns what applying it did. Followers forward to the leader
