@@ -372,8 +372,16 @@ async fn a_node_behind_the_purged_log_is_sent_a_snapshot() {
             .await
             .unwrap();
     }
-    let m = cluster.node(leader).sched().replica.metrics();
-    let purged = m.purged.map_or(0, |l| l.index);
+    // Snapshots are built and the log purged in the background after the writes; wait for it.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let purged = loop {
+        let m = cluster.node(leader).sched().replica.metrics();
+        let purged = m.purged.map_or(0, |l| l.index);
+        if purged > 40 || tokio::time::Instant::now() > deadline {
+            break purged;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         purged > 40,
         "the leader should have purged its log behind a snapshot (purged {purged})"

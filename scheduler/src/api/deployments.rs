@@ -302,8 +302,7 @@ impl DeploymentService for DeploymentApi {
         let applied = self.replica.sm.read();
         let state = &applied.state;
         let today = day_of(now_ms());
-        let policy = state.active_policy();
-        let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+        let mut gate = PolicyGate::for_state(state, &today);
         let running = spec.replicas - placement::missing_replicas(state, &spec);
         let (placements, unplaced) = placement::plan_spec(state, &spec, &mut gate);
         let unplaceable = spec.replicas - running - placements.len() as u32;
@@ -323,7 +322,7 @@ impl DeploymentService for DeploymentApi {
             unplaceable,
             summary,
             excluded,
-            policy_version: policy.map_or(0, |(v, _)| v),
+            policy_version: gate.version(),
         }))
     }
 
@@ -346,8 +345,7 @@ impl DeploymentService for DeploymentApi {
             )));
         }
         let today = day_of(now_ms());
-        let policy = state.active_policy();
-        let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+        let mut gate = PolicyGate::for_state(state, &today);
         // Why would one more replica not fit? This is the question whether replicas are
         // missing (why not placed) or not (which nodes could take another).
         let mut probe = deployment.spec.clone();
@@ -374,9 +372,9 @@ impl DeploymentService for DeploymentApi {
                 .count() as u32,
             nodes_total: explanation.nodes_total as u32,
             nodes_eligible: explanation.nodes_eligible as u32,
-            summary: summarize(&explanation, policy.is_some()),
+            summary: summarize(&explanation, gate.version() > 0),
             excluded: verdicts(&explanation, node),
-            policy_version: policy.map_or(0, |(v, _)| v),
+            policy_version: gate.version(),
         }))
     }
 

@@ -81,8 +81,7 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                 Some(state) => {
                     let today = day_of(now_ms());
                     tokio::task::spawn_blocking(move || {
-                        let policy = state.active_policy();
-                        let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
+                        let mut gate = PolicyGate::for_state(&state, &today);
                         let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
                         (state.revision, plan)
                     })
@@ -93,8 +92,11 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
             match planned {
                 Some((revision, plan)) if plan.placements.is_empty() => {
                     quiet_at = Some(revision);
-                    for (deployment, why) in &plan.unplaced {
-                        tracing::debug!(deployment, %why, "replicas cannot be placed");
+                    for deployment in &plan.unplaced {
+                        tracing::debug!(
+                            deployment,
+                            "replicas cannot be placed (`sovctl explain` says why)"
+                        );
                     }
                 }
                 Some((_, plan)) => {

@@ -1,13 +1,17 @@
 //! Feasibility: can this node host one more replica of this deployment, and if not, every
 //! reason why. Order of the checks only matters for the one-line summary (the first reason of a
 //! node is the one counted there); all reasons are kept for `sovctl explain --node`.
+//!
+//! Two forms with one meaning: [`feasible`] is the planner's inner loop (a yes or no, nothing
+//! allocated, the policy first since it rules out most pairs); [`check`] builds the reservation
+//! or every reason, for explanations and for re-checking a plan at apply time.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::Forbid;
 use super::fit::{Free, Reservation, Shortfall, fit};
-use super::{Forbid, PolicyOracle};
 use crate::state::DeploymentSpec;
 use crate::state::node::{Node, NodeStatus};
 
@@ -33,12 +37,27 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Whether `node` can take one more replica of `deployment`: exactly when [`check`] succeeds.
+/// `forbidding` is what the policy oracle says about the pair.
+pub fn feasible(
+    deployment: &DeploymentSpec,
+    node: &Node,
+    free: &Free,
+    forbidding: &[Forbid],
+) -> bool {
+    forbidding.is_empty()
+        && node.status != NodeStatus::Down
+        && !node.draining
+        && free.fits(&deployment.resources)
+}
+
 /// Checks every condition and returns the reservation, or every reason it fails.
+/// `forbidding` is what the policy oracle says about the pair.
 pub fn check(
     deployment: &DeploymentSpec,
     node: &Node,
     free: &Free,
-    policy: &mut impl PolicyOracle,
+    forbidding: &[Forbid],
 ) -> Result<Reservation, Vec<Reason>> {
     let mut reasons = Vec::new();
     if node.status == NodeStatus::Down {
@@ -47,12 +66,7 @@ pub fn check(
     if node.draining {
         reasons.push(Reason::Draining);
     }
-    reasons.extend(
-        policy
-            .forbidding(deployment, node)
-            .into_iter()
-            .map(Reason::Forbidden),
-    );
+    reasons.extend(forbidding.iter().cloned().map(Reason::Forbidden));
     match fit(free, &deployment.resources) {
         Ok(reservation) if reasons.is_empty() => Ok(reservation),
         Ok(_) => Err(reasons),

@@ -16,28 +16,33 @@ use crate::state::{Allocation, Desired, Resources};
 pub const PORT_FIRST: u16 = 20_000;
 pub const PORT_LAST: u16 = 20_999;
 
-/// What is still free on one node.
+/// What is still free on one node (borrowing the node's GPUs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Free {
+pub struct Free<'n> {
     pub cpu_millis: u32,
     pub memory_mib: u64,
     /// Unallocated GPUs, in inventory order.
-    pub gpus: Vec<Gpu>,
+    pub gpus: Vec<&'n Gpu>,
     pub ports_used: BTreeSet<u16>,
     /// The node's port range for model servers (inclusive).
     pub port_first: u16,
     pub port_last: u16,
+    /// Ports of the range not in `ports_used`, kept by [`Free::charge`] so [`Free::fits`]
+    /// needs no search.
+    pub ports_free: u32,
 }
 
-impl Free {
-    pub fn of<'a>(node: &Node, allocations: impl IntoIterator<Item = &'a Allocation>) -> Self {
+impl<'n> Free<'n> {
+    pub fn of<'a>(node: &'n Node, allocations: impl IntoIterator<Item = &'a Allocation>) -> Self {
+        let (port_first, port_last) = node.inventory.port_range();
         let mut free = Free {
             cpu_millis: node.inventory.cpu_millis,
             memory_mib: node.inventory.memory_mib,
-            gpus: node.inventory.gpus.clone(),
+            gpus: node.inventory.gpus.iter().collect(),
             ports_used: BTreeSet::new(),
-            port_first: node.inventory.port_range().0,
-            port_last: node.inventory.port_range().1,
+            port_first,
+            port_last,
+            ports_free: (u32::from(port_last) + 1).saturating_sub(u32::from(port_first)),
         };
         for a in allocations {
             if a.node == node.name && a.desired == Desired::Run {
@@ -52,9 +57,29 @@ impl Free {
     pub fn charge(&mut self, gpu_uuids: &[String], cpu_millis: u32, memory_mib: u64, port: u16) {
         self.cpu_millis = self.cpu_millis.saturating_sub(cpu_millis);
         self.memory_mib = self.memory_mib.saturating_sub(memory_mib);
-        self.gpus.retain(|g| !gpu_uuids.contains(&g.uuid));
-        self.ports_used.insert(port);
+        if !gpu_uuids.is_empty() {
+            self.gpus.retain(|g| !gpu_uuids.contains(&g.uuid));
+        }
+        if self.ports_used.insert(port) && (self.port_first..=self.port_last).contains(&port) {
+            self.ports_free -= 1;
+        }
     }
+
+    /// Whether one replica needing `r` fits: exactly when [`fit`] succeeds, without building
+    /// the reservation or the shortfalls. The planner's inner loop runs this for every node
+    /// the policy permits, so it allocates nothing.
+    pub fn fits(&self, r: &Resources) -> bool {
+        r.cpu_millis <= self.cpu_millis
+            && r.memory_mib <= self.memory_mib
+            && self.ports_free > 0
+            && (r.gpu_count == 0
+                || self.gpus.iter().filter(|g| suitable(g, r)).count() >= r.gpu_count as usize)
+    }
+}
+
+/// A free GPU of the requested model (any, when none is named) with enough memory.
+fn suitable(g: &Gpu, r: &Resources) -> bool {
+    (r.gpu_model.is_empty() || g.model == r.gpu_model) && g.memory_mib >= r.gpu_memory_mib
 }
 
 /// Why one replica does not fit on one node.
@@ -160,6 +185,7 @@ pub fn fit(free: &Free, r: &Resources) -> Result<Reservation, Vec<Shortfall>> {
         let of_model: Vec<&Gpu> = free
             .gpus
             .iter()
+            .copied()
             .filter(|g| r.gpu_model.is_empty() || g.model == r.gpu_model)
             .collect();
         let usable: Vec<&Gpu> = of_model
@@ -210,25 +236,15 @@ pub fn verify(
     port: u16,
 ) -> Result<(), Vec<Shortfall>> {
     let mut short = Vec::new();
-    let suitable = gpu_uuids.iter().all(|uuid| {
-        free.gpus.iter().any(|g| {
-            &g.uuid == uuid
-                && (r.gpu_model.is_empty() || g.model == r.gpu_model)
-                && g.memory_mib >= r.gpu_memory_mib
-        })
-    });
+    let all_suitable = gpu_uuids
+        .iter()
+        .all(|uuid| free.gpus.iter().any(|g| &g.uuid == uuid && suitable(g, r)));
     let mut distinct = gpu_uuids.to_vec();
     distinct.sort();
     distinct.dedup();
-    if gpu_uuids.len() != r.gpu_count as usize || distinct.len() != gpu_uuids.len() || !suitable {
-        let free_suitable = free
-            .gpus
-            .iter()
-            .filter(|g| {
-                (r.gpu_model.is_empty() || g.model == r.gpu_model)
-                    && g.memory_mib >= r.gpu_memory_mib
-            })
-            .count();
+    if gpu_uuids.len() != r.gpu_count as usize || distinct.len() != gpu_uuids.len() || !all_suitable
+    {
+        let free_suitable = free.gpus.iter().filter(|g| suitable(g, r)).count();
         short.push(Shortfall::GpuCount {
             need: r.gpu_count,
             free: free_suitable as u32,

@@ -5,14 +5,19 @@
 //! The pipeline, one file per stage, as in Nomad's scheduler:
 //!
 //! ```text
+//!  state
+//!        │
+//!        ▼
+//!  fleet.rs         once per round: nodes in name order, free capacity (inventory minus the
+//!        │          allocations that should run), policy class, spread domains
+//!        ▼
 //!  deployment with missing replicas
 //!        │
 //!        ▼
 //!  feasibility.rs   for every node: ready? not draining? policy permits? resources fit?
 //!        │          (every failing reason is kept, for `sovctl explain`)
 //!        ▼
-//!  fit.rs           free capacity per node (inventory minus running allocations);
-//!        │          pick GPUs (model, memory per GPU), CPU, memory and a free port
+//!  fit.rs           pick GPUs (model, memory per GPU), CPU, memory and a free port
 //!        ▼
 //!  score.rs         GPU bin-packing: prefer the node left fullest; spread replicas of the same
 //!        │          deployment over nodes (soft anti-affinity)
@@ -20,17 +25,22 @@
 //!  select.rs        highest score, ties broken by node name; capacity is charged as replicas
 //!        │          are chosen, so one plan never over-commits a node (invariant I6)
 //!        ▼
-//!  Plan             placements + an explanation for each replica that could not be placed
+//!  Plan             placements + the deployments with replicas that fit nowhere (explained
+//!                   on demand: `plan_spec`, `eligibility`)
 //! ```
 //!
-//! Policy comes in through [`PolicyOracle`] so this module stays free of Cedar and I/O; the
-//! oracle memoizes per (deployment signature, node signature).
+//! Policy comes in through [`PolicyOracle`] so this module stays free of Cedar and I/O. The
+//! oracle sorts nodes and deployments into classes that always get the same answer, so a
+//! round classifies each node once and the inner loop asks about two small integers (an array
+//! lookup in the real oracle, `state::plan::PolicyGate`). The figures are in
+//! docs/benchmarks.md (Placement).
 //! Must not touch: Raft, the network, clocks. Time-dependent facts (certifications in force)
 //! are decided by the oracle for the day it was built for.
 
 pub mod explain;
 pub mod feasibility;
 pub mod fit;
+pub mod fleet;
 pub mod score;
 pub mod select;
 
@@ -39,7 +49,8 @@ use serde::{Deserialize, Serialize};
 use crate::state::node::Node;
 use crate::state::{DeploymentSpec, State};
 pub use explain::Explanation;
-pub use select::{eligibility, free_map, plan, plan_spec};
+pub use fleet::Fleet;
+pub use select::{eligibility, plan, plan_spec};
 
 /// A policy rule that forbids a placement, as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,9 +59,17 @@ pub struct Forbid {
     pub reason: String,
 }
 
-/// Answers "which rules forbid placing this deployment on this node?" (empty = permitted).
+/// Answers "which rules forbid placing this deployment on this node?" (empty = permitted),
+/// by class: deployments of one class and nodes of one class always get the same answer.
 pub trait PolicyOracle {
-    fn forbidding(&mut self, deployment: &DeploymentSpec, node: &Node) -> Vec<Forbid>;
+    /// The class of a node; asked once per node per planning round.
+    fn node_class(&mut self, node: &Node) -> u32;
+    /// The class of a deployment; asked once per deployment planned.
+    fn deployment_class(&mut self, deployment: &DeploymentSpec) -> u32;
+    /// Every rule forbidding a deployment of class `deployment` on a node of class `node`
+    /// (classes from this oracle); empty = permitted. Asked for every pair a round considers,
+    /// so it must be fast.
+    fn forbidding(&mut self, deployment: u32, node: u32) -> &[Forbid];
 }
 
 /// One replica to place: the node and the resources reserved for it.
@@ -68,8 +87,8 @@ pub struct Placement {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub placements: Vec<Placement>,
-    /// Deployments with replicas that fit nowhere, and why.
-    pub unplaced: Vec<(String, Explanation)>,
+    /// Deployments with replicas that fit nowhere (`plan_spec` or `eligibility` say why).
+    pub unplaced: Vec<String>,
 }
 
 /// Replicas of `deployment` that should run and are not yet allocated.

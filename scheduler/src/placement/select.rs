@@ -2,36 +2,44 @@
 //! it goes so the plan never over-commits a node. Ties are broken by node name (nodes are
 //! visited in name order and only a strictly better score replaces the current choice), so every
 //! replica computes the same plan.
+//!
+//! One scan of the fleet per deployment finds its candidates (feasible nodes); each replica
+//! then picks the best candidate, and only the node just charged is checked again, since a
+//! placement changes nothing else a candidate depends on. Explanations (every reason of every
+//! node) are built only when asked for, by [`plan_spec`] and [`eligibility`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::explain::Explanation;
-use super::feasibility::{Reason, check};
-use super::fit::Free;
+use super::feasibility::{check, feasible};
+use super::fit::fit;
+use super::fleet::Fleet;
 use super::score::score;
-use super::{Placement, Plan, PolicyOracle, missing_replicas};
-use crate::state::node::Node;
+use super::{Placement, Plan, PolicyOracle};
 use crate::state::{DeploymentSpec, Spread, State};
 
 /// Plans every deployment of `state` that is missing replicas, at most `placements_max`
 /// placements in one plan (a bound on the size of one Raft entry and one apply).
 pub fn plan(state: &State, policy: &mut impl PolicyOracle, placements_max: usize) -> Plan {
-    let mut free = free_map(state);
+    let mut fleet = Fleet::new(state, policy);
     let mut plan = Plan::default();
     for deployment in state.deployments.values() {
+        let spec = &deployment.spec;
         let budget = placements_max.saturating_sub(plan.placements.len());
         if budget == 0 {
             break;
         }
-        let missing = missing_replicas(state, &deployment.spec).min(budget as u32);
+        let missing = spec
+            .replicas
+            .saturating_sub(fleet.running(&spec.name))
+            .min(budget as u32);
         if missing == 0 {
             continue;
         }
-        let (placements, unplaced) = place(state, &deployment.spec, missing, &mut free, policy);
+        let (placements, complete) = place(&mut fleet, spec, missing, policy);
         plan.placements.extend(placements);
-        if let Some(explanation) = unplaced {
-            plan.unplaced
-                .push((deployment.spec.name.clone(), explanation));
+        if !complete {
+            plan.unplaced.push(spec.name.clone());
         }
     }
     plan
@@ -44,26 +52,11 @@ pub fn plan_spec(
     spec: &DeploymentSpec,
     policy: &mut impl PolicyOracle,
 ) -> (Vec<Placement>, Option<Explanation>) {
-    let mut free = free_map(state);
-    let missing = missing_replicas(state, spec);
-    place(state, spec, missing, &mut free, policy)
-}
-
-/// Free capacity of every node: one pass over the nodes, one over the allocations.
-pub fn free_map(state: &State) -> BTreeMap<&str, Free> {
-    let mut free: BTreeMap<&str, Free> = state
-        .nodes
-        .values()
-        .map(|n| (n.name.as_str(), Free::of(n, std::iter::empty())))
-        .collect();
-    for a in state.allocations.values() {
-        if let Some(f) = free.get_mut(a.node.as_str())
-            && a.desired == crate::state::Desired::Run
-        {
-            f.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
-        }
-    }
-    free
+    let mut fleet = Fleet::new(state, policy);
+    let missing = spec.replicas.saturating_sub(fleet.running(&spec.name));
+    let (placements, complete) = place(&mut fleet, spec, missing, policy);
+    let explanation = (!complete).then(|| explain(&fleet, spec, policy));
+    (placements, explanation)
 }
 
 /// Which nodes could take one more replica of `spec` now, and every reason the others cannot.
@@ -72,99 +65,103 @@ pub fn eligibility(
     spec: &DeploymentSpec,
     policy: &mut impl PolicyOracle,
 ) -> Explanation {
-    let free = free_map(state);
+    let fleet = Fleet::new(state, policy);
+    explain(&fleet, spec, policy)
+}
+
+/// Every reason of every node that cannot take one more replica of `spec` (the slow path:
+/// strings for every reason).
+fn explain(fleet: &Fleet, spec: &DeploymentSpec, policy: &mut impl PolicyOracle) -> Explanation {
+    let class = policy.deployment_class(spec);
     let mut reasons = BTreeMap::new();
-    for node in state.nodes.values() {
-        if let Err(r) = check(spec, node, &free[node.name.as_str()], policy) {
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        let forbidding = policy.forbidding(class, fleet.class[i]);
+        if let Err(r) = check(spec, node, &fleet.free[i], forbidding) {
             reasons.insert(node.name.clone(), r);
         }
     }
-    Explanation::new(state.nodes.len(), reasons)
+    Explanation::new(fleet.nodes.len(), reasons)
 }
 
-/// The domain replicas of `spec` are spread over; with `Spread::None` all nodes share the empty
-/// domain, so counting replicas there favours no node.
-fn spread_domain(spec: &DeploymentSpec, node: &Node) -> String {
+/// The spread domain of node `i` for `spec`; with `Spread::None` all nodes share one domain,
+/// so counting replicas there favours no node.
+fn domain(fleet: &Fleet, spec: &DeploymentSpec, i: usize) -> u32 {
     match spec.placement.spread {
-        Spread::None => String::new(),
-        Spread::Node => node.name.clone(),
-        Spread::Site => format!("{}/{}", node.facts.country, node.facts.site),
-        Spread::Country => node.facts.country.clone(),
+        Spread::None => 0,
+        Spread::Node => i as u32,
+        Spread::Site => fleet.site[i],
+        Spread::Country => fleet.country[i],
     }
 }
 
-fn preferred(spec: &DeploymentSpec, node: &Node) -> bool {
-    let p = &spec.placement;
-    p.prefer_countries.contains(&node.facts.country) || p.prefer_sites.contains(&node.facts.site)
-}
-
-fn place<'s>(
-    state: &'s State,
+/// Places up to `missing` replicas of `spec`, charging `fleet`; `false` when some found no
+/// node.
+fn place(
+    fleet: &mut Fleet,
     spec: &DeploymentSpec,
     missing: u32,
-    free: &mut BTreeMap<&'s str, Free>,
     policy: &mut impl PolicyOracle,
-) -> (Vec<Placement>, Option<Explanation>) {
+) -> (Vec<Placement>, bool) {
+    if missing == 0 {
+        return (Vec::new(), true);
+    }
+    let r = &spec.resources;
+    let class = policy.deployment_class(spec);
     // Replicas of this deployment per spread domain (node, site or country).
-    let mut per_domain: BTreeMap<String, u32> = BTreeMap::new();
-    for a in state.allocations.values() {
-        if a.deployment == spec.name
-            && a.desired == crate::state::Desired::Run
-            && let Some(node) = state.nodes.get(&a.node)
-        {
-            *per_domain.entry(spread_domain(spec, node)).or_default() += 1;
+    let mut per_domain: HashMap<u32, u32> = HashMap::new();
+    for &i in fleet.placed(&spec.name) {
+        *per_domain.entry(domain(fleet, spec, i)).or_default() += 1;
+    }
+    // Feasible nodes in name order, with their domain and whether they are preferred.
+    let p = &spec.placement;
+    let permitted = fleet.permitted(class, policy);
+    let mut candidates: Vec<(usize, u32, bool)> = Vec::new();
+    for (i, node) in fleet.nodes.iter().enumerate() {
+        if permitted[fleet.class[i] as usize] && feasible(spec, node, &fleet.free[i], &[]) {
+            let preferred = p.prefer_countries.contains(&node.facts.country)
+                || p.prefer_sites.contains(&node.facts.site);
+            candidates.push((i, domain(fleet, spec, i), preferred));
         }
     }
     let mut placements = Vec::new();
-    for _ in 0..missing {
-        let mut best: Option<(i64, &str, super::fit::Reservation)> = None;
-        let mut reasons: BTreeMap<String, Vec<Reason>> = BTreeMap::new();
-        for node in state.nodes.values() {
-            let node_free = &free[node.name.as_str()];
-            match check(spec, node, node_free, policy) {
-                Ok(reservation) => {
-                    let s = score(
-                        node_free,
-                        &spec.resources,
-                        per_domain
-                            .get(&spread_domain(spec, node))
-                            .copied()
-                            .unwrap_or(0),
-                        preferred(spec, node),
-                    );
-                    if best.as_ref().is_none_or(|(b, _, _)| s > *b) {
-                        best = Some((s, node.name.as_str(), reservation));
-                    }
-                }
-                Err(r) => {
-                    reasons.insert(node.name.clone(), r);
-                }
+    while placements.len() < missing as usize {
+        let mut best: Option<(i64, usize)> = None;
+        for (at, &(i, dom, preferred)) in candidates.iter().enumerate() {
+            let here = per_domain.get(&dom).copied().unwrap_or(0);
+            let s = score(&fleet.free[i], r, here, preferred);
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, at));
             }
         }
-        let Some((_, node, reservation)) = best else {
-            let explanation = Explanation::new(state.nodes.len(), reasons);
-            return (placements, Some(explanation));
+        let Some((_, at)) = best else {
+            return (placements, false);
         };
-        let r = &spec.resources;
-        if let Some(f) = free.get_mut(node) {
-            f.charge(
-                &reservation.gpu_uuids,
-                r.cpu_millis,
-                r.memory_mib,
-                reservation.port,
-            );
+        let (i, dom, _) = candidates[at];
+        let free = &mut fleet.free[i];
+        // `feasible` agreed, so this fits; were they ever to disagree, the node is dropped
+        // rather than over-committed.
+        let Ok(reservation) = fit(free, r) else {
+            candidates.remove(at);
+            continue;
+        };
+        free.charge(
+            &reservation.gpu_uuids,
+            r.cpu_millis,
+            r.memory_mib,
+            reservation.port,
+        );
+        if !free.fits(r) {
+            candidates.remove(at);
         }
-        if let Some(chosen) = state.nodes.get(node) {
-            *per_domain.entry(spread_domain(spec, chosen)).or_default() += 1;
-        }
+        *per_domain.entry(dom).or_default() += 1;
         placements.push(Placement {
             deployment: spec.name.clone(),
-            node: node.to_string(),
+            node: fleet.nodes[i].name.clone(),
             gpu_uuids: reservation.gpu_uuids,
             cpu_millis: r.cpu_millis,
             memory_mib: r.memory_mib,
             port: reservation.port,
         });
     }
-    (placements, None)
+    (placements, true)
 }

@@ -11,31 +11,138 @@ use super::*;
 use crate::state::node::{Gpu, Inventory, NodeFacts, NodeStatus};
 use crate::state::{Allocation, Deployment, Desired, Resources};
 
-/// Forbids every node whose country is in `forbidden_countries`, under one rule id.
+/// Forbids every node whose country is in `forbidden_countries`, under one rule id. A node's
+/// class is its country; all deployments share one class.
 struct CountryRule {
     forbidden_countries: Vec<String>,
-    calls: usize,
+    /// Country of each node class.
+    classes: Vec<String>,
+    rule: [Forbid; 1],
+}
+
+impl CountryRule {
+    fn new(forbidden_countries: Vec<String>) -> Self {
+        CountryRule {
+            forbidden_countries,
+            classes: Vec::new(),
+            rule: [Forbid {
+                id: "eu-residency".into(),
+                reason: "Data must stay in the EU".into(),
+            }],
+        }
+    }
+
+    fn forbids(&self, node: &Node) -> bool {
+        self.forbidden_countries.contains(&node.facts.country)
+    }
 }
 
 impl PolicyOracle for CountryRule {
-    fn forbidding(&mut self, _d: &DeploymentSpec, node: &Node) -> Vec<Forbid> {
-        self.calls += 1;
-        if self.forbidden_countries.contains(&node.facts.country) {
-            vec![Forbid {
-                id: "eu-residency".into(),
-                reason: "Data must stay in the EU".into(),
-            }]
+    fn node_class(&mut self, node: &Node) -> u32 {
+        let country = &node.facts.country;
+        match self.classes.iter().position(|c| c == country) {
+            Some(i) => i as u32,
+            None => {
+                self.classes.push(country.clone());
+                self.classes.len() as u32 - 1
+            }
+        }
+    }
+
+    fn deployment_class(&mut self, _: &DeploymentSpec) -> u32 {
+        0
+    }
+
+    fn forbidding(&mut self, _: u32, node: u32) -> &[Forbid] {
+        if self
+            .forbidden_countries
+            .contains(&self.classes[node as usize])
+        {
+            &self.rule
         } else {
-            Vec::new()
+            &[]
         }
     }
 }
 
 fn allow_all() -> CountryRule {
-    CountryRule {
-        forbidden_countries: Vec::new(),
-        calls: 0,
+    CountryRule::new(Vec::new())
+}
+
+/// The planner as first written, one full scan of the nodes per replica with every reason
+/// built: the fast planner must produce exactly its plan.
+fn reference_plan(s: &State, rule: &CountryRule, placements_max: usize) -> Plan {
+    use super::feasibility::check;
+    use super::fit::Free;
+    let domain = |spec: &DeploymentSpec, n: &Node| match spec.placement.spread {
+        crate::state::Spread::None => String::new(),
+        crate::state::Spread::Node => n.name.clone(),
+        crate::state::Spread::Site => format!("{}/{}", n.facts.country, n.facts.site),
+        crate::state::Spread::Country => n.facts.country.clone(),
+    };
+    let mut free: BTreeMap<&str, Free> = s
+        .nodes
+        .values()
+        .map(|n| (n.name.as_str(), Free::of(n, s.allocations.values())))
+        .collect();
+    let mut plan = Plan::default();
+    for d in s.deployments.values() {
+        let spec = &d.spec;
+        let budget = placements_max - plan.placements.len();
+        if budget == 0 {
+            break;
+        }
+        let missing = missing_replicas(s, spec).min(budget as u32);
+        let mut per_domain: BTreeMap<String, u32> = BTreeMap::new();
+        for a in s.allocations.values() {
+            if a.deployment == spec.name
+                && a.desired == Desired::Run
+                && let Some(n) = s.nodes.get(&a.node)
+            {
+                *per_domain.entry(domain(spec, n)).or_default() += 1;
+            }
+        }
+        for _ in 0..missing {
+            let mut best: Option<(i64, &Node, fit::Reservation)> = None;
+            for n in s.nodes.values() {
+                let forbidding: &[Forbid] = if rule.forbids(n) { &rule.rule } else { &[] };
+                if let Ok(reservation) = check(spec, n, &free[n.name.as_str()], forbidding) {
+                    let p = &spec.placement;
+                    let sc = score::score(
+                        &free[n.name.as_str()],
+                        &spec.resources,
+                        per_domain.get(&domain(spec, n)).copied().unwrap_or(0),
+                        p.prefer_countries.contains(&n.facts.country)
+                            || p.prefer_sites.contains(&n.facts.site),
+                    );
+                    if best.as_ref().is_none_or(|(b, _, _)| sc > *b) {
+                        best = Some((sc, n, reservation));
+                    }
+                }
+            }
+            let Some((_, n, reservation)) = best else {
+                plan.unplaced.push(spec.name.clone());
+                break;
+            };
+            let r = &spec.resources;
+            free.get_mut(n.name.as_str()).unwrap().charge(
+                &reservation.gpu_uuids,
+                r.cpu_millis,
+                r.memory_mib,
+                reservation.port,
+            );
+            *per_domain.entry(domain(spec, n)).or_default() += 1;
+            plan.placements.push(Placement {
+                deployment: spec.name.clone(),
+                node: n.name.clone(),
+                gpu_uuids: reservation.gpu_uuids,
+                cpu_millis: r.cpu_millis,
+                memory_mib: r.memory_mib,
+                port: reservation.port,
+            });
+        }
     }
+    plan
 }
 
 fn node(name: &str, country: &str, gpus: &[u64]) -> Node {
@@ -174,14 +281,17 @@ fn explains_every_node_once_in_the_summary_and_every_reason_per_node() {
         ],
         vec![deployment("big", 1, 1, 81_920)],
     );
-    let mut policy = CountryRule {
-        forbidden_countries: vec!["US".into()],
-        calls: 0,
-    };
+    let mut policy = CountryRule::new(vec!["US".into()]);
     let plan = plan(&s, &mut policy, 100);
     assert!(plan.placements.is_empty());
-    let (name, why) = &plan.unplaced[0];
-    assert_eq!(name, "big");
+    assert_eq!(plan.unplaced, ["big"]);
+    let (placements, why) = plan_spec(&s, &s.deployments["big"].spec, &mut policy);
+    assert!(placements.is_empty());
+    let why = why.expect("explained");
+    assert_eq!(
+        why,
+        eligibility(&s, &s.deployments["big"].spec, &mut policy)
+    );
     assert_eq!(
         why.to_string(),
         "0/4 nodes eligible: 1 down, 1 insufficient GPU memory (need 80 GiB per GPU, largest free 40 GiB), \
@@ -222,8 +332,12 @@ fn running_allocations_hold_their_resources() {
     );
     assert_eq!(plan.placements[0].gpu_uuids, ["a-gpu1"]);
     assert_eq!(plan.placements[0].port, fit::PORT_FIRST + 1);
+    assert_eq!(plan.unplaced, ["x"]);
     assert_eq!(
-        plan.unplaced[0].1.to_string(),
+        plan_spec(&s, &s.deployments["x"].spec, &mut allow_all())
+            .1
+            .unwrap()
+            .to_string(),
         "0/1 nodes eligible: 1 insufficient GPUs (need 1, 0 free)"
     );
 }
@@ -267,19 +381,28 @@ fn arb_node(i: usize) -> impl Strategy<Value = Node> {
         1u32..16,
         any::<bool>(),
         any::<bool>(),
+        (prop::sample::select(vec!["a", "b"]), 0u16..4),
     )
-        .prop_map(move |(country, gpus, cores, down, draining)| {
-            let mut n = node(&format!("n{i:02}"), country, &gpus);
-            n.inventory.cpu_millis = cores * 1_000;
-            n.inventory.memory_mib = u64::from(cores) * 4_096;
-            n.status = if down {
-                NodeStatus::Down
-            } else {
-                NodeStatus::Ready
-            };
-            n.draining = draining && !down;
-            n
-        })
+        .prop_map(
+            move |(country, gpus, cores, down, draining, (site, ports))| {
+                let mut n = node(&format!("n{i:02}"), country, &gpus);
+                n.facts.site = site.into();
+                // Sometimes a port range of 1 to 3 ports, so ports run out too.
+                if ports > 0 {
+                    n.inventory.port_first = 30_000;
+                    n.inventory.port_last = 30_000 + ports - 1;
+                }
+                n.inventory.cpu_millis = cores * 1_000;
+                n.inventory.memory_mib = u64::from(cores) * 4_096;
+                n.status = if down {
+                    NodeStatus::Down
+                } else {
+                    NodeStatus::Ready
+                };
+                n.draining = draining && !down;
+                n
+            },
+        )
 }
 
 fn arb_state() -> impl Strategy<Value = (State, Vec<String>)> {
@@ -289,6 +412,13 @@ fn arb_state() -> impl Strategy<Value = (State, Vec<String>)> {
             1u32..5,
             0u32..3,
             prop::sample::select(vec![0u64, 30_000, 70_000]),
+            prop::sample::select(vec![
+                crate::state::Spread::None,
+                crate::state::Spread::Node,
+                crate::state::Spread::Site,
+                crate::state::Spread::Country,
+            ]),
+            prop::option::of(prop::sample::select(vec!["FR", "US"])),
         ),
         1..6,
     );
@@ -300,7 +430,12 @@ fn arb_state() -> impl Strategy<Value = (State, Vec<String>)> {
         let deps = deps
             .into_iter()
             .enumerate()
-            .map(|(i, (r, g, m))| deployment(&format!("d{i}"), r, g, m))
+            .map(|(i, (r, g, m, spread, prefer))| {
+                let mut d = deployment(&format!("d{i}"), r, g, m);
+                d.spec.placement.spread = spread;
+                d.spec.placement.prefer_countries = prefer.into_iter().map(String::from).collect();
+                d
+            })
             .collect();
         (state(nodes, deps), forbidden)
     })
@@ -309,10 +444,34 @@ fn arb_state() -> impl Strategy<Value = (State, Vec<String>)> {
 proptest! {
     #[test]
     fn plans_obey_policy_capacity_and_are_deterministic((s, forbidden) in arb_state()) {
-        let mut policy = CountryRule { forbidden_countries: forbidden.clone(), calls: 0 };
+        let mut policy = CountryRule::new(forbidden.clone());
         let first = plan(&s, &mut policy, 1_000);
-        let again = plan(&s, &mut CountryRule { forbidden_countries: forbidden.clone(), calls: 0 }, 1_000);
+        let again = plan(&s, &mut CountryRule::new(forbidden.clone()), 1_000);
         prop_assert_eq!(&first, &again);
+        // The one-scan planner decides exactly as a full scan per replica would.
+        prop_assert_eq!(&first, &reference_plan(&s, &policy, 1_000));
+        let bounded = plan(&s, &mut policy, 3);
+        prop_assert_eq!(&bounded, &reference_plan(&s, &policy, 3));
+        // Again with the first plan running and one more replica wanted everywhere: running
+        // replicas hold resources and count for spreading.
+        let mut grown = s.clone();
+        for (i, p) in first.placements.iter().enumerate() {
+            let id = format!("{}-1-{i}", p.deployment);
+            grown.allocations.insert(id.clone(), Allocation {
+                id,
+                deployment: p.deployment.clone(),
+                node: p.node.clone(),
+                gpu_uuids: p.gpu_uuids.clone(),
+                cpu_millis: p.cpu_millis,
+                memory_mib: p.memory_mib,
+                port: p.port,
+                ..Default::default()
+            });
+        }
+        for d in grown.deployments.values_mut() {
+            d.spec.replicas += 1;
+        }
+        prop_assert_eq!(plan(&grown, &mut policy, 1_000), reference_plan(&grown, &policy, 1_000));
 
         // Per node: CPU, memory, GPU uuids and ports the plan hands out.
         type Used<'a> = (u32, u64, Vec<&'a String>, Vec<u16>);
@@ -347,7 +506,7 @@ proptest! {
         }
         for d in s.deployments.values() {
             let placed = first.placements.iter().filter(|p| p.deployment == d.spec.name).count() as u32;
-            let unplaced = first.unplaced.iter().any(|(n, _)| n == &d.spec.name);
+            let unplaced = first.unplaced.contains(&d.spec.name);
             prop_assert!(placed == d.spec.replicas || unplaced, "replicas neither placed nor explained");
         }
     }

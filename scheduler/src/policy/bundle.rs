@@ -44,6 +44,9 @@ pub(super) struct Compiled {
     /// Every Country, Group and Accelerator, and the schema's actions, with their ancestors
     /// computed once.
     pub entities: Entities,
+    /// Every name the policies mention (attribute names, string literals, entity ids): an
+    /// attribute of the principal or the resource that is not in here is read by no policy.
+    pub mentioned: BTreeSet<String>,
     /// The entities every request's store starts from: all groups, the actions, and every
     /// entity a policy names. Each request adds what its principal and resource refer to
     /// (see `evaluate::request_store`).
@@ -124,6 +127,7 @@ fn assemble(
         .into_iter()
         .filter_map(|uid| data.entities.get(&uid).cloned());
     let always = Entities::from_entities(always, None).map_err(|e| e.to_string())?;
+    let mentioned = mentioned_names(&parsed)?;
     let rules: Vec<Rule> = parsed.into_iter().map(|p| p.rule).collect();
     let rule_index = rules
         .iter()
@@ -141,10 +145,40 @@ fn assemble(
             forbids,
             permits,
             entities: data.entities,
+            mentioned,
             always,
             authorizer: Authorizer::new(),
         }),
     })
+}
+
+/// Every string in the policies' JSON form (Cedar's EST) except their annotations: attribute
+/// names of `.attr`, `has attr` and `["attr"]` all appear there as strings, and Cedar has no
+/// other way to read an attribute, so this over-approximates what the policies can read. The
+/// evaluator leaves every other attribute out of its signatures (`entities.rs`, `projected`).
+fn mentioned_names(parsed: &[Parsed]) -> Result<BTreeSet<String>, String> {
+    fn walk(value: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::String(s) => {
+                out.insert(s.clone());
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            serde_json::Value::Object(fields) => fields
+                .iter()
+                .filter(|(key, _)| key.as_str() != "annotations")
+                .for_each(|(key, v)| {
+                    // Record keys in a policy's record literals are names too.
+                    out.insert(key.clone());
+                    walk(v, out)
+                }),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    for p in parsed {
+        walk(&p.policy.to_json().map_err(|e| e.to_string())?, &mut out);
+    }
+    Ok(out)
 }
 
 /// A Cedar policy set of parsed policies (their ids are unique by now).

@@ -23,11 +23,15 @@ pub(super) const NODE: &str = "Node";
 pub(super) const ACTION: &str = "Action";
 const PLACE: &str = "Place";
 
-/// The ids of the one principal and the one resource of every request. Fixed, so a decision
-/// depends on attributes only and can be shared by every deployment and node with the same
-/// signature; `bundle.rs` refuses policies that name an individual deployment or node.
-const PRINCIPAL_ID: &str = "deployment";
-const RESOURCE_ID: &str = "node";
+/// The ids of the principal and the resource of a one-off request. An [`Evaluator`] names its
+/// classes `deployment-N` and `node-N` instead, so one entity store holds them all. Policies
+/// cannot tell: `bundle.rs` refuses policies that name an individual deployment or node, so a
+/// decision depends on attributes only and is shared by every deployment and node with the same
+/// signature.
+///
+/// [`Evaluator`]: super::Evaluator
+pub(super) const PRINCIPAL_ID: &str = "deployment";
+pub(super) const RESOURCE_ID: &str = "node";
 
 /// Export class given to GPU models the entity data does not classify, so a policy can refuse
 /// them explicitly instead of letting an unknown model pass as uncontrolled (invariant I5).
@@ -45,7 +49,7 @@ pub(super) fn place_action() -> EntityUid {
 
 /// Everything about a deployment that Cedar sees. Two deployments with equal signatures get
 /// the same decision on every node. Sets are sorted and deduplicated, as Cedar sets are.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct DeploymentSignature {
     pub model: String,
     pub eccn: String,
@@ -86,9 +90,43 @@ impl DeploymentSignature {
     }
 }
 
+impl DeploymentSignature {
+    /// The signature with every attribute no policy of the bundle reads set to its default:
+    /// deployments that differ only there get the same decision, so they share one.
+    /// `read` holds every name a policy mentions (see `bundle::mentioned_names`); an attribute
+    /// whose name no policy mentions cannot be read, as Cedar has no dynamic attribute access.
+    pub fn projected(&self, read: &BTreeSet<String>) -> DeploymentSignature {
+        let keep = |name: &str| read.contains(name);
+        DeploymentSignature {
+            model: kept(keep("model"), &self.model),
+            eccn: kept(keep("eccn"), &self.eccn),
+            weights_published: kept(keep("weights_published"), &self.weights_published),
+            training_compute_log10: kept(
+                keep("training_compute_log10"),
+                &self.training_compute_log10,
+            ),
+            lineage: kept(keep("lineage"), &self.lineage),
+            residency_countries: kept(keep("residency_countries"), &self.residency_countries),
+            // Groups are also checked against the bundle outside Cedar (unknown jurisdiction),
+            // so they are always kept.
+            residency_groups: self.residency_groups.clone(),
+            min_location_trust: kept(keep("min_location_trust"), &self.min_location_trust),
+            required_certifications: kept(
+                keep("required_certifications"),
+                &self.required_certifications,
+            ),
+        }
+    }
+}
+
+/// `value` when `keep`, else the type's default (what a projection leaves out).
+fn kept<T: Clone + Default>(keep: bool, value: &T) -> T {
+    if keep { value.clone() } else { T::default() }
+}
+
 /// Everything about a node, on one calendar day, that Cedar sees. Nodes with equal signatures
 /// (same place, operator, certifications in force, trust and GPU models) share decisions.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct NodeSignature {
     pub country: String,
     pub subdivision: String,
@@ -131,6 +169,27 @@ impl NodeSignature {
         }
     }
 
+    /// The signature with every attribute no policy reads set to its default (see
+    /// [`DeploymentSignature::projected`]). Callers project only nodes whose facts all
+    /// resolve ([`Self::unresolvable`] is empty), since those checks read the facts too.
+    pub fn projected(&self, read: &BTreeSet<String>) -> NodeSignature {
+        let keep = |name: &str| read.contains(name);
+        NodeSignature {
+            country: kept(keep("country"), &self.country),
+            subdivision: kept(keep("subdivision"), &self.subdivision),
+            site: kept(keep("site"), &self.site),
+            operator: kept(keep("operator"), &self.operator),
+            operator_hq: kept(keep("operator_hq"), &self.operator_hq),
+            ultimate_parent_hq: kept(keep("ultimate_parent_hq"), &self.ultimate_parent_hq),
+            certifications: kept(keep("certifications"), &self.certifications),
+            location_trust: kept(keep("location_trust"), &self.location_trust),
+            gpu_models: kept(
+                keep("accelerators") || keep("accelerator_eccns"),
+                &self.gpu_models,
+            ),
+        }
+    }
+
     /// Facts Cedar cannot resolve to an entity of the bundle. Every ISO 3166-1 code is a
     /// Country of every bundle, so anything else would silently match no group; it denies.
     pub fn unresolvable(&self) -> Vec<String> {
@@ -167,8 +226,8 @@ fn entity_refs(type_name: &str, ids: &BTreeSet<String>) -> RestrictedExpression 
     )
 }
 
-/// The principal of a request: `Deployment::"deployment"` with the signature's attributes.
-pub(super) fn principal(sig: &DeploymentSignature) -> Result<Entity, String> {
+/// The principal of a request: `Deployment::"<id>"` with the signature's attributes.
+pub(super) fn principal(sig: &DeploymentSignature, id: &str) -> Result<Entity, String> {
     let attrs = HashMap::from([
         (
             "model".to_owned(),
@@ -204,13 +263,14 @@ pub(super) fn principal(sig: &DeploymentSignature) -> Result<Entity, String> {
             strings(&sig.required_certifications),
         ),
     ]);
-    Entity::new(uid(DEPLOYMENT, PRINCIPAL_ID), attrs, HashSet::new()).map_err(|e| e.to_string())
+    Entity::new(uid(DEPLOYMENT, id), attrs, HashSet::new()).map_err(|e| e.to_string())
 }
 
-/// The resource of a request: `Node::"node"` with the signature's attributes. GPU models are
+/// The resource of a request: `Node::"<id>"` with the signature's attributes. GPU models are
 /// looked up in `accelerator_eccns` (the bundle's Accelerator entities).
 pub(super) fn resource(
     sig: &NodeSignature,
+    id: &str,
     accelerator_eccns: &BTreeMap<String, String>,
 ) -> Result<Entity, String> {
     let eccns: BTreeSet<String> = sig
@@ -264,7 +324,7 @@ pub(super) fn resource(
             );
         }
     }
-    Entity::new(uid(NODE, RESOURCE_ID), attrs, HashSet::new()).map_err(|e| e.to_string())
+    Entity::new(uid(NODE, id), attrs, HashSet::new()).map_err(|e| e.to_string())
 }
 
 /// The Country and Accelerator entities the principal's and the resource's attributes refer
@@ -315,8 +375,9 @@ pub(super) fn probes() -> Vec<(Entity, Entity)> {
         .iter()
         .map(|node| {
             // Built from constants, so these cannot fail; a failure would be a bug here.
-            let p = principal(&full_deployment).expect("probe principal is well-formed");
-            let r = resource(node, &no_eccns).expect("probe resource is well-formed");
+            let p =
+                principal(&full_deployment, PRINCIPAL_ID).expect("probe principal is well-formed");
+            let r = resource(node, RESOURCE_ID, &no_eccns).expect("probe resource is well-formed");
             (p, r)
         })
         .collect()

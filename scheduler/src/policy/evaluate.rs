@@ -1,83 +1,271 @@
-//! Deciding one placement, and remembering decisions per (deployment signature, node
-//! signature) so a planning round asks Cedar once per distinct pair, not once per pair.
+//! Deciding placements, and remembering the decisions so a planner asks Cedar once per
+//! distinct (deployment class, node class), not once per pair.
 //!
 //! Owns: [`Evaluator`] and the mapping from Cedar's answers to a [`Decision`] (every
 //! forbidding rule in bundle order, synthetic rules for what Cedar cannot say, fail closed on
 //! any error). Must not touch: the bundle's contents (`bundle.rs`), the principal and resource
 //! attributes (`entities.rs`), clocks: `today` is the caller's.
+//!
+//! How the evaluator stays cheap (docs/benchmarks.md, Placement):
+//! - **Classes.** A deployment's or node's *class* is its signature (what Cedar sees) with
+//!   every attribute no policy mentions left out. Two nodes of one class get the same decision
+//!   for every deployment, so the planner classifies each node once per round and then looks
+//!   decisions up in a dense table, `rows[deployment class][node class]`.
+//! - **One entity store.** Every class is an entity of its own (`Deployment::"deployment-3"`,
+//!   `Node::"node-17"`) in one store that starts as the bundle's full store; new classes are
+//!   added in batches. A decision is then two `is_authorized` calls and no store building.
+//! - **Kept across rounds.** The leader and every replica keep their evaluator while the policy
+//!   version and the day stay the same (`state::plan::PolicyGate`), so a steady cluster asks
+//!   Cedar only about classes it has not seen.
+//!
+//! [`CompiledPolicy::evaluate`] keeps the straightforward path (a fresh store per request with
+//! the unprojected signatures): the tests check the evaluator against it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{Context, Entities, Entity, EntityUid, PolicySet, Request, Response};
 
 use super::bundle::{Compiled, id_str};
-use super::entities::{self, DeploymentSignature, NodeSignature};
+use super::entities::{self, DeploymentSignature, NodeSignature, PRINCIPAL_ID, RESOURCE_ID};
 use super::{
-    CompiledPolicy, Decision, EVALUATION_ERROR_RULE_ID, EVALUATOR_DECISIONS_MAX, NO_PERMIT_RULE_ID,
-    OnChange, RuleRef, UNKNOWN_JURISDICTION_RULE_ID,
+    CLASSES_MAX, CompiledPolicy, DECISION_CELLS_MAX, Decision, EVALUATION_ERROR_RULE_ID,
+    NO_PERMIT_RULE_ID, OnChange, RuleRef, UNKNOWN_JURISDICTION_RULE_ID,
 };
-use crate::state::node::Node;
+use crate::state::node::{Node, NodeFacts};
 use crate::state::{DeploymentSpec, is_date};
 
-/// Memoizes decisions per (deployment signature, node signature) for one policy version and
-/// one calendar day. A changed node or deployment has a new signature, so an evaluator stays
-/// correct across planning rounds while the policy and the day stay the same; replace it when
-/// either changes (it borrows the policy, so a new version needs a new evaluator). It holds
-/// at most [`EVALUATOR_DECISIONS_MAX`] decisions; past that it still decides, uncached.
-pub struct Evaluator<'a> {
-    policy: &'a CompiledPolicy,
-    today: &'a str,
-    decisions: BTreeMap<(DeploymentSignature, NodeSignature), Decision>,
-    /// The latest decision that did not fit in `decisions`, so `decide` can lend it out.
-    uncached: Decision,
+/// Decides placements under one compiled policy on one calendar day, memoizing per
+/// (deployment class, node class). Replace it when the policy or the day changes; a changed
+/// node or deployment simply falls into another class. Its size grows with the distinct
+/// classes it has seen: [`Evaluator::oversized`] tells its owner when to start afresh (never in
+/// the middle of a planning round, whose class numbers must stay valid).
+pub struct Evaluator {
+    policy: CompiledPolicy,
+    today: String,
+    node_classes: HashMap<(NodeSignature, Vec<String>), u32>,
+    /// Per node name: the facts and GPU models last classified and their class, so a node
+    /// that did not change is classified by comparing, without building its signature.
+    node_memo: HashMap<String, (NodeFacts, Vec<String>, u32)>,
+    /// Per node class: the facts the bundle cannot resolve (from the full signature, since the
+    /// projection may leave them out); any denies.
+    node_class_errors: Vec<Vec<String>>,
+    deployment_classes: HashMap<DeploymentSignature, u32>,
+    deployment_class_list: Vec<DeploymentSignature>,
+    /// The entity uid of each class, `Deployment::"deployment-N"` and `Node::"node-N"`.
+    deployment_uids: Vec<EntityUid>,
+    node_uids: Vec<EntityUid>,
+    place: EntityUid,
+    /// The bundle's entities plus one entity per class; `pending` are classes not added yet.
+    store: Entities,
+    pending: Vec<Entity>,
+    /// `rows[d][n]` = 1 + index into `decisions`, or 0 while undecided. Rows grow lazily to the
+    /// number of node classes.
+    rows: Vec<Vec<u32>>,
+    cells: usize,
+    decisions: Vec<Decision>,
+    decision_ids: HashMap<Decision, u32>,
     evaluations: usize,
 }
 
-impl<'a> Evaluator<'a> {
-    pub fn new(policy: &'a CompiledPolicy, today: &'a str) -> Self {
+impl Evaluator {
+    pub fn new(policy: &CompiledPolicy, today: &str) -> Self {
         Evaluator {
-            policy,
-            today,
-            decisions: BTreeMap::new(),
-            uncached: Decision {
-                allowed: false,
-                forbidding: Vec::new(),
-                errors: Vec::new(),
-            },
+            policy: policy.clone(),
+            today: today.to_owned(),
+            node_classes: HashMap::new(),
+            node_memo: HashMap::new(),
+            node_class_errors: Vec::new(),
+            deployment_classes: HashMap::new(),
+            deployment_class_list: Vec::new(),
+            deployment_uids: Vec::new(),
+            node_uids: Vec::new(),
+            place: entities::place_action(),
+            store: policy.inner.entities.clone(),
+            pending: Vec::new(),
+            rows: Vec::new(),
+            cells: 0,
+            decisions: Vec::new(),
+            decision_ids: HashMap::new(),
             evaluations: 0,
         }
     }
 
-    /// The decision for `deployment` on `node` today; Cedar runs only for a signature pair
-    /// not seen before.
-    pub fn decide(&mut self, deployment: &DeploymentSpec, node: &Node) -> &Decision {
-        if !is_date(self.today) {
-            self.uncached = bad_day(self.today);
-            return &self.uncached;
-        }
-        let key = (
-            DeploymentSignature::of(deployment),
-            NodeSignature::of(node, self.today),
-        );
-        if self.decisions.contains_key(&key) {
-            return &self.decisions[&key];
-        }
-        self.evaluations += 1;
-        let decision = decide(&self.policy.inner, &key.0, &key.1);
-        if self.decisions.len() >= EVALUATOR_DECISIONS_MAX {
-            self.uncached = decision;
-            return &self.uncached;
-        }
-        self.decisions.entry(key).or_insert(decision)
+    /// Whether this evaluator was made for `policy` (by hash) and `today`.
+    pub fn is_for(&self, policy: &CompiledPolicy, today: &str) -> bool {
+        self.today == today && self.policy.hash() == policy.hash()
     }
 
-    /// How many times Cedar was asked (cache misses).
+    /// Past its bounds ([`CLASSES_MAX`] classes of either kind, [`DECISION_CELLS_MAX`] table
+    /// cells): its owner should drop it between rounds and start a new one.
+    pub fn oversized(&self) -> bool {
+        self.node_class_errors.len() > CLASSES_MAX
+            || self.deployment_class_list.len() > CLASSES_MAX
+            || self.cells > DECISION_CELLS_MAX
+    }
+
+    /// The class of `node` today. Nodes of one class get the same decision for every
+    /// deployment.
+    pub fn node_class(&mut self, node: &Node) -> u32 {
+        if let Some((facts, models, class)) = self.node_memo.get(&node.name)
+            && *facts == node.facts
+            && models
+                .iter()
+                .eq(node.inventory.gpus.iter().map(|g| &g.model))
+        {
+            return *class;
+        }
+        let class = self.classify(node);
+        if self.node_memo.len() >= CLASSES_MAX {
+            self.node_memo.clear();
+        }
+        let models = node
+            .inventory
+            .gpus
+            .iter()
+            .map(|g| g.model.clone())
+            .collect();
+        self.node_memo
+            .insert(node.name.clone(), (node.facts.clone(), models, class));
+        class
+    }
+
+    fn classify(&mut self, node: &Node) -> u32 {
+        let full = NodeSignature::of(node, &self.today);
+        let errors = full.unresolvable();
+        let key = (full.projected(&self.policy.inner.mentioned), errors);
+        if let Some(&class) = self.node_classes.get(&key) {
+            return class;
+        }
+        let class = self.node_class_errors.len() as u32;
+        let id = format!("{RESOURCE_ID}-{class}");
+        self.node_uids.push(entities::uid(entities::NODE, &id));
+        match entities::resource(&key.0, &id, &self.policy.inner.accelerator_eccns) {
+            Ok(entity) => self.pending.push(entity),
+            // Unreachable with the signatures sov builds; the class then fails closed, since
+            // Cedar reports the missing entity as an evaluation error.
+            Err(e) => tracing::error!(error = %e, "node class entity not built"),
+        }
+        self.node_class_errors.push(key.1.clone());
+        self.node_classes.insert(key, class);
+        class
+    }
+
+    /// The class of `deployment`.
+    pub fn deployment_class(&mut self, deployment: &DeploymentSpec) -> u32 {
+        let key = DeploymentSignature::of(deployment).projected(&self.policy.inner.mentioned);
+        if let Some(&class) = self.deployment_classes.get(&key) {
+            return class;
+        }
+        let class = self.deployment_class_list.len() as u32;
+        let id = format!("{PRINCIPAL_ID}-{class}");
+        self.deployment_uids
+            .push(entities::uid(entities::DEPLOYMENT, &id));
+        match entities::principal(&key, &id) {
+            Ok(entity) => self.pending.push(entity),
+            Err(e) => tracing::error!(error = %e, "deployment class entity not built"),
+        }
+        self.deployment_class_list.push(key.clone());
+        self.deployment_classes.insert(key, class);
+        self.rows.push(Vec::new());
+        class
+    }
+
+    /// The decision for a deployment class on a node class (both from this evaluator), as an
+    /// id for [`Evaluator::decision`]; Cedar runs only for a pair not decided before. Equal
+    /// decisions share one id.
+    pub fn decision_id(&mut self, deployment: u32, node: u32) -> u32 {
+        let (d, n) = (deployment as usize, node as usize);
+        let row = &mut self.rows[d];
+        if row.len() <= n {
+            let len = self.node_class_errors.len();
+            self.cells += len - row.len();
+            row.resize(len, 0);
+        }
+        let cell = row[n];
+        if cell != 0 {
+            return cell - 1;
+        }
+        let decision = self.evaluate(d, n);
+        let next = self.decisions.len() as u32;
+        let id = *self
+            .decision_ids
+            .entry(decision)
+            .or_insert_with_key(|decision| {
+                self.decisions.push(decision.clone());
+                next
+            });
+        self.rows[d][n] = id + 1;
+        id
+    }
+
+    /// A decision by id.
+    pub fn decision(&self, id: u32) -> &Decision {
+        &self.decisions[id as usize]
+    }
+
+    /// The decision for `deployment` on `node` today (classifies both, then looks up).
+    pub fn decide(&mut self, deployment: &DeploymentSpec, node: &Node) -> &Decision {
+        let d = self.deployment_class(deployment);
+        let n = self.node_class(node);
+        let id = self.decision_id(d, n);
+        self.decision(id)
+    }
+
+    /// How many times Cedar was asked (table misses).
     pub fn evaluations(&self) -> usize {
         self.evaluations
     }
+
+    /// How many distinct classes it has seen: (deployment classes, node classes).
+    pub fn classes(&self) -> (usize, usize) {
+        (
+            self.deployment_class_list.len(),
+            self.node_class_errors.len(),
+        )
+    }
+
+    fn evaluate(&mut self, d: usize, n: usize) -> Decision {
+        if !is_date(&self.today) {
+            return bad_day(&self.today);
+        }
+        self.evaluations += 1;
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let store = std::mem::replace(&mut self.store, Entities::empty());
+            self.store = match store.clone().add_entities(pending, None) {
+                Ok(store) => store,
+                // Unreachable (class ids are unique); the pending classes then fail closed.
+                Err(e) => {
+                    tracing::error!(error = %e, "class entities not added to the store");
+                    store
+                }
+            };
+        }
+        let compiled = &self.policy.inner;
+        let store = &self.store;
+        decide(
+            compiled,
+            &self.deployment_class_list[d],
+            self.node_class_errors[n].clone(),
+            || {
+                // Types and action are the ones `compile` probed the schema with, so the
+                // request needs no schema check of its own.
+                let request = Request::new(
+                    self.deployment_uids[d].clone(),
+                    self.place.clone(),
+                    self.node_uids[n].clone(),
+                    Context::empty(),
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(answer(compiled, &request, store))
+            },
+        )
+    }
 }
 
-/// One decision without memoization (`CompiledPolicy::evaluate`).
+/// One decision without memoization or projection (`CompiledPolicy::evaluate`): the reference
+/// the evaluator is tested against.
 pub(super) fn evaluate_once(
     compiled: &Compiled,
     deployment: &DeploymentSpec,
@@ -87,11 +275,15 @@ pub(super) fn evaluate_once(
     if !is_date(today) {
         return bad_day(today);
     }
-    decide(
-        compiled,
-        &DeploymentSignature::of(deployment),
-        &NodeSignature::of(node, today),
-    )
+    let deployment = DeploymentSignature::of(deployment);
+    let node = NodeSignature::of(node, today);
+    decide(compiled, &deployment, node.unresolvable(), || {
+        let principal = entities::principal(&deployment, PRINCIPAL_ID)?;
+        let resource = entities::resource(&node, RESOURCE_ID, &compiled.accelerator_eccns)?;
+        let request = checked_request(compiled, principal.uid(), resource.uid())?;
+        let store = request_store(compiled, &deployment, &node, principal, resource)?;
+        Ok(answer(compiled, &request, &store))
+    })
 }
 
 /// Without a valid day no certification can be judged in force; nothing is eligible.
@@ -122,12 +314,19 @@ struct CedarAnswer {
     errors: Vec<String>,
 }
 
-fn decide(compiled: &Compiled, deployment: &DeploymentSignature, node: &NodeSignature) -> Decision {
+/// The decision for a deployment whose node has the fact errors `node_errors`: `ask_cedar`
+/// runs only when the node's facts all resolve.
+fn decide(
+    compiled: &Compiled,
+    deployment: &DeploymentSignature,
+    node_errors: Vec<String>,
+    ask_cedar: impl FnOnce() -> Result<CedarAnswer, String>,
+) -> Decision {
     let mut forbidding = unknown_jurisdictions(compiled, deployment);
-    let mut errors = node.unresolvable();
+    let mut errors = node_errors;
     let mut permitted = false;
     if errors.is_empty() {
-        match ask_cedar(compiled, deployment, node) {
+        match ask_cedar() {
             Ok(answer) => {
                 forbidding.extend(answer.forbidding.into_iter().map(|i| {
                     let rule = &compiled.rules[i];
@@ -183,27 +382,25 @@ fn unknown_jurisdictions(compiled: &Compiled, deployment: &DeploymentSignature) 
         .collect()
 }
 
-fn ask_cedar(
+/// A request for `principal` to `Place` on `resource`, checked against the bundle's schema.
+fn checked_request(
     compiled: &Compiled,
-    deployment: &DeploymentSignature,
-    node: &NodeSignature,
-) -> Result<CedarAnswer, String> {
-    let principal = entities::principal(deployment)?;
-    let resource = entities::resource(node, &compiled.accelerator_eccns)?;
-    let request = Request::new(
-        principal.uid(),
+    principal: EntityUid,
+    resource: EntityUid,
+) -> Result<Request, String> {
+    Request::new(
+        principal,
         entities::place_action(),
-        resource.uid(),
+        resource,
         Context::empty(),
         Some(&compiled.schema),
     )
-    .map_err(|e| e.to_string())?;
-    let store = request_store(compiled, deployment, node, principal, resource)?;
-    let ask = |policies: &PolicySet| {
-        compiled
-            .authorizer
-            .is_authorized(&request, policies, &store)
-    };
+    .map_err(|e| e.to_string())
+}
+
+/// Asks Cedar about one request against `store`: the forbids, then the permits.
+fn answer(compiled: &Compiled, request: &Request, store: &Entities) -> CedarAnswer {
+    let ask = |policies: &PolicySet| compiled.authorizer.is_authorized(request, policies, store);
     let forbids = ask(&compiled.forbids);
     let permits = ask(&compiled.permits);
 
@@ -214,11 +411,11 @@ fn ask_cedar(
         .filter_map(|id| compiled.rule_index.get(id_str(id)).copied())
         .collect();
     forbidding.sort_unstable();
-    Ok(CedarAnswer {
+    CedarAnswer {
         forbidding,
         permitted: permits.decision() == cedar_policy::Decision::Allow,
         errors: errors_in_rule_order(compiled, [&forbids, &permits]),
-    })
+    }
 }
 
 /// The entity store of one request: the bundle's `always` entities (groups, actions, policy

@@ -51,9 +51,12 @@ pub const RULE_ID_LEN_MAX: usize = 64;
 pub const REASON_LEN_MAX: usize = 512;
 /// Most problems one rejected bundle reports; the rest are summarized in one line.
 pub const PROBLEMS_MAX: usize = 100;
-/// Most decisions one [`Evaluator`] remembers; beyond that it still decides, uncached, so a
-/// planning round over a huge fleet cannot exhaust memory.
-pub const EVALUATOR_DECISIONS_MAX: usize = 1 << 20;
+/// Most deployment classes, and most node classes, an [`Evaluator`] keeps before its owner
+/// starts a new one (between planning rounds).
+pub const CLASSES_MAX: usize = 1 << 16;
+/// Most cells of an [`Evaluator`]'s decision table (4 bytes each) before its owner starts a
+/// new one: 64 MiB. A round over 10,000 distinct nodes and 1,000 distinct deployments fits.
+pub const DECISION_CELLS_MAX: usize = 1 << 24;
 
 /// Synthetic rule: no permit policy matched (Cedar denies by default).
 pub const NO_PERMIT_RULE_ID: &str = "no-permit";
@@ -170,7 +173,7 @@ pub struct Rule {
 }
 
 /// A rule that forbids one placement, as an explanation shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleRef {
     pub id: String,
     pub reason: String,
@@ -178,7 +181,7 @@ pub struct RuleRef {
 }
 
 /// The answer for one (deployment, node, day).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Decision {
     pub allowed: bool,
     /// Every rule that forbids the placement, in bundle order, synthetic rules included

@@ -1074,3 +1074,153 @@ fn timing() {
         started.elapsed() / evaluations
     );
 }
+
+/// A bundle whose policies read few attributes: nodes that differ only in what no policy
+/// mentions (site, operator, subdivision, GPU models) share one class, and so do deployments
+/// (model, lineage); the decisions are still the reference's.
+#[test]
+fn attributes_no_policy_reads_do_not_split_classes() {
+    let mut files = shipped_files();
+    files.retain(|name, _| !name.ends_with(".cedar"));
+    files.insert(
+        "only.cedar".into(),
+        "@id(\"base-permit\")\n@reason(\"anything else may go anywhere\")\npermit (principal, action == Action::\"Place\", resource);\n\
+         @id(\"eu-only\")\n@reason(\"EU27 only\")\nforbid (principal, action == Action::\"Place\", resource)\n\
+         unless { resource.country in Group::\"EU27\" };\n"
+            .into(),
+    );
+    let policy = compile(&files).unwrap();
+    let mut evaluator = Evaluator::new(&policy, TODAY);
+    let mut nodes = Vec::new();
+    for (i, country) in ["FR", "FR", "DE", "US", "US"].into_iter().enumerate() {
+        let mut n = node(
+            &format!("n{i}"),
+            country,
+            "US",
+            "US",
+            &[],
+            LocationTrust::SelfReported,
+        );
+        n.facts.operator = format!("operator {i}");
+        n.inventory.gpus = vec![gpu(&n.name, 0, if i % 2 == 0 { "A" } else { "B" })];
+        nodes.push(n);
+    }
+    let mut deployments = vec![deployment("a"), deployment("b")];
+    deployments[1].model = "another model".into();
+    for d in &deployments {
+        for n in &nodes {
+            assert_eq!(evaluator.decide(d, n), &policy.evaluate(d, n, TODAY));
+        }
+    }
+    // FR, DE and US; one deployment class.
+    assert_eq!(evaluator.classes(), (1, 3));
+    assert_eq!(evaluator.evaluations(), 3);
+}
+
+mod against_the_reference {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PLACES: [&str; 9] = ["FR", "DE", "IE", "US", "CN", "CH", "GB", "XX", ""];
+
+    fn arb_node() -> impl Strategy<Value = Node> {
+        (
+            prop::sample::select(&PLACES[..7]),
+            prop::sample::select(&PLACES[..]),
+            prop::sample::select(&PLACES[..]),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["iso27001", "secnumcloud", "c5"]),
+                    prop::sample::select(vec!["2026-11-21", "2026-11-22", "2030-01-01", "never"]),
+                ),
+                0..3,
+            ),
+            0u8..3,
+            prop::collection::vec(
+                prop::sample::select(vec!["NVIDIA H100 80GB HBM3", "NVIDIA L40S", "unknown"]),
+                0..3,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(country, hq, parent, certs, trust, gpus, bad_country)| {
+                let trust = [
+                    LocationTrust::SelfReported,
+                    LocationTrust::OperatorCertificate,
+                    LocationTrust::HardwareAttested,
+                ][usize::from(trust)];
+                let certs: Vec<(&str, &str)> = certs;
+                let mut n = node("n", country, hq, parent, &certs, trust);
+                if bad_country {
+                    n.facts.country = "Atlantis".into();
+                }
+                n.inventory.gpus = gpus
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| gpu("n", i as u32, m))
+                    .collect();
+                n
+            })
+    }
+
+    fn arb_deployment() -> impl Strategy<Value = DeploymentSpec> {
+        (
+            prop::sample::subsequence(vec!["EU27", "EEA", "FR", "US", "EU28", "US-TIER1"], 0..3),
+            prop::sample::select(vec!["EAR99", "4E091", ""]),
+            0u8..3,
+            prop::sample::subsequence(vec!["iso27001", "secnumcloud"], 0..2),
+            prop::sample::select(vec!["m1", "m2"]),
+            0u32..30,
+        )
+            .prop_map(
+                |(residency, eccn, trust, certs, model, compute)| DeploymentSpec {
+                    model: model.into(),
+                    export: ExportAttrs {
+                        eccn: eccn.into(),
+                        training_compute_log10: compute,
+                        ..Default::default()
+                    },
+                    residency: Residency {
+                        allowed: residency.into_iter().map(String::from).collect(),
+                        min_location_trust: trust,
+                        required_certifications: certs.into_iter().map(String::from).collect(),
+                    },
+                    ..deployment("d")
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The evaluator (projected classes, one shared entity store, a decision table) decides
+        /// every pair exactly as a one-off evaluation with a fresh store does, under the shipped
+        /// bundle and under one whose rule can fail to evaluate.
+        #[test]
+        fn the_evaluator_decides_as_one_off_evaluations(
+            nodes in prop::collection::vec(arb_node(), 1..8),
+            deployments in prop::collection::vec(arb_deployment(), 1..5),
+            overflow in any::<bool>(),
+        ) {
+            let mut files = shipped_files();
+            if overflow {
+                files.insert(
+                    "zz-overflow.cedar".into(),
+                    "@id(\"big-models\")\n@reason(\"overflows for large models\")\n\
+                     forbid (principal, action == Action::\"Place\", resource)\n\
+                     when { principal.training_compute_log10 * 4611686018427387904 < 0 };\n".into(),
+                );
+            }
+            let policy = compile(&files).unwrap();
+            let mut evaluator = Evaluator::new(&policy, TODAY);
+            for _round in 0..2 {
+                for d in &deployments {
+                    for n in &nodes {
+                        let reference = policy.evaluate(d, n, TODAY);
+                        prop_assert_eq!(evaluator.decide(d, n), &reference);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Allocation, Desired, Outcome, State};
 use crate::placement::feasibility::{Reason, check};
 use crate::placement::fit::{Free, verify};
-use crate::placement::{Forbid, Placement, PolicyOracle, missing_replicas};
+use crate::placement::{Forbid, Placement, PolicyOracle};
 use crate::policy::{CompiledPolicy, Evaluator};
 
 /// Most placements one plan may carry: bounds one Raft entry and one apply.
@@ -24,44 +24,141 @@ pub struct RejectedPlacement {
     pub reason: String,
 }
 
-/// The policy as placement sees it: the compiled version in force, memoized per (deployment
-/// signature, node signature) for one day; no version in force forbids everything.
-pub struct PolicyGate<'a> {
-    evaluator: Option<Evaluator<'a>>,
+/// The policy as placement sees it: the [`Evaluator`] of the version in force for one day,
+/// with the forbidding rules of each distinct decision mapped once to placement's [`Forbid`];
+/// no version in force forbids everything.
+///
+/// [`PolicyGate::for_state`] borrows the evaluator kept beside the state (`PolicyCache`) and
+/// gives it back when dropped, so decisions survive from one planning round and one apply to
+/// the next while the version and the day stay the same. Two gates at once (the leader's
+/// planner and an apply) simply do not share: the second starts a fresh evaluator.
+pub struct PolicyGate {
+    memo: Option<GateMemo>,
+    /// Where `memo` goes back to when the gate is dropped.
+    home: Option<super::policies::PolicyCache>,
+    no_policy: [Forbid; 1],
 }
 
-impl<'a> PolicyGate<'a> {
-    pub fn new(policy: Option<&'a CompiledPolicy>, today: &'a str) -> Self {
-        Self {
-            evaluator: policy.map(|p| Evaluator::new(p, today)),
+/// An evaluator and the [`Forbid`] lists of its decisions (`forbids[decision id]`).
+pub(super) struct GateMemo {
+    pub version: u64,
+    pub evaluator: Evaluator,
+    forbids: Vec<Vec<Forbid>>,
+}
+
+impl PolicyGate {
+    /// A gate for `state`'s policy in force on `today`, reusing the evaluator its cache holds
+    /// when that was made for the same version and day.
+    pub fn for_state(state: &State, today: &str) -> Self {
+        let Some((version, compiled)) = state.active_policy() else {
+            return Self::with_policy(None, today);
+        };
+        let memo = state
+            .policy_cache
+            .take_gate()
+            .filter(|m| {
+                m.version == version
+                    && m.evaluator.is_for(&compiled, today)
+                    && !m.evaluator.oversized()
+            })
+            .unwrap_or_else(|| GateMemo::new(version, &compiled, today));
+        PolicyGate {
+            memo: Some(memo),
+            home: Some(state.policy_cache.clone()),
+            no_policy: Self::no_policy(),
+        }
+    }
+
+    /// A gate for `policy` (version and compiled bundle) on `today` that shares nothing.
+    pub fn with_policy(policy: Option<(u64, &CompiledPolicy)>, today: &str) -> Self {
+        PolicyGate {
+            memo: policy.map(|(version, compiled)| GateMemo::new(version, compiled, today)),
+            home: None,
+            no_policy: Self::no_policy(),
+        }
+    }
+
+    fn no_policy() -> [Forbid; 1] {
+        [Forbid {
+            id: "no-policy".into(),
+            reason:
+                "no policy bundle is in force; apply one with `sovctl policy apply deploy/policies`"
+                    .into(),
+        }]
+    }
+
+    /// The policy version decisions are made under; 0 when none is in force.
+    pub fn version(&self) -> u64 {
+        self.memo.as_ref().map_or(0, |m| m.version)
+    }
+
+    /// The evaluator, when a policy is in force (for counting Cedar evaluations).
+    pub fn evaluator(&self) -> Option<&Evaluator> {
+        self.memo.as_ref().map(|m| &m.evaluator)
+    }
+
+    /// The rules forbidding `deployment` on `node` (classifies both first).
+    pub fn forbids(
+        &mut self,
+        deployment: &super::DeploymentSpec,
+        node: &super::node::Node,
+    ) -> &[Forbid] {
+        let d = self.deployment_class(deployment);
+        let n = self.node_class(node);
+        self.forbidding(d, n)
+    }
+}
+
+impl GateMemo {
+    fn new(version: u64, compiled: &CompiledPolicy, today: &str) -> Self {
+        GateMemo {
+            version,
+            evaluator: Evaluator::new(compiled, today),
+            forbids: Vec::new(),
         }
     }
 }
 
-impl PolicyOracle for PolicyGate<'_> {
-    fn forbidding(
-        &mut self,
-        deployment: &super::DeploymentSpec,
-        node: &super::node::Node,
-    ) -> Vec<Forbid> {
-        let Some(evaluator) = self.evaluator.as_mut() else {
-            return vec![Forbid {
-                id: "no-policy".into(),
-                reason: "no policy bundle is in force; apply one with `sovctl policy apply deploy/policies`".into(),
-            }];
-        };
-        let decision = evaluator.decide(deployment, node);
-        if decision.allowed {
-            return Vec::new();
+impl Drop for PolicyGate {
+    fn drop(&mut self) {
+        if let (Some(home), Some(memo)) = (&self.home, self.memo.take()) {
+            home.put_gate(memo);
         }
-        decision
-            .forbidding
-            .iter()
-            .map(|r| Forbid {
-                id: r.id.clone(),
-                reason: r.reason.clone(),
-            })
-            .collect()
+    }
+}
+
+impl PolicyOracle for PolicyGate {
+    fn node_class(&mut self, node: &super::node::Node) -> u32 {
+        self.memo
+            .as_mut()
+            .map_or(0, |m| m.evaluator.node_class(node))
+    }
+
+    fn deployment_class(&mut self, deployment: &super::DeploymentSpec) -> u32 {
+        self.memo
+            .as_mut()
+            .map_or(0, |m| m.evaluator.deployment_class(deployment))
+    }
+
+    fn forbidding(&mut self, deployment: u32, node: u32) -> &[Forbid] {
+        let Some(memo) = self.memo.as_mut() else {
+            return &self.no_policy;
+        };
+        let id = memo.evaluator.decision_id(deployment, node) as usize;
+        while memo.forbids.len() <= id {
+            let decision = memo.evaluator.decision(memo.forbids.len() as u32);
+            memo.forbids.push(
+                decision
+                    .forbidding
+                    .iter()
+                    .map(|r| Forbid {
+                        id: r.id.clone(),
+                        reason: r.reason.clone(),
+                    })
+                    .collect(),
+            );
+        }
+        &memo.forbids[id]
     }
 }
 
@@ -89,28 +186,36 @@ pub(super) fn apply_plan(
     placements: &[Placement],
 ) -> Outcome {
     let today = day_of(at_ms);
-    let policy = state.active_policy();
-    let mut gate = PolicyGate::new(policy.as_ref().map(|(_, p)| p), &today);
-    let policy_version = policy.as_ref().map_or(0, |(v, _)| *v);
+    let mut gate = PolicyGate::for_state(state, &today);
+    let policy_version = gate.version();
 
-    // Free capacity of the nodes this plan touches, computed in one pass over allocations and
-    // then charged as placements are accepted.
-    let mut free: BTreeMap<String, Free> = BTreeMap::new();
+    // Free capacity of the nodes this plan touches and replicas of the deployments it
+    // places, computed in one pass over allocations; then charged as placements are accepted.
+    let mut free: BTreeMap<&str, Free<'_>> = BTreeMap::new();
+    let mut missing: BTreeMap<&str, u32> = BTreeMap::new();
     for p in placements {
         if let Some(node) = state.nodes.get(&p.node) {
-            free.entry(p.node.clone())
+            free.entry(node.name.as_str())
                 .or_insert_with(|| Free::of(node, std::iter::empty()));
+        }
+        if let Some(d) = state.deployments.get(&p.deployment) {
+            missing.insert(d.spec.name.as_str(), d.spec.replicas);
         }
     }
     for a in state.allocations.values() {
-        if let Some(f) = free.get_mut(&a.node)
-            && a.desired == Desired::Run
-        {
+        if a.desired != Desired::Run {
+            continue;
+        }
+        if let Some(f) = free.get_mut(a.node.as_str()) {
             f.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
         }
+        if let Some(left) = missing.get_mut(a.deployment.as_str()) {
+            *left = left.saturating_sub(1);
+        }
     }
-    let mut missing: BTreeMap<String, u32> = BTreeMap::new();
-    let mut placed = Vec::new();
+    // Decided against the state as of this index, then stored once every placement is judged
+    // (`free` borrows the nodes).
+    let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     for (i, p) in placements.iter().enumerate() {
         let reject = |reason: String| RejectedPlacement {
@@ -118,31 +223,36 @@ pub(super) fn apply_plan(
             node: p.node.clone(),
             reason,
         };
-        let Some(deployment) = state.deployments.get(&p.deployment) else {
+        let (Some(deployment), Some(left)) = (
+            state.deployments.get(&p.deployment),
+            missing.get_mut(p.deployment.as_str()),
+        ) else {
             rejected.push(reject("the deployment no longer exists".into()));
             continue;
         };
-        let left = missing
-            .entry(p.deployment.clone())
-            .or_insert_with(|| missing_replicas(state, &deployment.spec));
         if *left == 0 {
             rejected.push(reject("the deployment has all its replicas".into()));
             continue;
         }
-        let (Some(node), Some(node_free)) = (state.nodes.get(&p.node), free.get_mut(&p.node))
+        let (Some(node), Some(node_free)) =
+            (state.nodes.get(&p.node), free.get_mut(p.node.as_str()))
         else {
             rejected.push(reject("the node is not registered".into()));
             continue;
         };
         // Status and policy as of this index; the reservation the planner chose, exactly.
-        let policy_and_status: Vec<Reason> =
-            match check(&deployment.spec, node, node_free, &mut gate) {
-                Ok(_) => Vec::new(),
-                Err(reasons) => reasons
-                    .into_iter()
-                    .filter(|r| !matches!(r, Reason::Short(_)))
-                    .collect(),
-            };
+        let policy_and_status: Vec<Reason> = match check(
+            &deployment.spec,
+            node,
+            node_free,
+            gate.forbids(&deployment.spec, node),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(reasons) => reasons
+                .into_iter()
+                .filter(|r| !matches!(r, Reason::Short(_)))
+                .collect(),
+        };
         if let Some(first) = policy_and_status.first() {
             rejected.push(reject(first.to_string()));
             continue;
@@ -157,26 +267,29 @@ pub(super) fn apply_plan(
         node_free.charge(&p.gpu_uuids, r.cpu_millis, r.memory_mib, p.port);
         *left -= 1;
         let id = format!("{}-{index}-{i}", p.deployment);
-        state.allocations.insert(
-            id.clone(),
-            Allocation {
-                id: id.clone(),
-                deployment: p.deployment.clone(),
-                node: p.node.clone(),
-                gpu_uuids: p.gpu_uuids.clone(),
-                cpu_millis: r.cpu_millis,
-                memory_mib: r.memory_mib,
-                port: p.port,
-                desired: Desired::Run,
-                generation: deployment.generation,
-                policy_version,
-                created_at_ms: at_ms,
-                revision: index,
-                ..Allocation::default()
-            },
-        );
-        super::nodes::touch_assignments(state, &p.node, index);
-        placed.push(id);
+        accepted.push(Allocation {
+            id,
+            deployment: p.deployment.clone(),
+            node: p.node.clone(),
+            gpu_uuids: p.gpu_uuids.clone(),
+            cpu_millis: r.cpu_millis,
+            memory_mib: r.memory_mib,
+            port: p.port,
+            desired: Desired::Run,
+            generation: deployment.generation,
+            policy_version,
+            created_at_ms: at_ms,
+            revision: index,
+            ..Allocation::default()
+        });
+    }
+    drop(free);
+    drop(gate);
+    let mut placed = Vec::with_capacity(accepted.len());
+    for allocation in accepted {
+        super::nodes::touch_assignments(state, &allocation.node, index);
+        placed.push(allocation.id.clone());
+        state.allocations.insert(allocation.id.clone(), allocation);
     }
     Outcome::PlanApplied { placed, rejected }
 }
@@ -517,7 +630,7 @@ mod tests {
             fn plans_under_the_shipped_policy_obey_it(mut s in arb_state()) {
                 let compiled = policy::compile(&shipped_bundle()).unwrap();
                 let today = day_of(1_795_305_600_000);
-                let plan = placement::plan(&s, &mut PolicyGate::new(Some(&compiled), &today), 1_000);
+                let plan = placement::plan(&s, &mut PolicyGate::with_policy(Some((1, &compiled)), &today), 1_000);
                 for p in &plan.placements {
                     let decision = compiled.evaluate(&s.deployments[&p.deployment].spec, &s.nodes[&p.node], &today);
                     prop_assert!(decision.allowed, "{} placed on {} against {:?}", p.deployment, p.node, decision.forbidding);

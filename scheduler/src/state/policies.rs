@@ -39,10 +39,42 @@ pub struct PolicyVersion {
     pub revision: u64,
 }
 
-/// The compiled policy in force, keyed by version. Shared by clones of a state (a clone is a
-/// snapshot of the same versions, so the cached compilation is equally valid for it).
+/// The compiled policy in force, keyed by version and hash, and the policy evaluator placement
+/// last used (`plan::PolicyGate`). Shared by clones of a state: a clone is a snapshot of the
+/// same versions, so what is cached is equally valid for it, and the leader's planner, which
+/// plans on a clone, keeps its decisions from one round to the next.
 #[derive(Clone, Default)]
-pub struct PolicyCache(Arc<Mutex<Option<(u64, CompiledPolicy)>>>);
+pub struct PolicyCache(Arc<Mutex<CacheSlots>>);
+
+#[derive(Default)]
+struct CacheSlots {
+    compiled: Option<(u64, CompiledPolicy)>,
+    gate: Option<super::plan::GateMemo>,
+}
+
+impl PolicyCache {
+    fn slots(&self) -> std::sync::MutexGuard<'_, CacheSlots> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the kept evaluator out (a gate borrows it for a round).
+    pub(super) fn take_gate(&self) -> Option<super::plan::GateMemo> {
+        self.slots().gate.take()
+    }
+
+    /// Gives an evaluator back; when another gate gave one back meanwhile, the one that has
+    /// decided more stays.
+    pub(super) fn put_gate(&self, memo: super::plan::GateMemo) {
+        let mut slots = self.slots();
+        let keep_old = slots.gate.as_ref().is_some_and(|old| {
+            old.version == memo.version
+                && old.evaluator.evaluations() > memo.evaluator.evaluations()
+        });
+        if !keep_old {
+            slots.gate = Some(memo);
+        }
+    }
+}
 
 impl std::fmt::Debug for PolicyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,20 +95,17 @@ impl State {
     /// nothing may be placed: fail closed).
     pub fn active_policy(&self) -> Option<(u64, CompiledPolicy)> {
         let active = self.policies.last()?;
-        let mut cache = self
-            .policy_cache
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((version, compiled)) = cache.as_ref()
+        let mut slots = self.policy_cache.slots();
+        if let Some((version, compiled)) = slots.compiled.as_ref()
             && *version == active.version
+            && compiled.hash() == active.hash
         {
             return Some((*version, compiled.clone()));
         }
         // Stored versions compiled when they were accepted; a failure here could only come from
         // a changed Cedar release, and then placing nothing is the safe answer.
         let compiled = policy::compile(&active.files).ok()?;
-        *cache = Some((active.version, compiled.clone()));
+        slots.compiled = Some((active.version, compiled.clone()));
         Some((active.version, compiled))
     }
 }
@@ -116,11 +145,7 @@ pub(super) fn apply_policy(
         activated_at_ms: at_ms,
         revision: index,
     });
-    *state
-        .policy_cache
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some((version, compiled));
+    state.policy_cache.slots().compiled = Some((version, compiled));
     Outcome::PolicyApplied {
         version,
         hash,

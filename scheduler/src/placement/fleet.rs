@@ -1,0 +1,118 @@
+//! Fleet: one planning round's view of the cluster, built once so the stages after it never
+//! search the state again. Nodes in name order (the deterministic tie-break), their free
+//! capacity, their policy class, their spread domains as small integers, and, per deployment,
+//! the nodes its replicas that should run are on.
+//!
+//! Building it costs one pass over the nodes and one over the allocations; everything the
+//! planner's inner loop reads is then an index into a vector.
+
+use std::collections::HashMap;
+
+use super::PolicyOracle;
+use super::fit::Free;
+use crate::state::node::Node;
+use crate::state::{Desired, State};
+
+pub struct Fleet<'s> {
+    /// Every registered node, in name order.
+    pub nodes: Vec<&'s Node>,
+    /// Free capacity of `nodes[i]`, charged as a plan reserves resources.
+    pub free: Vec<Free<'s>>,
+    /// Policy class of `nodes[i]` ([`PolicyOracle::node_class`]).
+    pub class: Vec<u32>,
+    /// One more than the largest class in `class`.
+    pub classes: usize,
+    /// `nodes[i]`'s site (country and site) and country as small integers, for spreading.
+    pub site: Vec<u32>,
+    pub country: Vec<u32>,
+    index: HashMap<&'s str, usize>,
+    /// Per deployment: the node index of each of its allocations that should run on a
+    /// registered node.
+    placed: HashMap<&'s str, Vec<usize>>,
+    /// Per deployment: its allocations that should run, wherever they are.
+    running: HashMap<&'s str, u32>,
+}
+
+impl<'s> Fleet<'s> {
+    pub fn new(state: &'s State, policy: &mut impl PolicyOracle) -> Self {
+        let nodes: Vec<&Node> = state.nodes.values().collect();
+        let mut free: Vec<Free> = nodes
+            .iter()
+            .map(|n| Free::of(n, std::iter::empty()))
+            .collect();
+        let index: HashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut placed: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut running: HashMap<&str, u32> = HashMap::new();
+        for a in state.allocations.values() {
+            if a.desired != Desired::Run {
+                continue;
+            }
+            *running.entry(a.deployment.as_str()).or_default() += 1;
+            if let Some(&i) = index.get(a.node.as_str()) {
+                free[i].charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
+                placed.entry(a.deployment.as_str()).or_default().push(i);
+            }
+        }
+        let mut sites: HashMap<(&str, &str), u32> = HashMap::new();
+        let mut countries: HashMap<&str, u32> = HashMap::new();
+        let mut site = Vec::with_capacity(nodes.len());
+        let mut country = Vec::with_capacity(nodes.len());
+        for n in &nodes {
+            let next = sites.len() as u32;
+            site.push(
+                *sites
+                    .entry((n.facts.country.as_str(), n.facts.site.as_str()))
+                    .or_insert(next),
+            );
+            let next = countries.len() as u32;
+            country.push(*countries.entry(n.facts.country.as_str()).or_insert(next));
+        }
+        let class: Vec<u32> = nodes.iter().map(|n| policy.node_class(n)).collect();
+        let classes = class.iter().max().map_or(0, |&c| c as usize + 1);
+        Fleet {
+            nodes,
+            free,
+            class,
+            classes,
+            site,
+            country,
+            index,
+            placed,
+            running,
+        }
+    }
+
+    /// The index of a registered node.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Whether the policy permits deployment class `deployment` on each node class of this
+    /// fleet, asked once per node class: the planner's inner loop then indexes a vector.
+    pub fn permitted(&self, deployment: u32, policy: &mut impl PolicyOracle) -> Vec<bool> {
+        let mut asked = vec![false; self.classes];
+        let mut permitted = vec![false; self.classes];
+        for &c in &self.class {
+            let c = c as usize;
+            if !asked[c] {
+                asked[c] = true;
+                permitted[c] = policy.forbidding(deployment, c as u32).is_empty();
+            }
+        }
+        permitted
+    }
+
+    /// Node indexes of `deployment`'s replicas that should run on registered nodes.
+    pub fn placed(&self, deployment: &str) -> &[usize] {
+        self.placed.get(deployment).map_or(&[], Vec::as_slice)
+    }
+
+    /// `deployment`'s allocations that should run (on any node, registered or not).
+    pub fn running(&self, deployment: &str) -> u32 {
+        self.running.get(deployment).copied().unwrap_or(0)
+    }
+}
