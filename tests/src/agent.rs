@@ -222,10 +222,15 @@ pub fn alive(pid: u32) -> bool {
 /// `endpoints`, its progress lines in `log_path`.
 pub fn start_fleet(nodes: usize, endpoints: &str, log_path: &Path) -> Child {
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/fleet.toml");
+    start_fleet_spec(nodes, &spec, endpoints, log_path)
+}
+
+/// [`start_fleet`] with another fleet spec file.
+pub fn start_fleet_spec(nodes: usize, spec: &Path, endpoints: &str, log_path: &Path) -> Child {
     let log = std::fs::File::create(log_path).expect("cannot create the fleet log");
     let mut cmd = Command::new(bin("sov-agent"));
     cmd.args(["fleet", "--nodes", &nodes.to_string(), "--spec"])
-        .arg(&spec)
+        .arg(spec)
         .args(["--scheduler", endpoints, "--status-every-s", "5"])
         .env("SOV_LOG", "warn")
         .stdin(Stdio::null())

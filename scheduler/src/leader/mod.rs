@@ -7,7 +7,10 @@
 //! meaning of commands (`state`), placement decisions (`placement`).
 //!
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements per proposal, one proposal
-//! in flight, and a plan that placed nothing is not retried until the state moves on.
+//! in flight, and a plan that placed nothing is not retried until the state moves on, nor
+//! sooner than `QUIET_PAUSE`. Plans are made on a copy of the state, in a blocking task, with
+//! the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster
+//! asks Cedar nothing new.
 
 pub mod liveness;
 
@@ -24,6 +27,12 @@ use crate::state::plan::{PLAN_PLACEMENTS_MAX, PolicyGate, day_of};
 
 /// Re-plan at least this often even without state changes (certifications expire by day).
 const REPLAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// After a plan that placed nothing, wait this long before planning again, however many
+/// commits arrive meanwhile: with replicas that fit nowhere, every agent status report would
+/// otherwise start a new full plan (tens of milliseconds at 10,000 nodes). It is also the
+/// longest a new deployment waits for its first plan while the loop is quiet.
+const QUIET_PAUSE: Duration = Duration::from_millis(250);
 
 /// Waits for the next change of Raft metrics (a commit, an election), a tick, or shutdown.
 /// Returns false when the loop should end.
@@ -69,28 +78,32 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
     let mut quiet_at: Option<u64> = None;
     loop {
         if replica.is_leader() {
+            let started = std::time::Instant::now();
             let snapshot = {
                 let applied = replica.sm.read();
                 (quiet_at != Some(applied.state.revision)).then(|| applied.state.clone())
             };
-            // Plan on a copy and off the async workers: planning a large fleet takes seconds
-            // (docs/benchmarks.md, Placement), and holding the state machine's lock that long
-            // would stall every commit and every read.
+            let copied = started.elapsed();
+            // Plan on a copy and off the async workers: a cold plan of a large fleet takes
+            // hundreds of milliseconds (docs/benchmarks.md, Placement), and holding the state
+            // machine's lock that long would stall every commit and every read.
             let planned = match snapshot {
                 None => None,
                 Some(state) => {
                     let today = day_of(now_ms());
                     tokio::task::spawn_blocking(move || {
                         let mut gate = PolicyGate::for_state(&state, &today);
+                        let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.evaluations());
+                        let before = asked(&gate);
                         let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
-                        (state.revision, plan)
+                        (state.revision, plan, asked(&gate) - before)
                     })
                     .await
                     .ok()
                 }
             };
             match planned {
-                Some((revision, plan)) if plan.placements.is_empty() => {
+                Some((revision, plan, _)) if plan.placements.is_empty() => {
                     quiet_at = Some(revision);
                     for deployment in &plan.unplaced {
                         tracing::debug!(
@@ -98,9 +111,11 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                             "replicas cannot be placed (`sovctl explain` says why)"
                         );
                     }
+                    tokio::time::sleep(QUIET_PAUSE).await;
                 }
-                Some((_, plan)) => {
+                Some((_, plan, cedar_evaluations)) => {
                     let count = plan.placements.len();
+                    let planned_at = started.elapsed();
                     match replica
                         .propose(Proposal::ApplyPlan {
                             placements: plan.placements,
@@ -115,6 +130,10 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                                     proposed = count,
                                     placed = placed.len(),
                                     rejected = rejected.len(),
+                                    copy_ms = copied.as_millis() as u64,
+                                    plan_ms = (planned_at - copied).as_millis() as u64,
+                                    commit_ms = (started.elapsed() - planned_at).as_millis() as u64,
+                                    cedar_evaluations,
                                     "placement plan applied"
                                 );
                                 for r in rejected {

@@ -30,6 +30,9 @@ pub struct Free<'n> {
     /// Ports of the range not in `ports_used`, kept by [`Free::charge`] so [`Free::fits`]
     /// needs no search.
     pub ports_free: u32,
+    /// Every GPU of the node has the same model and memory (the usual case), so one GPU
+    /// answers for all in [`Free::fits`]; charging removes GPUs and keeps it true.
+    pub uniform_gpus: bool,
 }
 
 impl<'n> Free<'n> {
@@ -43,6 +46,11 @@ impl<'n> Free<'n> {
             port_first,
             port_last,
             ports_free: (u32::from(port_last) + 1).saturating_sub(u32::from(port_first)),
+            uniform_gpus: node
+                .inventory
+                .gpus
+                .windows(2)
+                .all(|w| w[0].model == w[1].model && w[0].memory_mib == w[1].memory_mib),
         };
         for a in allocations {
             if a.node == node.name && a.desired == Desired::Run {
@@ -69,11 +77,26 @@ impl<'n> Free<'n> {
     /// the reservation or the shortfalls. The planner's inner loop runs this for every node
     /// the policy permits, so it allocates nothing.
     pub fn fits(&self, r: &Resources) -> bool {
-        r.cpu_millis <= self.cpu_millis
-            && r.memory_mib <= self.memory_mib
-            && self.ports_free > 0
-            && (r.gpu_count == 0
-                || self.gpus.iter().filter(|g| suitable(g, r)).count() >= r.gpu_count as usize)
+        if r.cpu_millis > self.cpu_millis || r.memory_mib > self.memory_mib || self.ports_free == 0
+        {
+            return false;
+        }
+        let need = r.gpu_count as usize;
+        if need == 0 {
+            return true;
+        }
+        if self.gpus.len() < need {
+            return false;
+        }
+        if self.uniform_gpus {
+            return suitable(self.gpus[0], r);
+        }
+        self.gpus
+            .iter()
+            .filter(|g| suitable(g, r))
+            .take(need)
+            .count()
+            == need
     }
 }
 

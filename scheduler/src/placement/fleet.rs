@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::PolicyOracle;
 use super::fit::Free;
-use crate::state::node::Node;
+use crate::state::node::{Node, NodeStatus};
 use crate::state::{Desired, State};
 
 pub struct Fleet<'s> {
@@ -22,9 +22,17 @@ pub struct Fleet<'s> {
     pub class: Vec<u32>,
     /// One more than the largest class in `class`.
     pub classes: usize,
+    /// The nodes of each class, in name order: a deployment's scan visits only the classes
+    /// the policy permits it, so the nodes it is forbidden on cost nothing.
+    pub by_class: Vec<Vec<usize>>,
+    /// `nodes[i]` takes new work: not down, not draining.
+    pub usable: Vec<bool>,
     /// `nodes[i]`'s site (country and site) and country as small integers, for spreading.
     pub site: Vec<u32>,
     pub country: Vec<u32>,
+    /// How many distinct sites and countries (`site` and `country` are below these).
+    pub sites: usize,
+    pub countries: usize,
     index: HashMap<&'s str, usize>,
     /// Per deployment: the node index of each of its allocations that should run on a
     /// registered node.
@@ -71,15 +79,28 @@ impl<'s> Fleet<'s> {
             let next = countries.len() as u32;
             country.push(*countries.entry(n.facts.country.as_str()).or_insert(next));
         }
+        let (sites, countries) = (sites.len(), countries.len());
         let class: Vec<u32> = nodes.iter().map(|n| policy.node_class(n)).collect();
         let classes = class.iter().max().map_or(0, |&c| c as usize + 1);
+        let mut by_class = vec![Vec::new(); classes];
+        for (i, &c) in class.iter().enumerate() {
+            by_class[c as usize].push(i);
+        }
+        let usable = nodes
+            .iter()
+            .map(|n| n.status != NodeStatus::Down && !n.draining)
+            .collect();
         Fleet {
             nodes,
             free,
             class,
             classes,
+            by_class,
+            usable,
             site,
             country,
+            sites,
+            countries,
             index,
             placed,
             running,
@@ -94,16 +115,11 @@ impl<'s> Fleet<'s> {
     /// Whether the policy permits deployment class `deployment` on each node class of this
     /// fleet, asked once per node class: the planner's inner loop then indexes a vector.
     pub fn permitted(&self, deployment: u32, policy: &mut impl PolicyOracle) -> Vec<bool> {
-        let mut asked = vec![false; self.classes];
-        let mut permitted = vec![false; self.classes];
-        for &c in &self.class {
-            let c = c as usize;
-            if !asked[c] {
-                asked[c] = true;
-                permitted[c] = policy.forbidding(deployment, c as u32).is_empty();
-            }
-        }
-        permitted
+        (0..self.classes)
+            .map(|c| {
+                !self.by_class[c].is_empty() && policy.forbidding(deployment, c as u32).is_empty()
+            })
+            .collect()
     }
 
     /// Node indexes of `deployment`'s replicas that should run on registered nodes.

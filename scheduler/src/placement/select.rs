@@ -8,10 +8,10 @@
 //! placement changes nothing else a candidate depends on. Explanations (every reason of every
 //! node) are built only when asked for, by [`plan_spec`] and [`eligibility`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::explain::Explanation;
-use super::feasibility::{check, feasible};
+use super::feasibility::check;
 use super::fit::fit;
 use super::fleet::Fleet;
 use super::score::score;
@@ -108,27 +108,46 @@ fn place(
     let r = &spec.resources;
     let class = policy.deployment_class(spec);
     // Replicas of this deployment per spread domain (node, site or country).
-    let mut per_domain: HashMap<u32, u32> = HashMap::new();
+    let domains = match spec.placement.spread {
+        Spread::None => 1,
+        Spread::Node => fleet.nodes.len(),
+        Spread::Site => fleet.sites,
+        Spread::Country => fleet.countries,
+    };
+    let mut per_domain = vec![0u32; domains];
     for &i in fleet.placed(&spec.name) {
-        *per_domain.entry(domain(fleet, spec, i)).or_default() += 1;
+        per_domain[domain(fleet, spec, i) as usize] += 1;
     }
-    // Feasible nodes in name order, with their domain and whether they are preferred.
+    // Feasible nodes: only the classes the policy permits are visited; then in name order,
+    // with their domain and whether they are preferred.
     let p = &spec.placement;
     let permitted = fleet.permitted(class, policy);
-    let mut candidates: Vec<(usize, u32, bool)> = Vec::new();
-    for (i, node) in fleet.nodes.iter().enumerate() {
-        if permitted[fleet.class[i] as usize] && feasible(spec, node, &fleet.free[i], &[]) {
-            let preferred = p.prefer_countries.contains(&node.facts.country)
-                || p.prefer_sites.contains(&node.facts.site);
-            candidates.push((i, domain(fleet, spec, i), preferred));
+    let mut feasible_nodes: Vec<usize> = Vec::new();
+    for (c, nodes) in fleet.by_class.iter().enumerate() {
+        if permitted[c] {
+            feasible_nodes.extend(
+                nodes
+                    .iter()
+                    .copied()
+                    .filter(|&i| fleet.usable[i] && fleet.free[i].fits(r)),
+            );
         }
     }
+    feasible_nodes.sort_unstable();
+    let mut candidates: Vec<(usize, u32, bool)> = feasible_nodes
+        .into_iter()
+        .map(|i| {
+            let node = fleet.nodes[i];
+            let preferred = p.prefer_countries.contains(&node.facts.country)
+                || p.prefer_sites.contains(&node.facts.site);
+            (i, domain(fleet, spec, i), preferred)
+        })
+        .collect();
     let mut placements = Vec::new();
     while placements.len() < missing as usize {
         let mut best: Option<(i64, usize)> = None;
         for (at, &(i, dom, preferred)) in candidates.iter().enumerate() {
-            let here = per_domain.get(&dom).copied().unwrap_or(0);
-            let s = score(&fleet.free[i], r, here, preferred);
+            let s = score(&fleet.free[i], r, per_domain[dom as usize], preferred);
             if best.is_none_or(|(b, _)| s > b) {
                 best = Some((s, at));
             }
@@ -153,7 +172,7 @@ fn place(
         if !free.fits(r) {
             candidates.remove(at);
         }
-        *per_domain.entry(dom).or_default() += 1;
+        per_domain[dom as usize] += 1;
         placements.push(Placement {
             deployment: spec.name.clone(),
             node: fleet.nodes[i].name.clone(),

@@ -448,6 +448,18 @@ proptest! {
         let first = plan(&s, &mut policy, 1_000);
         let again = plan(&s, &mut CountryRule::new(forbidden.clone()), 1_000);
         prop_assert_eq!(&first, &again);
+        // The quick checks of the planner's scan agree with the full ones.
+        for d in s.deployments.values() {
+            for n in s.nodes.values() {
+                let free = super::fit::Free::of(n, s.allocations.values());
+                let forbidding: &[Forbid] = if policy.forbids(n) { &policy.rule } else { &[] };
+                prop_assert_eq!(free.fits(&d.spec.resources), fit::fit(&free, &d.spec.resources).is_ok());
+                prop_assert_eq!(
+                    feasibility::feasible(&d.spec, n, &free, forbidding),
+                    feasibility::check(&d.spec, n, &free, forbidding).is_ok()
+                );
+            }
+        }
         // The one-scan planner decides exactly as a full scan per replica would.
         prop_assert_eq!(&first, &reference_plan(&s, &policy, 1_000));
         let bounded = plan(&s, &mut policy, 3);

@@ -47,6 +47,10 @@ pub(super) struct Compiled {
     /// Every name the policies mention (attribute names, string literals, entity ids): an
     /// attribute of the principal or the resource that is not in here is read by no policy.
     pub mentioned: BTreeSet<String>,
+    /// Per rule (in `rules` order): the names that policy mentions, and a policy set holding
+    /// that policy alone, so the evaluator can decide each rule on its own classes.
+    pub rule_mentioned: Vec<BTreeSet<String>>,
+    pub rule_sets: Vec<PolicySet>,
     /// The entities every request's store starts from: all groups, the actions, and every
     /// entity a policy names. Each request adds what its principal and resource refer to
     /// (see `evaluate::request_store`).
@@ -127,7 +131,15 @@ fn assemble(
         .into_iter()
         .filter_map(|uid| data.entities.get(&uid).cloned());
     let always = Entities::from_entities(always, None).map_err(|e| e.to_string())?;
-    let mentioned = mentioned_names(&parsed)?;
+    let rule_mentioned = parsed
+        .iter()
+        .map(|p| mentioned_names(std::slice::from_ref(p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mentioned = rule_mentioned.iter().flatten().cloned().collect();
+    let rule_sets = parsed
+        .iter()
+        .map(|p| policy_set([p]))
+        .collect::<Result<Vec<_>, _>>()?;
     let rules: Vec<Rule> = parsed.into_iter().map(|p| p.rule).collect();
     let rule_index = rules
         .iter()
@@ -146,6 +158,8 @@ fn assemble(
             permits,
             entities: data.entities,
             mentioned,
+            rule_mentioned,
+            rule_sets,
             always,
             authorizer: Authorizer::new(),
         }),

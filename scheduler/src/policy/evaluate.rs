@@ -1,5 +1,5 @@
 //! Deciding placements, and remembering the decisions so a planner asks Cedar once per
-//! distinct (deployment class, node class), not once per pair.
+//! distinct question, not once per (deployment, node) pair.
 //!
 //! Owns: [`Evaluator`] and the mapping from Cedar's answers to a [`Decision`] (every
 //! forbidding rule in bundle order, synthetic rules for what Cedar cannot say, fail closed on
@@ -11,15 +11,21 @@
 //!   every attribute no policy mentions left out. Two nodes of one class get the same decision
 //!   for every deployment, so the planner classifies each node once per round and then looks
 //!   decisions up in a dense table, `rows[deployment class][node class]`.
-//! - **One entity store.** Every class is an entity of its own (`Deployment::"deployment-3"`,
-//!   `Node::"node-17"`) in one store that starts as the bundle's full store; new classes are
-//!   added in batches. A decision is then two `is_authorized` calls and no store building.
+//! - **One rule at a time.** Cedar permits when some permit is satisfied and no forbid is, and
+//!   reports each policy's errors on its own, so a decision is the combination of each rule's
+//!   own answer. Each rule has its own, coarser classes (the signature reduced to what *that*
+//!   rule mentions: the residency rule sees residency and country, the trust rule only trust
+//!   levels), so a table of 100 × 100 classes needs a few hundred single-rule evaluations.
+//! - **One entity store.** Every rule class is an entity of its own (`Deployment::"d3-5"`,
+//!   `Node::"n3-17"`) in one store that starts as the bundle's full store; new classes are
+//!   added in batches. An evaluation is one `is_authorized` call and no store building.
 //! - **Kept across rounds.** The leader and every replica keep their evaluator while the policy
 //!   version and the day stay the same (`state::plan::PolicyGate`), so a steady cluster asks
 //!   Cedar only about classes it has not seen.
 //!
 //! [`CompiledPolicy::evaluate`] keeps the straightforward path (a fresh store per request with
-//! the unprojected signatures): the tests check the evaluator against it.
+//! the unprojected signatures and the whole policy set): the tests check the evaluator against
+//! it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,17 +34,18 @@ use cedar_policy::{Context, Entities, Entity, EntityUid, PolicySet, Request, Res
 use super::bundle::{Compiled, id_str};
 use super::entities::{self, DeploymentSignature, NodeSignature, PRINCIPAL_ID, RESOURCE_ID};
 use super::{
-    CLASSES_MAX, CompiledPolicy, DECISION_CELLS_MAX, Decision, EVALUATION_ERROR_RULE_ID,
+    CLASSES_MAX, CompiledPolicy, DECISION_CELLS_MAX, Decision, EVALUATION_ERROR_RULE_ID, Effect,
     NO_PERMIT_RULE_ID, OnChange, RuleRef, UNKNOWN_JURISDICTION_RULE_ID,
 };
 use crate::state::node::{Node, NodeFacts};
 use crate::state::{DeploymentSpec, is_date};
 
 /// Decides placements under one compiled policy on one calendar day, memoizing per
-/// (deployment class, node class). Replace it when the policy or the day changes; a changed
-/// node or deployment simply falls into another class. Its size grows with the distinct
-/// classes it has seen: [`Evaluator::oversized`] tells its owner when to start afresh (never in
-/// the middle of a planning round, whose class numbers must stay valid).
+/// (deployment class, node class) and, below that, per rule. Replace it when the policy or
+/// the day changes; a changed node or deployment simply falls into another class. Its size
+/// grows with the distinct classes it has seen: [`Evaluator::oversized`] tells its owner when
+/// to start afresh (never in the middle of a planning round, whose class numbers must stay
+/// valid).
 pub struct Evaluator {
     policy: CompiledPolicy,
     today: String,
@@ -51,13 +58,12 @@ pub struct Evaluator {
     node_class_errors: Vec<Vec<String>>,
     deployment_classes: HashMap<DeploymentSignature, u32>,
     deployment_class_list: Vec<DeploymentSignature>,
-    /// The entity uid of each class, `Deployment::"deployment-N"` and `Node::"node-N"`.
-    deployment_uids: Vec<EntityUid>,
-    node_uids: Vec<EntityUid>,
-    place: EntityUid,
-    /// The bundle's entities plus one entity per class; `pending` are classes not added yet.
+    /// One per rule of the bundle, in bundle order.
+    rules: Vec<RuleMemo>,
+    /// The bundle's entities plus one entity per rule class; `pending` are not added yet.
     store: Entities,
     pending: Vec<Entity>,
+    place: EntityUid,
     /// `rows[d][n]` = 1 + index into `decisions`, or 0 while undecided. Rows grow lazily to the
     /// number of node classes.
     rows: Vec<Vec<u32>>,
@@ -65,10 +71,47 @@ pub struct Evaluator {
     decisions: Vec<Decision>,
     decision_ids: HashMap<Decision, u32>,
     evaluations: usize,
+    cedar_requests: usize,
+}
+
+/// One rule's own classes and answers.
+struct RuleMemo {
+    /// The names this rule's policy mentions: its classes keep only those attributes.
+    mentioned: BTreeSet<String>,
+    deployment_classes: HashMap<DeploymentSignature, u32>,
+    node_classes: HashMap<NodeSignature, u32>,
+    deployment_uids: Vec<EntityUid>,
+    node_uids: Vec<EntityUid>,
+    /// The evaluator's deployment (node) class -> this rule's.
+    of_deployment: Vec<u32>,
+    of_node: Vec<u32>,
+    answers: HashMap<(u32, u32), RuleAnswer>,
+}
+
+/// Whether one rule's policy is satisfied, and the errors evaluating it gave.
+#[derive(Clone)]
+struct RuleAnswer {
+    satisfied: bool,
+    errors: Vec<String>,
 }
 
 impl Evaluator {
     pub fn new(policy: &CompiledPolicy, today: &str) -> Self {
+        let rules = policy
+            .inner
+            .rule_mentioned
+            .iter()
+            .map(|mentioned| RuleMemo {
+                mentioned: mentioned.clone(),
+                deployment_classes: HashMap::new(),
+                node_classes: HashMap::new(),
+                deployment_uids: Vec::new(),
+                node_uids: Vec::new(),
+                of_deployment: Vec::new(),
+                of_node: Vec::new(),
+                answers: HashMap::new(),
+            })
+            .collect();
         Evaluator {
             policy: policy.clone(),
             today: today.to_owned(),
@@ -77,16 +120,16 @@ impl Evaluator {
             node_class_errors: Vec::new(),
             deployment_classes: HashMap::new(),
             deployment_class_list: Vec::new(),
-            deployment_uids: Vec::new(),
-            node_uids: Vec::new(),
-            place: entities::place_action(),
+            rules,
             store: policy.inner.entities.clone(),
             pending: Vec::new(),
+            place: entities::place_action(),
             rows: Vec::new(),
             cells: 0,
             decisions: Vec::new(),
             decision_ids: HashMap::new(),
             evaluations: 0,
+            cedar_requests: 0,
         }
     }
 
@@ -137,13 +180,24 @@ impl Evaluator {
             return class;
         }
         let class = self.node_class_errors.len() as u32;
-        let id = format!("{RESOURCE_ID}-{class}");
-        self.node_uids.push(entities::uid(entities::NODE, &id));
-        match entities::resource(&key.0, &id, &self.policy.inner.accelerator_eccns) {
-            Ok(entity) => self.pending.push(entity),
-            // Unreachable with the signatures sov builds; the class then fails closed, since
-            // Cedar reports the missing entity as an evaluation error.
-            Err(e) => tracing::error!(error = %e, "node class entity not built"),
+        for (r, rule) in self.rules.iter_mut().enumerate() {
+            let signature = key.0.projected(&rule.mentioned);
+            let next = rule.node_classes.len() as u32;
+            let own = *rule
+                .node_classes
+                .entry(signature)
+                .or_insert_with_key(|sig| {
+                    let id = format!("n{r}-{next}");
+                    rule.node_uids.push(entities::uid(entities::NODE, &id));
+                    match entities::resource(sig, &id, &self.policy.inner.accelerator_eccns) {
+                        Ok(entity) => self.pending.push(entity),
+                        // Unreachable with the signatures sov builds; the class then fails
+                        // closed, since Cedar reports the missing entity as an error.
+                        Err(e) => tracing::error!(error = %e, "node class entity not built"),
+                    }
+                    next
+                });
+            rule.of_node.push(own);
         }
         self.node_class_errors.push(key.1.clone());
         self.node_classes.insert(key, class);
@@ -157,12 +211,23 @@ impl Evaluator {
             return class;
         }
         let class = self.deployment_class_list.len() as u32;
-        let id = format!("{PRINCIPAL_ID}-{class}");
-        self.deployment_uids
-            .push(entities::uid(entities::DEPLOYMENT, &id));
-        match entities::principal(&key, &id) {
-            Ok(entity) => self.pending.push(entity),
-            Err(e) => tracing::error!(error = %e, "deployment class entity not built"),
+        for (r, rule) in self.rules.iter_mut().enumerate() {
+            let signature = key.projected(&rule.mentioned);
+            let next = rule.deployment_classes.len() as u32;
+            let own = *rule
+                .deployment_classes
+                .entry(signature)
+                .or_insert_with_key(|sig| {
+                    let id = format!("d{r}-{next}");
+                    rule.deployment_uids
+                        .push(entities::uid(entities::DEPLOYMENT, &id));
+                    match entities::principal(sig, &id) {
+                        Ok(entity) => self.pending.push(entity),
+                        Err(e) => tracing::error!(error = %e, "deployment class entity not built"),
+                    }
+                    next
+                });
+            rule.of_deployment.push(own);
         }
         self.deployment_class_list.push(key.clone());
         self.deployment_classes.insert(key, class);
@@ -171,13 +236,13 @@ impl Evaluator {
     }
 
     /// The decision for a deployment class on a node class (both from this evaluator), as an
-    /// id for [`Evaluator::decision`]; Cedar runs only for a pair not decided before. Equal
+    /// id for [`Evaluator::decision`]; computed only for a pair not decided before. Equal
     /// decisions share one id.
     pub fn decision_id(&mut self, deployment: u32, node: u32) -> u32 {
         let (d, n) = (deployment as usize, node as usize);
+        let len = self.node_class_errors.len();
         let row = &mut self.rows[d];
-        if row.len() <= n {
-            let len = self.node_class_errors.len();
+        if row.len() < len {
             self.cells += len - row.len();
             row.resize(len, 0);
         }
@@ -186,6 +251,9 @@ impl Evaluator {
             return cell - 1;
         }
         let decision = self.evaluate(d, n);
+        if is_date(&self.today) {
+            self.evaluations += 1;
+        }
         let next = self.decisions.len() as u32;
         let id = *self
             .decision_ids
@@ -211,9 +279,14 @@ impl Evaluator {
         self.decision(id)
     }
 
-    /// How many times Cedar was asked (table misses).
+    /// How many (deployment class, node class) decisions were made (table misses).
     pub fn evaluations(&self) -> usize {
         self.evaluations
+    }
+
+    /// How many requests went to Cedar (one rule each).
+    pub fn cedar_requests(&self) -> usize {
+        self.cedar_requests
     }
 
     /// How many distinct classes it has seen: (deployment classes, node classes).
@@ -224,43 +297,99 @@ impl Evaluator {
         )
     }
 
+    /// The decision for one pair of classes from each rule's answer.
     fn evaluate(&mut self, d: usize, n: usize) -> Decision {
         if !is_date(&self.today) {
             return bad_day(&self.today);
         }
-        self.evaluations += 1;
-        if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            let store = std::mem::replace(&mut self.store, Entities::empty());
-            self.store = match store.clone().add_entities(pending, None) {
-                Ok(store) => store,
-                // Unreachable (class ids are unique); the pending classes then fail closed.
-                Err(e) => {
-                    tracing::error!(error = %e, "class entities not added to the store");
-                    store
+        let node_errors = self.node_class_errors[n].clone();
+        let mut answer = CedarAnswer {
+            forbidding: Vec::new(),
+            permitted: false,
+            errors: Vec::new(),
+        };
+        if node_errors.is_empty() {
+            for r in 0..self.rules.len() {
+                let own = (self.rules[r].of_deployment[d], self.rules[r].of_node[n]);
+                let rule_answer = match self.rules[r].answers.get(&own) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let fresh = self.ask_rule(r, own);
+                        self.rules[r].answers.insert(own, fresh.clone());
+                        fresh
+                    }
+                };
+                if rule_answer.satisfied {
+                    match self.policy.inner.rules[r].effect {
+                        Effect::Forbid => answer.forbidding.push(r),
+                        Effect::Permit => answer.permitted = true,
+                    }
                 }
-            };
+                answer.errors.extend(rule_answer.errors);
+            }
         }
-        let compiled = &self.policy.inner;
-        let store = &self.store;
         decide(
-            compiled,
+            &self.policy.inner,
             &self.deployment_class_list[d],
-            self.node_class_errors[n].clone(),
-            || {
-                // Types and action are the ones `compile` probed the schema with, so the
-                // request needs no schema check of its own.
-                let request = Request::new(
-                    self.deployment_uids[d].clone(),
-                    self.place.clone(),
-                    self.node_uids[n].clone(),
-                    Context::empty(),
-                    None,
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(answer(compiled, &request, store))
-            },
+            node_errors,
+            || Ok(answer),
         )
+    }
+
+    /// Asks Cedar whether rule `r` is satisfied for its classes `(deployment, node)`.
+    fn ask_rule(&mut self, r: usize, (deployment, node): (u32, u32)) -> RuleAnswer {
+        self.flush_pending();
+        self.cedar_requests += 1;
+        let rule = &self.rules[r];
+        // Types and action are the ones `compile` probed the schema with, so the request
+        // needs no schema check of its own.
+        let request = match Request::new(
+            rule.deployment_uids[deployment as usize].clone(),
+            self.place.clone(),
+            rule.node_uids[node as usize].clone(),
+            Context::empty(),
+            None,
+        ) {
+            Ok(request) => request,
+            Err(e) => {
+                return RuleAnswer {
+                    satisfied: false,
+                    errors: vec![e.to_string()],
+                };
+            }
+        };
+        let compiled = &self.policy.inner;
+        let response =
+            compiled
+                .authorizer
+                .is_authorized(&request, &compiled.rule_sets[r], &self.store);
+        let mut errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        errors.sort();
+        RuleAnswer {
+            satisfied: response.diagnostics().reason().next().is_some(),
+            errors,
+        }
+    }
+
+    /// Adds the classes created since the last evaluation to the entity store, in one batch.
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let store = std::mem::replace(&mut self.store, Entities::empty());
+        self.store = match store.clone().add_entities(pending, None) {
+            Ok(store) => store,
+            // Unreachable (class ids are unique); the pending classes then fail closed.
+            Err(e) => {
+                tracing::error!(error = %e, "class entities not added to the store");
+                store
+            }
+        };
     }
 }
 

@@ -13,8 +13,11 @@ use crate::placement::fit::{Free, verify};
 use crate::placement::{Forbid, Placement, PolicyOracle};
 use crate::policy::{CompiledPolicy, Evaluator};
 
-/// Most placements one plan may carry: bounds one Raft entry and one apply.
-pub const PLAN_PLACEMENTS_MAX: usize = 1_000;
+/// Most placements one plan may carry: bounds one Raft entry (about 0.2 KiB of JSON per
+/// placement, so about 1 MiB) and one apply (a few ms per thousand with a warm evaluator).
+/// Large enough that the fixed cost of a round (a copy of the state, the fleet view, one
+/// commit) is shared by many placements: docs/benchmarks.md, Placement.
+pub const PLAN_PLACEMENTS_MAX: usize = 5_000;
 
 /// A placement the apply refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

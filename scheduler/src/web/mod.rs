@@ -74,7 +74,7 @@ pub fn render_metrics(replica: &Replica) -> String {
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().count();
     let learners = membership.learner_ids().count();
-    let (deployments, nodes_ready, nodes_down, by_status) = {
+    let (deployments, nodes_ready, nodes_down, by_status, placed) = {
         let applied = replica.sm.read();
         let s = &applied.state;
         let down = s
@@ -86,7 +86,18 @@ pub fn render_metrics(replica: &Replica) -> String {
         for a in s.allocations.values() {
             *by_status.entry(a.status.as_str()).or_insert(0u64) += 1;
         }
-        (s.deployments.len(), s.nodes.len() - down, down, by_status)
+        let placed = s
+            .allocations
+            .values()
+            .filter(|a| a.desired == crate::state::Desired::Run)
+            .count();
+        (
+            s.deployments.len(),
+            s.nodes.len() - down,
+            down,
+            by_status,
+            placed,
+        )
     };
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
@@ -155,6 +166,11 @@ pub fn render_metrics(replica: &Replica) -> String {
         "sov_deployments",
         "Deployments in the replicated state.",
         deployments as u64,
+    );
+    gauge(
+        "sov_replicas_placed",
+        "Allocations that should run (placed replicas, whatever their agents report).",
+        placed as u64,
     );
     gauge(
         "sov_nodes_ready",
