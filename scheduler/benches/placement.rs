@@ -866,7 +866,12 @@ fn main() -> anyhow::Result<()> {
     let apply_cold = apply_times.remove(0);
     let apply_stats = Stats::of(apply_times);
     let (_, clone_stats) = timed(runs, || state.clone().revision);
-    println!("4. apply of that ApplyPlan ({applied} placements re-checked and stored):");
+    let entry_bytes = serde_json::to_vec(&command).map_or(0, |v| v.len());
+    println!(
+        "4. apply of that ApplyPlan ({applied} placements re-checked and stored; {} KiB as JSON, {} bytes per placement):",
+        entry_bytes / 1024,
+        entry_bytes / applied.max(1)
+    );
     println!(
         "   first (evaluator built): {}; then {apply_stats}; {:.0} placements/s per replica",
         ms(apply_cold),

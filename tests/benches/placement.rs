@@ -412,7 +412,7 @@ fn run(nodes: usize, deployments: usize, live: bool) -> Row {
                     "copy_ms=",
                     "plan_ms=",
                     "commit_ms=",
-                    "cedar_evaluations=",
+                    "cedar_requests=",
                 ]
                 .iter()
                 .any(|k| w.starts_with(k))

@@ -93,7 +93,8 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                     let today = day_of(now_ms());
                     tokio::task::spawn_blocking(move || {
                         let mut gate = PolicyGate::for_state(&state, &today);
-                        let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.evaluations());
+                        let asked =
+                            |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
                         let before = asked(&gate);
                         let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
                         (state.revision, plan, asked(&gate) - before)
@@ -113,7 +114,7 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                     }
                     tokio::time::sleep(QUIET_PAUSE).await;
                 }
-                Some((_, plan, cedar_evaluations)) => {
+                Some((_, plan, cedar_requests)) => {
                     let count = plan.placements.len();
                     let planned_at = started.elapsed();
                     match replica
@@ -133,7 +134,7 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                                     copy_ms = copied.as_millis() as u64,
                                     plan_ms = (planned_at - copied).as_millis() as u64,
                                     commit_ms = (started.elapsed() - planned_at).as_millis() as u64,
-                                    cedar_evaluations,
+                                    cedar_requests,
                                     "placement plan applied"
                                 );
                                 for r in rejected {

@@ -13,8 +13,9 @@ use crate::placement::fit::{Free, verify};
 use crate::placement::{Forbid, Placement, PolicyOracle};
 use crate::policy::{CompiledPolicy, Evaluator};
 
-/// Most placements one plan may carry: bounds one Raft entry (about 0.2 KiB of JSON per
-/// placement, so about 1 MiB) and one apply (a few ms per thousand with a warm evaluator).
+/// Most placements one plan may carry: bounds one Raft entry (141 bytes of JSON per placement
+/// in the benchmark fleet, a few hundred with 8 GPU ids, so at most about 2 MiB) and one
+/// apply (about 5 ms per thousand with a warm evaluator).
 /// Large enough that the fixed cost of a round (a copy of the state, the fleet view, one
 /// commit) is shared by many placements: docs/benchmarks.md, Placement.
 pub const PLAN_PLACEMENTS_MAX: usize = 5_000;
