@@ -24,6 +24,9 @@ struct Node {
     id: u64,
     config: Config,
     running: Option<Scheduler>,
+    /// Listeners bound when the ports were chosen, used by the first start: a port chosen and
+    /// released again could be taken (by another test's outgoing connection) before the start.
+    bound: Option<Listeners>,
 }
 
 impl Node {
@@ -35,11 +38,33 @@ impl Node {
         self.running.as_ref().expect("node is running")
     }
 
-    async fn start(&mut self) {
+    /// A node whose three listeners are bound now, on free ports written into `config`.
+    async fn bind(id: u64, mut config: Config) -> Node {
+        let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {
-            api: TcpListener::bind(self.config.api_listen).await.unwrap(),
-            raft: TcpListener::bind(self.config.raft_listen).await.unwrap(),
-            http: TcpListener::bind(self.config.http_listen).await.unwrap(),
+            api: bind().await.unwrap(),
+            raft: bind().await.unwrap(),
+            http: bind().await.unwrap(),
+        };
+        config.api_listen = listeners.api.local_addr().unwrap();
+        config.raft_listen = listeners.raft.local_addr().unwrap();
+        config.http_listen = listeners.http.local_addr().unwrap();
+        Node {
+            id,
+            config,
+            running: None,
+            bound: Some(listeners),
+        }
+    }
+
+    async fn start(&mut self) {
+        let listeners = match self.bound.take() {
+            Some(listeners) => listeners,
+            None => Listeners {
+                api: TcpListener::bind(self.config.api_listen).await.unwrap(),
+                raft: TcpListener::bind(self.config.raft_listen).await.unwrap(),
+                http: TcpListener::bind(self.config.http_listen).await.unwrap(),
+            },
         };
         self.running = Some(server::start(&self.config, listeners).await.unwrap());
     }
@@ -63,14 +88,6 @@ impl Node {
     }
 }
 
-async fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 struct Cluster {
     nodes: Vec<Node>,
     _dir: tempfile::TempDir,
@@ -84,19 +101,12 @@ impl Cluster {
             let config = Config {
                 node_id: id,
                 data_dir: dir.path().join(format!("node-{id}")),
-                api_listen: free_addr().await,
-                raft_listen: free_addr().await,
-                http_listen: free_addr().await,
                 bootstrap: id == 1,
                 join: None,
                 raft: tuning.clone(),
                 ..Config::default()
             };
-            nodes.push(Node {
-                id,
-                config,
-                running: None,
-            });
+            nodes.push(Node::bind(id, config).await);
         }
         let first = nodes[0].api().to_string();
         for node in nodes.iter_mut().skip(1) {
@@ -584,18 +594,15 @@ async fn members_can_be_removed_added_as_learners_and_promoted() {
 
     // A new, empty scheduler is added as a learner first, then promoted.
     let dir = tempfile::tempdir().unwrap();
-    let mut newcomer = Node {
-        id: 4,
-        config: Config {
+    let mut newcomer = Node::bind(
+        4,
+        Config {
             node_id: 4,
             data_dir: dir.path().join("node-4"),
-            api_listen: free_addr().await,
-            raft_listen: free_addr().await,
-            http_listen: free_addr().await,
             ..Config::default()
         },
-        running: None,
-    };
+    )
+    .await;
     newcomer.start().await;
     let join = |learner_only| pb::JoinRequest {
         id: 4,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::PolicyOracle;
 use super::fit::Free;
-use crate::state::node::{Node, NodeStatus};
+use crate::state::node::{Node, NodeFacts, NodeStatus};
 use crate::state::{Desired, State};
 
 pub struct Fleet<'s> {
@@ -80,7 +80,18 @@ impl<'s> Fleet<'s> {
             country.push(*countries.entry(n.facts.country.as_str()).or_insert(next));
         }
         let (sites, countries) = (sites.len(), countries.len());
-        let class: Vec<u32> = nodes.iter().map(|n| policy.node_class(n)).collect();
+        // The oracle is asked once per distinct (facts, GPU models): a fleet has far fewer
+        // kinds of node than nodes.
+        let mut kinds: HashMap<(&NodeFacts, Vec<&str>), u32> = HashMap::new();
+        let class: Vec<u32> = nodes
+            .iter()
+            .map(|n| {
+                let models = n.inventory.gpus.iter().map(|g| g.model.as_str()).collect();
+                *kinds
+                    .entry((&n.facts, models))
+                    .or_insert_with(|| policy.node_class(n))
+            })
+            .collect();
         let classes = class.iter().max().map_or(0, |&c| c as usize + 1);
         let mut by_class = vec![Vec::new(); classes];
         for (i, &c) in class.iter().enumerate() {
