@@ -1,8 +1,8 @@
 //! Policy: which nodes a deployment may be placed on, as Cedar policy bundles decide it.
 //!
 //! Owns: compiling and validating a bundle ([`compile`], in `bundle.rs`), turning sov's
-//! deployments and nodes into Cedar entities (`entities.rs`), and deciding, with one Cedar
-//! evaluation per distinct (deployment signature, node signature) (`evaluate.rs`).
+//! deployments and nodes into Cedar entities (`entities.rs`), and deciding, with Cedar asked
+//! once per rule and distinct pair of that rule's classes (`evaluate.rs`).
 //! Must not touch: I/O, clocks, randomness, async, the replicated state. Callers pass the bundle
 //! files in and the calendar day as a string, so every replica decides the same way (I3).
 //!
@@ -10,13 +10,20 @@
 //!
 //! ```text
 //!  bundle files ──compile──▶ CompiledPolicy (immutable, hashed; shared Group/Country/
-//!                              Accelerator entities built once)
+//!                              Accelerator entities built once; per rule: the names it
+//!                              mentions and a policy set of it alone)
 //!  DeploymentSpec ─┐
-//!                  ├─ signatures ─▶ Evaluator cache ─miss─▶ Cedar: forbids, then permits
-//!  Node + today  ──┘                                          │
-//!                                                             ▼
-//!                                   Decision { allowed, every forbidding rule, errors }
+//!                  ├─ classes (signatures reduced to mentioned attributes)
+//!  Node + today  ──┘      │
+//!                         ▼
+//!                  Evaluator table[deployment class][node class] ─miss─▶ for each rule: its
+//!                         │        own classes ─miss─▶ Cedar (one policy, shared store)
+//!                         ▼
+//!  Decision { allowed, every forbidding rule, errors }
 //! ```
+//!
+//! [`CompiledPolicy::evaluate`] decides one pair the straightforward way (whole bundle, fresh
+//! store): the reference the evaluator is tested against.
 //!
 //! Fail closed (invariant I5): anything Cedar cannot decide (an evaluation error, a residency
 //! entry the bundle does not define, node facts the bundle cannot resolve) denies, with a
