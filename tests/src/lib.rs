@@ -89,20 +89,40 @@ pub fn bin(name: &str) -> PathBuf {
 /// (the kernel may return a just-released ephemeral port again).
 static PORTS_GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// `n` distinct loopback ports that were free a moment ago. Another process may take one before
-/// the scheduler binds it; that race is accepted (the scheduler then fails to start with a clear
-/// message in its log).
+/// Ports [`free_ports`] hands out: below Linux's ephemeral range (32768-60999), so no outgoing
+/// connection of any process (a gRPC client's source port) can take one between the moment it
+/// is chosen and the moment a scheduler binds it; and below the model servers' default range
+/// (20000-20999).
+const TEST_PORTS: std::ops::Range<u16> = 10_000..20_000;
+
+/// `n` distinct loopback ports that were free a moment ago, from [`TEST_PORTS`]. Another
+/// process could still bind one before the scheduler does; that race is accepted (the scheduler
+/// then fails to start with a clear message in its log), but no connection's source port can.
 pub fn free_ports(n: usize) -> Vec<u16> {
     let mut given = PORTS_GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Start somewhere different in every process, so test binaries run one after another do
+    // not reuse the same ports while the previous one's sockets linger.
+    let mut next = (std::process::id() % u32::from(span)) as u16;
     let mut held = Vec::new();
     let mut ports = Vec::new();
+    let mut tried = 0u32;
     while ports.len() < n {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        // Keep every listener open until all are chosen, so the kernel cannot repeat a port.
-        held.push(listener);
-        if given.insert(port) {
+        assert!(
+            tried < u32::from(span),
+            "no free loopback port left in {TEST_PORTS:?}"
+        );
+        tried += 1;
+        let port = TEST_PORTS.start + next;
+        next = (next + 1) % span;
+        if given.contains(&port) {
+            continue;
+        }
+        // Keep every listener open until all are chosen.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+            given.insert(port);
             ports.push(port);
         }
     }
