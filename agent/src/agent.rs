@@ -445,18 +445,27 @@ async fn session(
     };
     let events = async {
         // The driver starts an allocation whose stop was still in progress only at a later
-        // converge, so converge on a tick too, not only on events.
-        let mut reconverge = tokio::time::interval(RECONVERGE_EVERY);
+        // converge, so converge on a tick too, not only on events. Never before this session's
+        // first event: right after an agent restart the assignments are still empty, and a
+        // converge then would stop the model servers just re-adopted.
+        let mut reconverge = tokio::time::interval_at(
+            tokio::time::Instant::now() + RECONVERGE_EVERY,
+            RECONVERGE_EVERY,
+        );
+        let mut synced = false;
         loop {
             let message = tokio::select! {
                 m = stream.message() => m,
                 _ = reconverge.tick() => {
-                    shared.converge().await;
+                    if synced {
+                        shared.converge().await;
+                    }
                     continue;
                 }
             };
             match message {
                 Ok(Some(event)) => {
+                    synced = true;
                     shared.touch();
                     let (full, changed, removed) =
                         (event.full, event.assignments.len(), event.removed.len());
