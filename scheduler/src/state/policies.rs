@@ -62,13 +62,15 @@ impl PolicyCache {
         self.slots().gate.take()
     }
 
-    /// Gives an evaluator back; when another gate gave one back meanwhile, the one that has
-    /// decided more stays.
+    /// Gives an evaluator back; when another gate gave one back meanwhile, the one for the
+    /// newer policy version stays, and of two for the same version the one that has decided
+    /// more.
     pub(super) fn put_gate(&self, memo: super::plan::GateMemo) {
         let mut slots = self.slots();
         let keep_old = slots.gate.as_ref().is_some_and(|old| {
-            old.version == memo.version
-                && old.evaluator.evaluations() > memo.evaluator.evaluations()
+            old.version > memo.version
+                || (old.version == memo.version
+                    && old.evaluator.evaluations() > memo.evaluator.evaluations())
         });
         if !keep_old {
             slots.gate = Some(memo);
