@@ -2,9 +2,10 @@
 //! reason why. Order of the checks only matters for the one-line summary (the first reason of a
 //! node is the one counted there); all reasons are kept for `sovctl explain --node`.
 //!
-//! Two forms with one meaning: [`feasible`] is the planner's inner loop (a yes or no, nothing
-//! allocated, the policy first since it rules out most pairs); [`check`] builds the reservation
-//! or every reason, for explanations and for re-checking a plan at apply time.
+//! Two forms with one meaning: [`feasible`] is a yes or no with nothing allocated, the policy
+//! first since it rules out most pairs (the planner's scan decides the same, reading status
+//! once per round through `Fleet::usable` and the policy once per node class); [`check`] builds
+//! the reservation or every reason, for explanations and for re-checking a plan at apply time.
 
 use std::fmt;
 
@@ -45,10 +46,13 @@ pub fn feasible(
     free: &Free,
     forbidding: &[Forbid],
 ) -> bool {
-    forbidding.is_empty()
-        && node.status != NodeStatus::Down
-        && !node.draining
-        && free.fits(&deployment.resources)
+    forbidding.is_empty() && takes_new_work(node) && free.fits(&deployment.resources)
+}
+
+/// Whether a node takes new replicas at all: not down, not draining (what [`check`] reports as
+/// `Down` and `Draining`).
+pub fn takes_new_work(node: &Node) -> bool {
+    node.status != NodeStatus::Down && !node.draining
 }
 
 /// Checks every condition and returns the reservation, or every reason it fails.

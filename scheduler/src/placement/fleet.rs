@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 
 use super::PolicyOracle;
+use super::feasibility::takes_new_work;
 use super::fit::Free;
-use crate::state::node::{Node, NodeFacts, NodeStatus};
+use crate::state::node::Node;
 use crate::state::{Desired, State};
 
 pub struct Fleet<'s> {
@@ -80,27 +81,13 @@ impl<'s> Fleet<'s> {
             country.push(*countries.entry(n.facts.country.as_str()).or_insert(next));
         }
         let (sites, countries) = (sites.len(), countries.len());
-        // The oracle is asked once per distinct (facts, GPU models): a fleet has far fewer
-        // kinds of node than nodes.
-        let mut kinds: HashMap<(&NodeFacts, Vec<&str>), u32> = HashMap::new();
-        let class: Vec<u32> = nodes
-            .iter()
-            .map(|n| {
-                let models = n.inventory.gpus.iter().map(|g| g.model.as_str()).collect();
-                *kinds
-                    .entry((&n.facts, models))
-                    .or_insert_with(|| policy.node_class(n))
-            })
-            .collect();
+        let class: Vec<u32> = nodes.iter().map(|n| policy.node_class(n)).collect();
         let classes = class.iter().max().map_or(0, |&c| c as usize + 1);
         let mut by_class = vec![Vec::new(); classes];
         for (i, &c) in class.iter().enumerate() {
             by_class[c as usize].push(i);
         }
-        let usable = nodes
-            .iter()
-            .map(|n| n.status != NodeStatus::Down && !n.draining)
-            .collect();
+        let usable = nodes.iter().map(|n| takes_new_work(n)).collect();
         Fleet {
             nodes,
             free,

@@ -62,9 +62,8 @@ pub struct Forbid {
 /// Answers "which rules forbid placing this deployment on this node?" (empty = permitted),
 /// by class: deployments of one class and nodes of one class always get the same answer.
 pub trait PolicyOracle {
-    /// The class of a node. It may depend only on the node's facts and GPU models: a
-    /// planning round asks once per distinct (facts, GPU models) and gives the answer to
-    /// every node alike.
+    /// The class of a node; asked once per node per planning round, so it must be fast for a
+    /// node like one seen before.
     fn node_class(&mut self, node: &Node) -> u32;
     /// The class of a deployment; asked once per deployment planned.
     fn deployment_class(&mut self, deployment: &DeploymentSpec) -> u32;

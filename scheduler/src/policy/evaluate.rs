@@ -28,6 +28,7 @@
 //! it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 
 use cedar_policy::{Context, Entities, Entity, EntityUid, PolicySet, Request, Response};
 
@@ -50,9 +51,11 @@ pub struct Evaluator {
     policy: CompiledPolicy,
     today: String,
     node_classes: HashMap<(NodeSignature, Vec<String>), u32>,
-    /// Per node name: the facts and GPU models last classified and their class, so a node
-    /// that did not change is classified by comparing, without building its signature.
-    node_memo: HashMap<String, (NodeFacts, Vec<String>, u32)>,
+    /// Kinds of node seen (facts and GPU models, which is all a class depends on today), by
+    /// their hash: a node like one classified before is classified by hashing and comparing,
+    /// without building its signature. A fleet has far fewer kinds than nodes.
+    node_kinds: HashMap<u64, Vec<(NodeFacts, Vec<String>, u32)>>,
+    node_kind_count: usize,
     /// Per node class: the facts the bundle cannot resolve (from the full signature, since the
     /// projection may leave them out); any denies.
     node_class_errors: Vec<Vec<String>>,
@@ -116,7 +119,8 @@ impl Evaluator {
             policy: policy.clone(),
             today: today.to_owned(),
             node_classes: HashMap::new(),
-            node_memo: HashMap::new(),
+            node_kinds: HashMap::new(),
+            node_kind_count: 0,
             node_class_errors: Vec::new(),
             deployment_classes: HashMap::new(),
             deployment_class_list: Vec::new(),
@@ -149,26 +153,29 @@ impl Evaluator {
     /// The class of `node` today. Nodes of one class get the same decision for every
     /// deployment.
     pub fn node_class(&mut self, node: &Node) -> u32 {
-        if let Some((facts, models, class)) = self.node_memo.get(&node.name)
-            && *facts == node.facts
-            && models
+        let models = || node.inventory.gpus.iter().map(|g| &g.model);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        node.facts.hash(&mut hasher);
+        models().for_each(|m| m.hash(&mut hasher));
+        let kind = hasher.finish();
+        if let Some(&(_, _, class)) = self.node_kinds.get(&kind).and_then(|same_hash| {
+            same_hash
                 .iter()
-                .eq(node.inventory.gpus.iter().map(|g| &g.model))
-        {
-            return *class;
+                .find(|(facts, known, _)| *facts == node.facts && known.iter().eq(models()))
+        }) {
+            return class;
         }
         let class = self.classify(node);
-        if self.node_memo.len() >= CLASSES_MAX {
-            self.node_memo.clear();
+        if self.node_kind_count >= CLASSES_MAX {
+            self.node_kinds.clear();
+            self.node_kind_count = 0;
         }
-        let models = node
-            .inventory
-            .gpus
-            .iter()
-            .map(|g| g.model.clone())
-            .collect();
-        self.node_memo
-            .insert(node.name.clone(), (node.facts.clone(), models, class));
+        self.node_kinds.entry(kind).or_default().push((
+            node.facts.clone(),
+            models().cloned().collect(),
+            class,
+        ));
+        self.node_kind_count += 1;
         class
     }
 
