@@ -16,24 +16,7 @@
 use std::time::{Duration, Instant};
 
 use sov_e2e::agent::{node_counts, start_fleet};
-use sov_e2e::{Cluster, Timeline, cluster_status, u64_field};
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the command: state is [0]; utime is field 14 overall -> [11], stime [12].
-    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (utime + stime) / ticks_per_second()
-}
+use sov_e2e::{Cluster, Timeline, cluster_status, cpu_seconds, u64_field};
 
 fn ready_count(endpoints: &str) -> usize {
     node_counts(endpoints, true).map_or(0, |(ready, _)| ready)

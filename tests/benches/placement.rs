@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sov_e2e::agent::{node_counts, start_fleet_spec};
-use sov_e2e::{Cluster, Timeline, cluster_status, http_get, sovctl, u64_field};
+use sov_e2e::{Cluster, Timeline, cluster_status, cpu_seconds, http_get, sovctl, u64_field};
 use sov_proto::v1 as pb;
 use sov_proto::v1::agent_service_client::AgentServiceClient;
 use sov_proto::v1::deployment_service_client::DeploymentServiceClient;
@@ -192,21 +192,6 @@ fn placed(http_port: u16) -> Option<u64> {
     body.lines()
         .find_map(|l| l.strip_prefix("sov_replicas_placed "))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 struct Row {

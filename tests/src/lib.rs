@@ -179,6 +179,25 @@ pub fn wait_until<T>(
     }
 }
 
+/// User plus system CPU time of process `pid` so far, in seconds (from `/proc/<pid>/stat`;
+/// 0 when it cannot be read). Benchmarks divide its growth by wall time: cores used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields after the command: state is [0]; utime is field 14 overall -> [11], stime [12].
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// Last `lines` lines of a text file, or a note saying why there are none.
 pub fn file_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
