@@ -35,6 +35,8 @@ use sov_scheduler::state::node::Inventory;
 /// Status transitions kept while no scheduler answers; beyond that the oldest are dropped
 /// (the latest state of every allocation is re-sent anyway with its next transition).
 const REPORT_QUEUE_MAX: usize = 1_024;
+/// Reports sent in one call: the scheduler's limit per command (`state::REPORTS_MAX`).
+const REPORTS_BATCH_MAX: usize = sov_scheduler::state::REPORTS_MAX;
 /// Driver events buffered before the driver waits for the agent.
 const DRIVER_EVENTS: usize = 256;
 /// Reason length the scheduler accepts.
@@ -488,20 +490,35 @@ async fn session(
     }
 }
 
-/// Sends queued status transitions in order, one at a time, retrying with backoff.
+/// Sends queued status transitions in order, retrying with backoff: everything queued (up to
+/// `REPORTS_BATCH_MAX`) in one `ReportStatuses` call, so ten replicas stopped at once cost one
+/// Raft command, not ten. A batch the scheduler calls malformed is split: the reports are
+/// sent one at a time until the bad one is found and dropped.
 async fn reporter(shared: Arc<Shared>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut one_at_a_time = false;
     loop {
-        let next = lock(&shared.reports).front().cloned();
-        let Some(report) = next else {
+        let batch: Vec<pb::AllocationStatusReport> = {
+            let q = lock(&shared.reports);
+            let take = if one_at_a_time { 1 } else { REPORTS_BATCH_MAX };
+            q.iter().take(take).cloned().collect()
+        };
+        if batch.is_empty() {
+            one_at_a_time = false;
             shared.report_ready.notified().await;
             continue;
-        };
+        }
         let result = match shared.schedulers.client() {
-            Ok((endpoint, mut client)) => client
-                .report_status(with_timeout(report.clone()))
-                .await
-                .map_err(|s| (endpoint, s)),
+            Ok((endpoint, mut client)) => {
+                let request = pb::AllocationStatusBatch {
+                    node: batch[0].node.clone(),
+                    reports: batch.clone(),
+                };
+                client
+                    .report_statuses(with_timeout(request))
+                    .await
+                    .map_err(|s| (endpoint, s))
+            }
             Err(e) => Err((
                 shared.schedulers.current(),
                 Status::unavailable(e.to_string()),
@@ -511,22 +528,19 @@ async fn reporter(shared: Arc<Shared>) {
             Ok(_) => {
                 shared.touch();
                 backoff.reset();
-                let mut q = lock(&shared.reports);
-                if q.front() == Some(&report) {
-                    q.pop_front();
-                }
+                pop_sent(&shared, &batch);
+            }
+            Err((_, status)) if status.code() == Code::InvalidArgument && batch.len() > 1 => {
+                one_at_a_time = true;
             }
             Err((_, status)) if status.code() == Code::InvalidArgument => {
                 // Retrying a report the scheduler calls malformed would block every later one.
                 tracing::error!(
                     error = status.message(),
-                    allocation = report.allocation_id,
+                    allocation = batch[0].allocation_id,
                     "status report refused; dropped"
                 );
-                let mut q = lock(&shared.reports);
-                if q.front() == Some(&report) {
-                    q.pop_front();
-                }
+                pop_sent(&shared, &batch);
             }
             Err((endpoint, status)) => {
                 let delay = backoff.next_delay();
@@ -537,6 +551,17 @@ async fn reporter(shared: Arc<Shared>) {
                 );
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// Removes `sent` from the front of the report queue (it is still there: only the reporter
+/// takes from the front; others append at the back).
+fn pop_sent(shared: &Shared, sent: &[pb::AllocationStatusReport]) {
+    let mut q = lock(&shared.reports);
+    for report in sent {
+        if q.front() == Some(report) {
+            q.pop_front();
         }
     }
 }

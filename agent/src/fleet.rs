@@ -427,19 +427,23 @@ async fn virtual_node(
                             .map(|(id, d)| (id.clone(), d.clone()))
                             .filter(|k| !acked.contains(k))
                             .collect();
-                        for (id, desired) in todo {
-                            let status = if desired == "run" { "running" } else { "stopped" };
-                            let report = pb::AllocationStatusReport {
-                                node: name.clone(),
-                                allocation_id: id.clone(),
-                                status: status.into(),
-                                exit_code: None,
-                                reason: "simulated node: acknowledged, no process runs".into(),
-                                restarts: 0,
-                            };
-                            client.report_status(with_timeout(report)).await?;
-                            counters.acks.fetch_add(1, Ordering::Relaxed);
-                            acked.insert((id, desired));
+                        // One call (one Raft command) per batch, as a real agent reports.
+                        for chunk in todo.chunks(sov_scheduler::state::REPORTS_MAX) {
+                            let reports = chunk
+                                .iter()
+                                .map(|(id, desired)| pb::AllocationStatusReport {
+                                    node: name.clone(),
+                                    allocation_id: id.clone(),
+                                    status: if desired == "run" { "running" } else { "stopped" }.into(),
+                                    exit_code: None,
+                                    reason: "simulated node: acknowledged, no process runs".into(),
+                                    restarts: 0,
+                                })
+                                .collect();
+                            let batch = pb::AllocationStatusBatch { node: name.clone(), reports };
+                            client.report_statuses(with_timeout(batch)).await?;
+                            counters.acks.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            acked.extend(chunk.iter().cloned());
                         }
                     }
                     _ = shutdown.changed() => return Ok(()),

@@ -338,25 +338,55 @@ impl AgentService for AgentApi {
         request: Request<pb::AllocationStatusReport>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
         let req = request.into_inner();
-        let status = match AllocStatus::parse(&req.status) {
-            Some(AllocStatus::Pending) | None => {
-                return Err(Status::invalid_argument(format!(
-                    "status: {:?} must be \"starting\", \"running\", \"failed\" or \"stopped\"",
-                    req.status
-                )));
-            }
-            Some(s) => s,
-        };
-        let proposal = Proposal::ReportAllocations {
-            node: req.node,
-            reports: vec![AllocReport {
-                id: req.allocation_id,
-                status,
-                exit_code: req.exit_code,
-                reason: req.reason,
-                restarts: req.restarts,
-            }],
-        };
+        let node = req.node.clone();
+        self.report(node, vec![req]).await
+    }
+
+    async fn report_statuses(
+        &self,
+        request: Request<pb::AllocationStatusBatch>,
+    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        let req = request.into_inner();
+        if req.reports.len() > crate::state::REPORTS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "reports: {} in one batch; the limit is {}",
+                req.reports.len(),
+                crate::state::REPORTS_MAX
+            )));
+        }
+        self.report(req.node, req.reports).await
+    }
+}
+
+impl AgentApi {
+    /// Commits status transitions of `node`'s allocations as one `ReportAllocations` command.
+    async fn report(
+        &self,
+        node: String,
+        reports: Vec<pb::AllocationStatusReport>,
+    ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        let reports = reports
+            .into_iter()
+            .map(|r| {
+                let status = match AllocStatus::parse(&r.status) {
+                    Some(AllocStatus::Pending) | None => {
+                        return Err(Status::invalid_argument(format!(
+                            "status: {:?} must be \"starting\", \"running\", \"failed\" or \"stopped\"",
+                            r.status
+                        )));
+                    }
+                    Some(s) => s,
+                };
+                Ok(AllocReport {
+                    id: r.allocation_id,
+                    status,
+                    exit_code: r.exit_code,
+                    reason: r.reason,
+                    restarts: r.restarts,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let proposal = Proposal::ReportAllocations { node, reports };
         crate::state::validate_proposal(&proposal).map_err(invalid)?;
         propose(&self.replica, proposal).await?;
         Ok(Response::new(pb::ReportStatusResponse {}))
