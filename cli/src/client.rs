@@ -14,6 +14,10 @@
 //!
 //! A retried write whose first outcome is unknown may be applied twice; every write in sov.v1 is
 //! idempotent by name or id, so the second application changes nothing.
+//!
+//! Watches (`deploy show --watch`, `--wait`) poll with `Client::poll` instead: one attempt per
+//! poll, and a failure that a retry could cure (a leader change, a restarting scheduler) is not
+//! the end of the watch but a missed poll; the next one goes where the retry would have gone.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -30,7 +34,7 @@ use crate::UsageError;
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
 /// The scheduler's API port, assumed when an endpoint names only a host.
 const DEFAULT_PORT: u16 = 7400;
-/// Attempts per command, the first included: enough to ride out a leader change and a dead node,
+/// Attempts per call, the first included: enough to ride out a leader change and a dead node,
 /// few enough that a broken cluster is reported within seconds.
 pub const ATTEMPTS_MAX: u32 = 5;
 /// Wait before the first retry; doubles with every further retry (200, 400, 800, 1600 ms).
@@ -203,6 +207,12 @@ impl Route {
         &self.target
     }
 
+    /// A new call begins: it gets the whole attempt budget. What the route learnt (where the
+    /// leader is, which endpoints refused) carries over.
+    pub fn begin_call(&mut self) {
+        self.attempts = 0;
+    }
+
     /// Counts an attempt at `target()`.
     pub fn begin_attempt(&mut self) {
         assert!(self.attempts < ATTEMPTS_MAX, "attempt budget overrun");
@@ -218,29 +228,53 @@ impl Route {
     pub fn after_failure(&mut self, failure: &Failure, retry_timeouts: bool) -> Option<Retry> {
         let refused = matches!(failure, Failure::Connect { .. });
         self.mark_target(refused);
-        let reason = match classify(failure, retry_timeouts) {
-            Action::GiveUp => return None,
-            _ if self.attempts >= ATTEMPTS_MAX || (refused && self.all_unreachable()) => {
-                return None;
+        let action = classify(failure, retry_timeouts);
+        if action == Action::GiveUp
+            || self.attempts >= ATTEMPTS_MAX
+            || (refused && self.all_unreachable())
+        {
+            return None;
+        }
+        let reason = self.move_on(action, failure);
+        Some(Retry {
+            target: self.target.clone(),
+            reason,
+            backoff: backoff(self.attempts),
+        })
+    }
+
+    /// Decides where the next poll of a watch goes after `failure` at `target()`, and returns
+    /// why this one failed; `None` when the failure is an answer. Unlike `after_failure` it
+    /// never runs out: a watch has its own deadline, and every scheduler being briefly
+    /// unreachable (a restart) must not end it.
+    pub fn after_missed_poll(&mut self, failure: &Failure) -> Option<String> {
+        self.mark_target(matches!(failure, Failure::Connect { .. }));
+        match classify(failure, true) {
+            Action::GiveUp => None,
+            action => {
+                let reason = describe_for_retry(failure, &self.target);
+                self.move_on(action, failure);
+                Some(reason)
             }
+        }
+    }
+
+    /// Points `target()` where a retry after `failure` should go; returns why, for the note.
+    fn move_on(&mut self, action: Action, failure: &Failure) -> String {
+        match action {
             // Right after a leader dies, followers still name it for a moment: do not bounce
             // back to an address that just refused us; go on along the list instead.
             Action::RetryAtLeader(leader) if !self.refused.contains(&leader) => {
                 self.target = leader;
                 "leader moved".to_owned()
             }
-            Action::RetryAtLeader(_) | Action::RetryNextEndpoint => {
+            _ => {
                 let reason = describe_for_retry(failure, &self.target);
                 self.list_pos = (self.list_pos + 1) % self.endpoints.len();
                 self.target = self.endpoints[self.list_pos].clone();
                 reason
             }
-        };
-        Some(Retry {
-            target: self.target.clone(),
-            reason,
-            backoff: backoff(self.attempts),
-        })
+        }
     }
 
     /// The one-line reason the command failed with, after `after_failure` returned `None`.
@@ -380,6 +414,24 @@ pub struct CallOpts {
     pub retry_timeouts: bool,
 }
 
+/// The outcome of one poll of a watch.
+#[derive(Debug)]
+pub enum Polled<T> {
+    Answer(T),
+    /// No answer this time, for a reason the next poll may not meet; the text says which.
+    Missed(String),
+}
+
+impl<T> Polled<T> {
+    /// The same outcome with the answer converted.
+    pub fn map<U>(self, convert: impl FnOnce(T) -> U) -> Polled<U> {
+        match self {
+            Polled::Answer(answer) => Polled::Answer(convert(answer)),
+            Polled::Missed(reason) => Polled::Missed(reason),
+        }
+    }
+}
+
 /// A connection to the cluster for the length of one command.
 pub struct Client {
     route: Route,
@@ -417,8 +469,8 @@ impl Client {
         self.call_with(opts, req, rpc).await
     }
 
-    /// Performs `rpc` with `req`, retrying as the module documentation says. Retries share the
-    /// command's budget of `ATTEMPTS_MAX` attempts and each prints one note on stderr.
+    /// Performs `rpc` with `req`, retrying as the module documentation says: at most
+    /// `ATTEMPTS_MAX` attempts, each retry with one note on stderr.
     pub async fn call_with<Req, Resp, F, Fut>(
         &mut self,
         opts: CallOpts,
@@ -430,6 +482,7 @@ impl Client {
         F: FnMut(Channel, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.route.begin_call();
         loop {
             self.route.begin_attempt();
             let failure = match self.attempt(opts.timeout, req.clone(), &mut rpc).await {
@@ -446,16 +499,46 @@ impl Client {
                     eprintln!("retrying at {}: {}", retry.target, retry.reason);
                     tokio::time::sleep(retry.backoff).await;
                 }
-                None => {
-                    let reason = self.route.give_up_reason(&failure, opts.timeout);
-                    let status = match failure {
-                        Failure::Status(status) => Some(status),
-                        Failure::Connect { .. } | Failure::Timeout => None,
-                    };
-                    return Err(CallFailed { reason, status }.into());
-                }
+                None => return Err(self.failed(failure, opts.timeout)),
             }
         }
+    }
+
+    /// One poll of a watch: a single attempt with the `--timeout` deadline. A failure that a
+    /// retry could cure is `Polled::Missed` (the route already points where the next poll
+    /// should go); any other is the error, as `call` reports it.
+    pub async fn poll<Req, Resp, F, Fut>(
+        &mut self,
+        req: Req,
+        mut rpc: F,
+    ) -> anyhow::Result<Polled<Resp>>
+    where
+        F: FnMut(Channel, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.route.begin_call();
+        let failure = match self.attempt(self.timeout, req, &mut rpc).await {
+            Ok(resp) => {
+                self.route.answered();
+                return Ok(Polled::Answer(resp));
+            }
+            Err(failure) => failure,
+        };
+        self.channel = None;
+        match self.route.after_missed_poll(&failure) {
+            Some(reason) => Ok(Polled::Missed(reason)),
+            None => Err(self.failed(failure, self.timeout)),
+        }
+    }
+
+    /// The error of a call that failed for good with `failure`.
+    fn failed(&self, failure: Failure, timeout: Duration) -> anyhow::Error {
+        let reason = self.route.give_up_reason(&failure, timeout);
+        let status = match failure {
+            Failure::Status(status) => Some(status),
+            Failure::Connect { .. } | Failure::Timeout => None,
+        };
+        CallFailed { reason, status }.into()
     }
 
     async fn attempt<Req, Resp, F, Fut>(
@@ -750,6 +833,44 @@ mod tests {
     }
 
     #[test]
+    fn every_call_gets_the_whole_budget() {
+        let mut r = Route::new(list(2));
+        let f = Failure::Status(Status::unavailable("no leader"));
+        for _ in 0..ATTEMPTS_MAX - 1 {
+            r.begin_attempt();
+            assert!(r.after_failure(&f, true).is_some());
+        }
+        r.begin_attempt();
+        r.answered();
+        // A second call of the same command (a page, or Apply after Plan) starts afresh.
+        r.begin_call();
+        r.begin_attempt();
+        assert!(r.after_failure(&f, true).is_some());
+    }
+
+    #[test]
+    fn a_missed_poll_moves_on_and_never_runs_out() {
+        let refused = Failure::Connect {
+            reason: "connection refused".into(),
+        };
+        let mut r = Route::new(list(2));
+        // Every endpoint refusing ends a call, but only misses a poll.
+        for expected in ["http://10.0.0.2:7400", "http://10.0.0.1:7400"].repeat(4) {
+            let before = r.target().to_owned();
+            assert_eq!(
+                r.after_missed_poll(&refused),
+                Some(format!("{before} unreachable (connection refused)"))
+            );
+            assert_eq!(r.target(), expected);
+        }
+        let hinted = Failure::Status(unavailable_with_hint("10.0.0.9:7400"));
+        assert!(r.after_missed_poll(&hinted).is_some());
+        assert_eq!(r.target(), "http://10.0.0.9:7400");
+        let answer = Failure::Status(Status::not_found("deployment \"x\" does not exist"));
+        assert_eq!(r.after_missed_poll(&answer), None);
+    }
+
+    #[test]
     fn timeouts_are_reported_with_the_deadline() {
         let mut r = Route::new(list(1));
         r.begin_attempt();
@@ -956,6 +1077,62 @@ mod tests {
         );
         status_via(&mut client).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_command_may_make_more_calls_than_one_call_has_attempts() {
+        let (addr, calls) = serve(|_| Ok(ClusterStatus::default()), String::new()).await;
+        let mut client = Client::new(vec![format!("http://{addr}")], Duration::from_secs(5));
+        for _ in 0..=ATTEMPTS_MAX {
+            status_via(&mut client).await.unwrap();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), ATTEMPTS_MAX as usize + 1);
+    }
+
+    async fn poll_status(client: &mut Client) -> anyhow::Result<Polled<ClusterStatus>> {
+        client
+            .poll(ClusterStatusRequest {}, |ch, req| async move {
+                ClusterServiceClient::new(ch).status(req).await
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_poll_misses_on_unavailable_and_fails_on_an_answer() {
+        let (follower, _) = serve(
+            |_| Err(Status::unavailable("no leader elected")),
+            String::new(),
+        )
+        .await;
+        let (live, live_calls) = serve(|_| Ok(ClusterStatus::default()), String::new()).await;
+        let mut client = Client::new(
+            vec![format!("http://{follower}"), format!("http://{live}")],
+            Duration::from_secs(5),
+        );
+        match poll_status(&mut client).await.unwrap() {
+            Polled::Missed(reason) => assert_eq!(
+                reason,
+                format!("http://{follower}: unavailable: no leader elected")
+            ),
+            Polled::Answer(a) => panic!("answered {a:?}"),
+        }
+        assert!(matches!(
+            poll_status(&mut client).await.unwrap(),
+            Polled::Answer(_)
+        ));
+        assert_eq!(live_calls.load(Ordering::SeqCst), 1);
+
+        let (refusing, _) = serve(
+            |_| Err(Status::not_found("deployment \"x\" does not exist")),
+            String::new(),
+        )
+        .await;
+        let mut client = Client::new(vec![format!("http://{refusing}")], Duration::from_secs(5));
+        let err = poll_status(&mut client).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not found: deployment \"x\" does not exist"
+        );
     }
 
     #[tokio::test]

@@ -1,17 +1,22 @@
 //! `sovctl deploy ...` and `sovctl explain`: the deployments ML engineers submit, and why their
 //! replicas are (not) placed, through `sov.v1.DeploymentService`. Each function makes its
 //! call(s) and prints the answer; routing and retries belong to `client`, rendering to `output`,
-//! spec files to `spec`.
+//! spec files to `spec`, the polling of `deploy show --watch` to `watch`.
+
+use std::time::Duration;
 
 use sov_proto::v1::deployment_service_client::DeploymentServiceClient;
 use sov_proto::v1::{
-    ApplyDeploymentRequest, DeleteDeploymentRequest, DeploymentSpec, ExplainRequest,
+    ApplyDeploymentRequest, DeleteDeploymentRequest, Deployment, DeploymentSpec, ExplainRequest,
     GetDeploymentRequest, ListDeploymentsRequest, ListDeploymentsResponse, PlanDeploymentRequest,
 };
+use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::client::{Client, read_consistency};
 use crate::output::plan::{self as plan_out, DeploymentPlanView, ExplanationView};
-use crate::output::{self, ApplyView, DeleteView, DeploymentView, Format, ListView};
+use crate::output::{self, ApplyView, DeleteView, DeploymentView, Format, ListView, now_ms};
+use crate::watch::{self, WatchOpts};
 
 /// Largest page the API serves; fewer round trips for long listings.
 const PAGE_LIMIT_MAX: u32 = 1000;
@@ -76,26 +81,44 @@ pub async fn list(
     output::emit(format, &view, |v| output::deployments_table(&v.deployments))
 }
 
+/// Shows deployment `name`; with `watch` (the timeout), keeps showing it until its compliance
+/// report says it converged, and returns the exit code of the watch.
 pub async fn show(
     client: &mut Client,
     format: Format,
     name: String,
     stale: bool,
-) -> anyhow::Result<()> {
+    watch: Option<Duration>,
+) -> anyhow::Result<u8> {
     let req = GetDeploymentRequest {
         name,
         consistency: read_consistency(stale),
     };
-    let answer = client
-        .call(req, |ch, req| async move {
-            DeploymentServiceClient::new(ch).get(req).await
-        })
-        .await?;
-    output::emit(
-        format,
-        &DeploymentView::from(answer),
-        output::deployment_text,
-    )
+    let view = DeploymentView::from(client.call(req.clone(), get).await?);
+    let Some(timeout) = watch else {
+        output::emit(format, &view, |v| output::deployment_text(v, now_ms()))?;
+        return Ok(0);
+    };
+    anyhow::ensure!(
+        view.compliance.is_some(),
+        "the scheduler sent no compliance report for deployment {} (it predates them), so \
+         --watch cannot tell when it converged; upgrade the schedulers or leave out --watch",
+        view.name()
+    );
+    let opts = WatchOpts {
+        timeout,
+        mode: watch::mode(format),
+        what: format!("deployment {}", view.name()),
+    };
+    watch::watch(client, &opts, Some(view), req, get, DeploymentView::from).await
+}
+
+/// `DeploymentService.Get`, for `Client::call` and `Client::poll`.
+async fn get(
+    ch: Channel,
+    req: GetDeploymentRequest,
+) -> Result<tonic::Response<Deployment>, Status> {
+    DeploymentServiceClient::new(ch).get(req).await
 }
 
 /// Dry-runs `spec`; returns whether applying it now would place replicas, which is the

@@ -2,21 +2,25 @@
 //!
 //! This file owns the command tree (what users type and the `--help` they read) and the dispatch
 //! to the command modules; it also decides exit codes: 0 on success, 1 when the cluster refused
-//! or could not be reached, 2 for bad input (flags, endpoints, spec files), except for the two
-//! commands whose exit code answers a question (`ExitCodes`). The work lives in `cluster`,
-//! `deploy`, `node` and `policy` (one function per command), `client` (where calls go,
-//! retries), `output` (tables and JSON), `spec` (deployment spec files), `bundle` (policy
-//! bundle files) and `diff` (comparing policy versions).
+//! or could not be reached (or a watch timed out), 2 for bad input (flags, endpoints, spec
+//! files), 130 when the user stops a watch with Ctrl-C, except for the three commands whose exit
+//! code answers a question (`ExitCodes`). The work lives in `cluster`, `deploy`, `node` and
+//! `policy` (one function per command), `client` (where calls go, retries), `output` (tables and
+//! JSON), `watch` (`--watch` and `--wait`), `spec` (deployment spec files), `bundle` (policy
+//! bundle files), `duration` (durations in flags and specs) and `diff` (comparing policy
+//! versions).
 
 mod bundle;
 mod client;
 mod cluster;
 mod deploy;
 mod diff;
+mod duration;
 mod node;
 mod output;
 mod policy;
 mod spec;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,8 +30,9 @@ use clap::{Args, Parser, Subcommand};
 use sov_proto::v1::JoinRequest;
 
 use crate::client::Client;
+use crate::node::DrainReplicas;
 use crate::output::Format;
-use crate::policy::InvalidBundle;
+use crate::policy::{ApplyOpts, Check, InvalidBundle};
 
 /// sovctl: manage a sov inference cluster.
 ///
@@ -35,9 +40,10 @@ use crate::policy::InvalidBundle;
 /// are passed on to the leader; if that fails, sovctl retries at the leader or at the next
 /// endpoint you listed (at most 5 attempts). Output is a table, or one JSON document with
 /// `-o json`. Failures print one line, `error: ...` (a refused policy bundle adds one line per
-/// problem), and exit with 1 (the cluster said no or could not be reached) or 2 (bad input). Two
-/// commands answer a question with their exit code and so use other codes for failures:
-/// `deploy plan` and `policy diff` (see their --help).
+/// problem), and exit with 1 (the cluster said no or could not be reached, or a watch timed out)
+/// or 2 (bad input); a watch stopped with Ctrl-C exits with 130. Three commands answer a
+/// question with their exit code and so use other codes for failures: `deploy plan`, `policy
+/// plan` and `policy diff` (see their --help).
 ///
 /// Example: sovctl --endpoint 10.0.0.1:7400,10.0.0.2:7400 deploy list
 #[derive(Debug, Parser)]
@@ -190,20 +196,42 @@ enum DeployCommand {
     /// List deployments, all of them unless --limit is given.
     ///
     /// Shows name, model, replica count, RUNNING (replicas their agents report running / replicas
-    /// wanted), GPUs per replica, generation and last update time (UTC).
+    /// wanted), COMPLIANCE (how the deployment stands with the rules in force: compliant,
+    /// "migrating (1/3)" with moves finished of started, "violating (audit: RULE)", unplaceable
+    /// or "degraded (1/2 running)"), GPUs per replica, generation and last update time (UTC).
     ///
     /// Example: sovctl deploy list -o json
     List(ListArgs),
 
-    /// Show one deployment: its full spec, export attributes, residency requirement and
-    /// placed replicas.
+    /// Show one deployment: its full spec, compliance, export attributes, residency
+    /// requirement and placed replicas; with --watch, follow it until it converged.
+    ///
+    /// Compliance is how the deployment stands with the rules in force: compliant, migrating
+    /// (replicas moving off nodes the rules no longer allow, "(1/3)" moved so far), violating
+    /// (replicas on nodes an `audit` rule forbids: recorded, still running), unplaceable or
+    /// degraded (fewer replicas running than wanted, with why), and the next move deadline.
+    /// Migration is how its replicas move: replacements at a time, and how long an old replica
+    /// may run once it must move (the spec's [migration] table).
     ///
     /// Each replica shows its node, GPUs, port, desired state (run or stop), the status its
     /// agent reports (pending, starting, running, failed or stopped, with the exit code), its
-    /// restarts and the policy version its placement was checked against. Below, the reason of
-    /// each failed or stopped replica. `sovctl explain` says why replicas are missing.
+    /// restarts, the policy version its placement was checked against, and its STANDING:
+    /// compliant, "violating: RULE", "migrating → REPLACEMENT (or placing), by DEADLINE", or
+    /// "replaces ID" for a replacement. Below, the reason of each failed or stopped replica and
+    /// why each replica told to stop was stopped. `sovctl explain` says why replicas are missing.
+    ///
+    /// --watch polls twice a second until the compliance report says the deployment converged
+    /// (nothing left to stop, move or place, and every wanted replica runs), then exits 0. On a
+    /// terminal it redraws a compact view in place; otherwise it prints a line with a UTC
+    /// timestamp whenever the summary or the replicas change, and with -o json one JSON document
+    /// per line per change. It exits 1 when --watch-timeout passes first, saying what is left,
+    /// and 130 on Ctrl-C. A leader change does not end it: it is noted once on stderr.
     ///
     /// Example: sovctl deploy show mistral-7b
+    ///
+    /// Example: sovctl deploy show open-eu --watch --watch-timeout 30m
+    ///
+    /// Example: sovctl deploy show open-eu --watch -o json | jq -c .compliance
     Show(ShowArgs),
 
     /// Delete a deployment; its replicas are stopped.
@@ -216,7 +244,8 @@ enum DeployCommand {
 enum NodeCommand {
     /// List the registered nodes: status, location, operator, trust and resources.
     ///
-    /// STATUS is ready or down, with ",draining" for drained nodes. PARENT HQ is the country of
+    /// STATUS is ready or down, with ",draining" and the drain's deadline for drained nodes:
+    /// "ready,draining (until 12:00:00Z)". PARENT HQ is the country of
     /// the operator's ultimate parent company. GPUS counts GPUs per model; "(simulated)" marks
     /// nodes with GPUs that are not real hardware. ALLOCS counts the replicas placed to run there.
     ///
@@ -225,21 +254,33 @@ enum NodeCommand {
 
     /// Show every fact and every GPU of one node.
     ///
-    /// Lists location facts (with subdivision and each certification's last valid day),
-    /// location trust, CPU, memory and the port range for model servers, then each GPU: index,
-    /// UUID, model ("(simulated)" when it is not real hardware), memory, MIG mode and driver;
-    /// then the replicas placed on the node with the status their agent reports, and why any is
-    /// failed or stopped.
+    /// Lists location facts (with subdivision and each certification's last valid day), the
+    /// drain deadline of a draining node, location trust, CPU, memory and the port range for
+    /// model servers, then each GPU: index, UUID, model ("(simulated)" when it is not real
+    /// hardware), memory, MIG mode and driver; then the replicas placed on the node with the
+    /// status their agent reports, why any is failed or stopped, and why any was told to stop.
     ///
     /// Example: sovctl node show gpu-fr-1
     Show(NodeShowArgs),
 
-    /// Stop placing new replicas on a node, for maintenance or decommissioning.
+    /// Move the replicas off a node and place nothing new on it, for maintenance or
+    /// decommissioning.
     ///
-    /// The node stays registered and its running replicas keep running for now: moving running
-    /// work away arrives with the reconcile milestone (issue #5). `node undrain` reverses this.
+    /// The node stays registered. Its replicas move make-before-break: a replacement is placed
+    /// on a node the rules allow, and the old replica is stopped once the replacement reports
+    /// running, each deployment moving at most its `[migration] max_parallel` replicas at a time.
+    /// Every replica still on the node when --deadline passes (default: the scheduler's, 1 hour)
+    /// is stopped whatever happens. --force stops them all at once instead (break-before-make:
+    /// their deployments run short until the replacements start). Draining a node that is
+    /// already draining never pushes its deadline back. `node undrain` reverses a drain; replicas
+    /// already moved stay where they went.
     ///
-    /// Example: sovctl node drain gpu-fr-1 --deadline 10m
+    /// --wait then watches the cluster until nothing is left to stop, move or place (across the
+    /// cluster, as `policy apply --wait` does), exiting 1 when --wait-timeout passes first.
+    ///
+    /// Example: sovctl node drain gpu-fr-1 --deadline 30m --wait
+    ///
+    /// Example: sovctl node drain gpu-fr-1 --force
     Drain(DrainArgs),
 
     /// Let the scheduler place replicas on a drained node again.
@@ -250,7 +291,30 @@ enum NodeCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy bundle and make it the version in force.
+    /// Dry-run a policy bundle: which running replicas it would stop, move or flag.
+    ///
+    /// Reads the bundle as `policy apply` does and writes nothing. Prints the version the bundle
+    /// would become, its rules, then every running replica whose standing it changes, strictest
+    /// first: stop-now (stopped in the same committed entry that activates the version),
+    /// migrate (moved make-before-break, stopped by its deadline), audit (recorded as a
+    /// violation, keeps running) and cleared (a violation or move lifted). Then the deployments
+    /// it would leave unplaceable or degraded, and why; a summary line; the plan hash; and the
+    /// command that applies exactly this plan: with --plan-hash, `policy apply` refuses the
+    /// bundle if, by the time it is applied, it would stop, move or flag anything else.
+    ///
+    /// Exit codes, for CI (unlike other commands, 1 is not a failure here): 0 = applying it
+    /// would stop, move or flag no running replica (lifting a violation or a move does not
+    /// count); 1 = it would; 2 = bad input (a path that
+    /// is no bundle, or a bundle the scheduler refuses: every problem is printed); 3 = the
+    /// cluster refused or could not be reached.
+    ///
+    /// Example: sovctl policy plan deploy/policies
+    ///
+    /// Example: sovctl policy plan deploy/policies -o json | jq '.allocations | length'
+    Plan(PolicyPlanArgs),
+
+    /// Validate a policy bundle and make it the version in force, after checking what it does
+    /// to running replicas.
     ///
     /// DIR is a directory whose .cedar, .cedarschema and .json files (directly inside it) form
     /// the bundle; anything else there, such as README.md, is left out, and sovctl says on
@@ -259,7 +323,23 @@ enum PolicyCommand {
     /// (file:line:column: message), and nothing changes. A bundle identical to the version in
     /// force changes nothing either.
     ///
+    /// Without --plan-hash or --yes, sovctl first plans the bundle (see `policy plan`): if it
+    /// would stop, move or flag running replicas, it prints the plan on stderr and refuses,
+    /// naming the command to apply exactly that plan; otherwise it applies it with the plan's
+    /// hash, so that nothing running is touched if the cluster changed in between. With
+    /// --plan-hash, it applies only if the impact is still exactly the one planned. --yes
+    /// applies whatever the impact. The answer counts what the version did in the entry that
+    /// activated it: replicas stopped, migrating, violations recorded.
+    ///
+    /// --wait then watches the cluster carry the version out (moves, stops, replacements)
+    /// until nothing is left to stop, move or place, exiting 1 when --wait-timeout passes
+    /// first.
+    ///
     /// Example: sovctl policy apply deploy/policies --comment "allow Swiss sites"
+    ///
+    /// Example: sovctl policy apply deploy/policies --plan-hash HASH --wait (HASH: from `policy plan`)
+    ///
+    /// Example: sovctl policy apply deploy/policies --yes
     Apply(PolicyApplyArgs),
 
     /// List every policy version, oldest first; '*' marks the version in force.
@@ -350,7 +430,48 @@ struct ShowArgs {
     name: String,
     #[command(flatten)]
     read: ReadArgs,
+    /// Keep showing the deployment until it converged: nothing left to stop, move or place,
+    /// every wanted replica running.
+    #[arg(long)]
+    watch: bool,
+    /// Give up watching after this long, with exit code 1: e.g. 90s, 30m, 2h (at most 24h).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = WATCH_TIMEOUT_DEFAULT,
+        value_parser = duration::parse_watch_timeout,
+        requires = "watch"
+    )]
+    watch_timeout: Duration,
 }
+
+/// `--wait` and `--wait-timeout` of the commands whose effect takes a while to carry out.
+#[derive(Debug, Args)]
+struct WaitArgs {
+    /// Then watch the cluster until nothing is left to stop, move or place (moves finished,
+    /// stops confirmed by the agents, replacements placed).
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long, with exit code 1: e.g. 90s, 30m, 2h (at most 24h).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = WATCH_TIMEOUT_DEFAULT,
+        value_parser = duration::parse_watch_timeout,
+        requires = "wait"
+    )]
+    wait_timeout: Duration,
+}
+
+impl WaitArgs {
+    /// How long to wait, if at all.
+    fn timeout(&self) -> Option<Duration> {
+        self.wait.then_some(self.wait_timeout)
+    }
+}
+
+/// `--watch-timeout` and `--wait-timeout` when not given: `watch::TIMEOUT_DEFAULT`.
+const WATCH_TIMEOUT_DEFAULT: &str = "15m";
 
 #[derive(Debug, Args)]
 struct DeleteArgs {
@@ -394,10 +515,22 @@ struct NodeNameArgs {
 struct DrainArgs {
     /// Node name.
     name: String,
-    /// How long running replicas will get to move away once the scheduler moves them, e.g.
-    /// 90s, 10m or 1h30m (at most 7d); without it the scheduler's default applies.
-    #[arg(long, value_name = "DURATION", value_parser = node::parse_duration)]
+    /// Stop every replica still on the node this long from now, moved or not: e.g. 90s, 10m or
+    /// 1h30m (at most 7d) [default: the scheduler's, 1h].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_deadline)]
     deadline: Option<Duration>,
+    /// Stop the node's replicas at once instead of moving them first.
+    #[arg(long, conflicts_with = "deadline")]
+    force: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+struct PolicyPlanArgs {
+    /// The bundle: a directory of .cedar, .cedarschema and .json files, or one .cedar file.
+    #[arg(value_name = "DIR|FILE")]
+    path: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -405,6 +538,18 @@ struct PolicyApplyArgs {
     /// The bundle: a directory of .cedar, .cedarschema and .json files, or one .cedar file.
     #[arg(value_name = "DIR|FILE")]
     path: PathBuf,
+    /// Apply only if the bundle stops, moves and flags exactly the replicas `policy plan`
+    /// showed with this hash; refused, and nothing changes, if the cluster moved on since.
+    #[arg(
+        long,
+        value_name = "HASH",
+        value_parser = policy::parse_plan_hash,
+        conflicts_with = "yes"
+    )]
+    plan_hash: Option<String>,
+    /// Apply without checking what the bundle does to running replicas.
+    #[arg(long)]
+    yes: bool,
     /// Why this version exists, recorded with it (shown by `policy list` and `policy show`).
     #[arg(long, default_value = "", value_name = "TEXT")]
     comment: String,
@@ -412,6 +557,8 @@ struct PolicyApplyArgs {
     /// "unknown"].
     #[arg(long, value_name = "ID")]
     author: Option<String>,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -439,15 +586,19 @@ struct PolicyDiffArgs {
 }
 
 /// Exit codes of one command when it fails. Most commands exit with 1 when the cluster refused
-/// or could not be reached and 2 for bad input. `deploy plan` and `policy diff` answer a
-/// question with 0 or 1, so their failures must use other codes, or a script would read a
-/// failure as an answer.
+/// or could not be reached and 2 for bad input. `deploy plan`, `policy plan` and `policy diff`
+/// answer a question with 0 or 1, so their failures must use other codes, or a script would
+/// read a failure as an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ExitCodes {
     /// The cluster refused or could not be reached.
     failure: u8,
     /// Bad input (`UsageError`).
     usage: u8,
+    /// The scheduler refused a policy bundle (`InvalidBundle`): a refusal where the bundle is
+    /// applied, bad input where it is only checked (`policy plan`, which CI runs on every
+    /// change to a bundle and which must tell a broken bundle from a broken cluster).
+    invalid_bundle: u8,
 }
 
 impl ExitCodes {
@@ -456,15 +607,23 @@ impl ExitCodes {
             Command::Deploy(DeployCommand::Plan(_)) => ExitCodes {
                 failure: 3,
                 usage: 2,
+                invalid_bundle: 3,
+            },
+            Command::Policy(PolicyCommand::Plan(_)) => ExitCodes {
+                failure: 3,
+                usage: 2,
+                invalid_bundle: 2,
             },
             // Like diff(1): 2 for any trouble.
             Command::Policy(PolicyCommand::Diff(_)) => ExitCodes {
                 failure: 2,
                 usage: 2,
+                invalid_bundle: 2,
             },
             _ => ExitCodes {
                 failure: 1,
                 usage: 2,
+                invalid_bundle: 1,
             },
         }
     }
@@ -472,6 +631,8 @@ impl ExitCodes {
     fn for_error(self, err: &anyhow::Error) -> u8 {
         if err.is::<UsageError>() {
             self.usage
+        } else if err.is::<InvalidBundle>() {
+            self.invalid_bundle
         } else {
             self.failure
         }
@@ -564,9 +725,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             DeployCommand::List(a) => deploy::list(&mut client, format, a.read.stale, a.limit)
                 .await
                 .map(done),
-            DeployCommand::Show(a) => deploy::show(&mut client, format, a.name, a.read.stale)
-                .await
-                .map(done),
+            DeployCommand::Show(a) => {
+                let watch = a.watch.then_some(a.watch_timeout);
+                deploy::show(&mut client, format, a.name, a.read.stale, watch).await
+            }
             DeployCommand::Delete(a) => deploy::delete(&mut client, format, a.name).await.map(done),
         },
         Command::Explain(a) => {
@@ -579,17 +741,36 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             NodeCommand::Show(a) => node::show(&mut client, format, a.name, a.read.stale)
                 .await
                 .map(done),
-            NodeCommand::Drain(a) => node::drain(&mut client, format, a.name, a.deadline)
-                .await
-                .map(done),
+            NodeCommand::Drain(a) => {
+                let replicas = if a.force {
+                    DrainReplicas::StopNow
+                } else {
+                    DrainReplicas::Move {
+                        deadline: a.deadline,
+                    }
+                };
+                node::drain(&mut client, format, a.name, replicas, a.wait.timeout()).await
+            }
             NodeCommand::Undrain(a) => node::undrain(&mut client, format, a.name).await.map(done),
         },
         Command::Policy(cmd) => match cmd {
+            PolicyCommand::Plan(a) => {
+                let changes = policy::plan(&mut client, format, &a.path).await?;
+                Ok(u8::from(changes))
+            }
             PolicyCommand::Apply(a) => {
-                let author = a.author.unwrap_or_else(policy::default_author);
-                policy::apply(&mut client, format, &a.path, a.comment, author)
-                    .await
-                    .map(done)
+                let check = match (a.plan_hash, a.yes) {
+                    (Some(hash), _) => Check::PlanHash(hash),
+                    (None, true) => Check::Skip,
+                    (None, false) => Check::Plan,
+                };
+                let opts = ApplyOpts {
+                    comment: a.comment,
+                    author: a.author,
+                    check,
+                    wait: a.wait.timeout(),
+                };
+                policy::apply(&mut client, format, &a.path, opts).await
             }
             PolicyCommand::List(a) => policy::list(&mut client, format, a.stale).await.map(done),
             PolicyCommand::Show(a) => {
@@ -664,10 +845,27 @@ mod tests {
         let usage = anyhow::Error::from(UsageError("bad".into()));
         let refused = anyhow::anyhow!("not found: deployment \"x\" does not exist");
 
+        let invalid = anyhow::Error::from(InvalidBundle {
+            problems: vec!["a.cedar:1:1: x".into()],
+        });
+
         let plan = codes(&["sovctl", "deploy", "plan", "-f", "x.toml"]);
         assert_eq!((plan.for_error(&usage), plan.for_error(&refused)), (2, 3));
+        // CI tells a broken bundle (2) from a broken cluster (3).
+        let policy_plan = codes(&["sovctl", "policy", "plan", "dir"]);
+        assert_eq!(
+            (
+                policy_plan.for_error(&usage),
+                policy_plan.for_error(&invalid),
+                policy_plan.for_error(&refused)
+            ),
+            (2, 2, 3)
+        );
         let diff = codes(&["sovctl", "policy", "diff", "1", "2"]);
         assert_eq!((diff.for_error(&usage), diff.for_error(&refused)), (2, 2));
+        // Where a bundle is applied, its refusal is the cluster saying no, as it always was.
+        let apply = codes(&["sovctl", "policy", "apply", "dir"]);
+        assert_eq!(apply.for_error(&invalid), 1);
         for ordinary in [
             &["sovctl", "deploy", "list"][..],
             &["sovctl", "policy", "apply", "dir"],
@@ -745,6 +943,151 @@ mod tests {
         };
         assert_eq!((a.version, a.files), (Some(3), true));
         assert!(Cli::try_parse_from(["sovctl", "policy", "diff", "0", "1"]).is_err());
+    }
+
+    #[test]
+    fn watch_and_wait_flags_parse_with_their_defaults() {
+        let show = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Deploy(DeployCommand::Show(a))) => Ok((a.watch, a.watch_timeout)),
+            other => Err(format!("{other:?}")),
+        };
+        assert_eq!(
+            show(&["sovctl", "deploy", "show", "x"]),
+            Ok((false, watch::TIMEOUT_DEFAULT))
+        );
+        assert_eq!(
+            show(&["sovctl", "deploy", "show", "x", "--watch"]),
+            Ok((true, watch::TIMEOUT_DEFAULT))
+        );
+        assert_eq!(
+            show(&[
+                "sovctl",
+                "deploy",
+                "show",
+                "x",
+                "--watch",
+                "--watch-timeout",
+                "2m"
+            ]),
+            Ok((true, Duration::from_secs(120)))
+        );
+        // A timeout without --watch is a mistake worth saying, and so are bad durations.
+        for bad in [
+            &["sovctl", "deploy", "show", "x", "--watch-timeout", "2m"][..],
+            &[
+                "sovctl",
+                "deploy",
+                "show",
+                "x",
+                "--watch",
+                "--watch-timeout",
+                "2",
+            ],
+            &[
+                "sovctl",
+                "deploy",
+                "show",
+                "x",
+                "--watch",
+                "--watch-timeout",
+                "2d",
+            ],
+        ] {
+            assert!(show(bad).is_err(), "{bad:?}");
+        }
+
+        let cli = Cli::try_parse_from(["sovctl", "node", "drain", "n", "--wait"]).unwrap();
+        let Command::Node(NodeCommand::Drain(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(a.wait.timeout(), Some(watch::TIMEOUT_DEFAULT));
+        let cli = Cli::try_parse_from([
+            "sovctl",
+            "policy",
+            "apply",
+            "d",
+            "--wait",
+            "--wait-timeout",
+            "1h",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCommand::Apply(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(a.wait.timeout(), Some(Duration::from_secs(3600)));
+        assert!(
+            Cli::try_parse_from(["sovctl", "node", "drain", "n", "--wait-timeout", "1h"]).is_err()
+        );
+    }
+
+    #[test]
+    fn drain_takes_a_deadline_or_force_but_not_both() {
+        let cli = Cli::try_parse_from(["sovctl", "node", "drain", "n", "--force"]).unwrap();
+        let Command::Node(NodeCommand::Drain(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!((a.force, a.deadline, a.wait.timeout()), (true, None, None));
+        let err = Cli::try_parse_from([
+            "sovctl",
+            "node",
+            "drain",
+            "n",
+            "--force",
+            "--deadline",
+            "1h",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn policy_apply_takes_a_plan_hash_or_yes_but_not_both() {
+        let hash = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+        let apply = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Policy(PolicyCommand::Apply(a))) => Ok((a.plan_hash, a.yes)),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(
+            apply(&["sovctl", "policy", "apply", "d"]),
+            Ok((None, false))
+        );
+        assert_eq!(
+            apply(&["sovctl", "policy", "apply", "d", "--plan-hash", hash]),
+            Ok((Some(hash.to_owned()), false))
+        );
+        assert_eq!(
+            apply(&["sovctl", "policy", "apply", "d", "--yes"]),
+            Ok((None, true))
+        );
+        assert_eq!(
+            apply(&[
+                "sovctl",
+                "policy",
+                "apply",
+                "d",
+                "--yes",
+                "--plan-hash",
+                hash
+            ]),
+            Err(clap::error::ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            apply(&[
+                "sovctl",
+                "policy",
+                "apply",
+                "d",
+                "--plan-hash",
+                "3f9a1c0b7d2e"
+            ]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        let cli = Cli::try_parse_from(["sovctl", "policy", "plan", "deploy/policies"]).unwrap();
+        let Command::Policy(PolicyCommand::Plan(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(a.path, PathBuf::from("deploy/policies"));
     }
 
     #[test]

@@ -6,11 +6,14 @@
 //! stable between runs. Everything here is pure except `emit`, which writes.
 //!
 //! This file holds the shared pieces (tables, key/value blocks, times) and the cluster and
-//! deployment shapes; `node`, `policy` and `plan` (deploy plan and explain) hold theirs.
+//! deployment shapes; `node`, `policy` and `plan` (deploy plan and explain) hold theirs, and
+//! `watch` the live views of `--watch` and `--wait`. Renderers that show a time relative to now
+//! take `now_ms` as an argument, so they stay pure.
 
 pub mod node;
 pub mod plan;
 pub mod policy;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -33,18 +36,45 @@ pub fn emit<T: Serialize>(
     view: &T,
     render: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<()> {
+    write_stdout(&render_as(format, view, render)).map(|_| ())
+}
+
+/// Like `emit`, but JSON on one line: the first document of the JSON lines a watch goes on with.
+pub fn emit_line<T: Serialize>(
+    format: Format,
+    view: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     let text = match format {
-        Format::Json => serde_json::to_string_pretty(view)? + "\n",
+        Format::Json => serde_json::to_string(view).expect("views serialize") + "\n",
         Format::Table => render(view),
     };
+    write_stdout(&text).map(|_| ())
+}
+
+/// `view` as one JSON document, or as the text `render` makes of it: what `emit` prints.
+pub fn render_as<T: Serialize>(
+    format: Format,
+    view: &T,
+    render: impl FnOnce(&T) -> String,
+) -> String {
+    match format {
+        // The views are plain structs and string-keyed maps, which always serialize.
+        Format::Json => serde_json::to_string_pretty(view).expect("views serialize") + "\n",
+        Format::Table => render(view),
+    }
+}
+
+/// Writes `text` to stdout at once; false when the reader went away (`sovctl deploy list |
+/// head`): what it wanted, it got, so that is no error.
+pub fn write_stdout(text: &str) -> anyhow::Result<bool> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
     {
-        // The reader went away (`sovctl deploy list | head`): what it wanted, it got.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        other => other.map(|()| true).map_err(anyhow::Error::from),
     }
 }
 
@@ -181,7 +211,20 @@ pub struct SpecView {
     pub placement: PlacementView,
     /// Empty: the allocation's own directory on the node.
     pub working_dir: String,
+    pub migration: MigrationView,
 }
+
+/// `sov.v1.Migration`. An absent message is shown as `max_parallel` 0 and `deadline_ms` null,
+/// which is what the scheduler reads it as: the defaults (1 at a time, 10 minutes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MigrationView {
+    pub max_parallel: u32,
+    pub deadline_ms: Option<u64>,
+}
+
+/// What the scheduler uses when `Migration.max_parallel` is 0 or `deadline_ms` is absent.
+const MIGRATION_MAX_PARALLEL_DEFAULT: u32 = 1;
+const MIGRATION_DEADLINE_MS_DEFAULT: u64 = 600_000;
 
 /// `sov.v1.PlacementPreferences`; an empty `spread` is the default, "node".
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -198,6 +241,7 @@ impl From<pb::DeploymentSpec> for SpecView {
         let res = s.residency.unwrap_or_default();
         let h = s.health.unwrap_or_default();
         let p = s.placement.unwrap_or_default();
+        let m = s.migration.unwrap_or_default();
         SpecView {
             name: s.name,
             model: s.model,
@@ -240,6 +284,10 @@ impl From<pb::DeploymentSpec> for SpecView {
                 prefer_sites: p.prefer_sites,
             },
             working_dir: s.working_dir,
+            migration: MigrationView {
+                max_parallel: m.max_parallel,
+                deadline_ms: m.deadline_ms,
+            },
         }
     }
 }
@@ -297,7 +345,30 @@ fn liveness_fields(s: &SpecView) -> Vec<(&'static str, String)> {
         ("Health check", health),
         ("Disconnected", disconnect),
         ("Placement", placement),
+        ("Migration", migration_text(&s.migration)),
     ]
+}
+
+/// `at most 1 replacement at a time, old replica stopped 10m after it must move`, with the
+/// scheduler's defaults filled in.
+fn migration_text(m: &MigrationView) -> String {
+    let parallel = match m.max_parallel {
+        0 => MIGRATION_MAX_PARALLEL_DEFAULT,
+        n => n,
+    };
+    let replacements = if parallel == 1 {
+        "replacement"
+    } else {
+        "replacements"
+    };
+    let stopped = match m.deadline_ms.unwrap_or(MIGRATION_DEADLINE_MS_DEFAULT) {
+        0 => "old replica stopped at once when it must move, then replaced".to_owned(),
+        ms => format!(
+            "old replica stopped {} after it must move",
+            duration_text(ms)
+        ),
+    };
+    format!("at most {parallel} {replacements} at a time, {stopped}")
 }
 
 fn sorted(map: HashMap<String, String>) -> BTreeMap<String, String> {
@@ -320,10 +391,24 @@ pub struct ReplicaView {
     pub status_reason: String,
     pub restarts: u32,
     pub status_at_ms: i64,
+    /// "compliant", "violating" or "migrating"; empty from a scheduler that predates them.
+    pub standing: String,
+    pub rules: Vec<String>,
+    pub drain: bool,
+    pub deadline_ms: i64,
+    pub replacement: String,
+    pub replaces: String,
+    pub standing_since_ms: i64,
+    pub stop_reason: String,
+    pub standing_policy_version: u64,
 }
 
 /// `Replica.desired` of a replica the scheduler wants running.
 const DESIRED_RUN: &str = "run";
+/// `Replica.standing` values that get more than their name in a table.
+const STANDING_COMPLIANT: &str = "compliant";
+const STANDING_VIOLATING: &str = "violating";
+const STANDING_MIGRATING: &str = "migrating";
 /// `Replica.status` values sovctl treats specially; the others are shown as they come.
 const STATUS_RUNNING: &str = "running";
 const STATUS_FAILED: &str = "failed";
@@ -345,6 +430,11 @@ impl ReplicaView {
     fn is_down(&self) -> bool {
         self.status == STATUS_FAILED || self.status == STATUS_STOPPED
     }
+
+    /// Marked migrating: it must leave its node by `deadline_ms`.
+    pub fn is_migrating(&self) -> bool {
+        self.standing == STANDING_MIGRATING
+    }
 }
 
 impl From<pb::Replica> for ReplicaView {
@@ -362,11 +452,64 @@ impl From<pb::Replica> for ReplicaView {
             status_reason: r.status_reason,
             restarts: r.restarts,
             status_at_ms: r.status_at_ms,
+            standing: r.standing,
+            rules: r.rules,
+            drain: r.drain,
+            deadline_ms: r.deadline_ms,
+            replacement: r.replacement,
+            replaces: r.replaces,
+            standing_since_ms: r.standing_since_ms,
+            stop_reason: r.stop_reason,
+            standing_policy_version: r.standing_policy_version,
         }
     }
 }
 
-/// `sov.v1.Deployment`. `spec` is `null` only if a server sends a deployment without one.
+/// `sov.v1.DeploymentCompliance`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ComplianceView {
+    pub state: String,
+    pub summary: String,
+    pub replicas_wanted: u32,
+    pub replicas_running: u32,
+    pub moves_started: u32,
+    pub moves_finished: u32,
+    pub violated_rules: Vec<String>,
+    pub explanation: String,
+    pub converged: bool,
+    pub next_deadline_ms: i64,
+}
+
+impl From<pb::DeploymentCompliance> for ComplianceView {
+    fn from(c: pb::DeploymentCompliance) -> Self {
+        ComplianceView {
+            state: c.state,
+            summary: c.summary,
+            replicas_wanted: c.replicas_wanted,
+            replicas_running: c.replicas_running,
+            moves_started: c.moves_started,
+            moves_finished: c.moves_finished,
+            violated_rules: c.violated_rules,
+            explanation: c.explanation,
+            converged: c.converged,
+            next_deadline_ms: c.next_deadline_ms,
+        }
+    }
+}
+
+impl ComplianceView {
+    /// The summary, or the state when a scheduler sent none.
+    pub fn summary_text(&self) -> String {
+        if self.summary.is_empty() {
+            dash_if_empty(&self.state)
+        } else {
+            self.summary.clone()
+        }
+    }
+}
+
+/// `sov.v1.Deployment`. `spec` is `null` only if a server sends a deployment without one;
+/// `compliance` when it predates compliance reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeploymentView {
     pub spec: Option<SpecView>,
@@ -375,6 +518,7 @@ pub struct DeploymentView {
     pub updated_at_ms: i64,
     pub revision: u64,
     pub replicas: Vec<ReplicaView>,
+    pub compliance: Option<ComplianceView>,
 }
 
 impl DeploymentView {
@@ -415,6 +559,7 @@ impl From<pb::Deployment> for DeploymentView {
             updated_at_ms: d.updated_at_ms,
             revision: d.revision,
             replicas: d.replicas.into_iter().map(ReplicaView::from).collect(),
+            compliance: d.compliance.map(ComplianceView::from),
         }
     }
 }
@@ -576,13 +721,14 @@ pub fn members_table(members: &[MemberView], leader_id: u64) -> String {
 }
 
 /// `deploy list`. RUNNING is replicas reported running / replicas wanted; `deploy show` also
-/// says how many are placed.
+/// says how many are placed. COMPLIANCE is the scheduler's summary, e.g. `migrating (1/3)`.
 pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     let mut table = Table::new(&[
         "NAME",
         "MODEL",
         "REPLICAS",
         "RUNNING",
+        "COMPLIANCE",
         "GPUS/REPLICA",
         "GENERATION",
         "UPDATED",
@@ -607,6 +753,9 @@ pub fn deployments_table(deployments: &[DeploymentView]) -> String {
             model,
             replicas,
             running,
+            d.compliance
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ComplianceView::summary_text),
             gpus,
             d.generation.to_string(),
             time_cell(d.updated_at_ms),
@@ -615,8 +764,8 @@ pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     table.render()
 }
 
-/// `deploy show`.
-pub fn deployment_text(d: &DeploymentView) -> String {
+/// `deploy show`; `now_ms` dates the deadlines ("in 4m12s").
+pub fn deployment_text(d: &DeploymentView, now_ms: i64) -> String {
     let mut pairs = vec![("Name", d.name().to_owned())];
     if let Some(s) = &d.spec {
         let r = &s.resources;
@@ -624,6 +773,11 @@ pub fn deployment_text(d: &DeploymentView) -> String {
             ("Model", dash_if_empty(&s.model)),
             ("Replicas", s.replicas.to_string()),
             ("Running", d.running_text(s.replicas)),
+        ]);
+        if let Some(c) = &d.compliance {
+            pairs.push(("Compliance", compliance_text(c, now_ms)));
+        }
+        pairs.extend([
             ("GPUs/replica", r.gpu_count.to_string()),
             (
                 "GPU model",
@@ -673,10 +827,33 @@ pub fn deployment_text(d: &DeploymentView) -> String {
         out.push_str("\nNo replicas placed.\n");
     } else {
         out.push('\n');
-        out.push_str(&replicas_table(&d.replicas));
-        out.push_str(&down_reasons(&d.replicas));
+        out.push_str(&replicas_table(&d.replicas, now_ms));
+        out.push_str(&replica_notes(&d.replicas));
     }
     out
+}
+
+/// The `Compliance` field of `deploy show`: the summary, then why replicas are missing (when
+/// that is the trouble), audit rules violated and the next deadline, a line each.
+pub fn compliance_text(c: &ComplianceView, now_ms: i64) -> String {
+    let mut lines = vec![c.summary_text()];
+    if matches!(c.state.as_str(), "unplaceable" | "degraded") && !c.explanation.is_empty() {
+        lines.push(format!("why: {}", c.explanation));
+    }
+    // A violating summary names its rules already.
+    if c.state != "violating" && !c.violated_rules.is_empty() {
+        lines.push(format!(
+            "audit rules violated: {}",
+            c.violated_rules.join(", ")
+        ));
+    }
+    if c.next_deadline_ms > 0 {
+        lines.push(format!(
+            "next deadline {}",
+            deadline_text(c.next_deadline_ms, now_ms)
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The export attributes, as `deploy show` lists them.
@@ -744,8 +921,9 @@ fn trust_level(level: u32) -> String {
     }
 }
 
-/// The replicas of `deploy show`, sorted by id.
-pub fn replicas_table(replicas: &[ReplicaView]) -> String {
+/// The replicas of `deploy show`, sorted by id. STANDING comes last: a migrating replica's
+/// cell is the longest, and the columns people scan first stay put.
+pub fn replicas_table(replicas: &[ReplicaView], now_ms: i64) -> String {
     let mut table = Table::new(&[
         "ID",
         "NODE",
@@ -755,6 +933,7 @@ pub fn replicas_table(replicas: &[ReplicaView]) -> String {
         "STATUS",
         "RESTARTS",
         "POLICY VERSION",
+        "STANDING",
     ]);
     for r in by_id(replicas) {
         table.row(vec![
@@ -766,9 +945,39 @@ pub fn replicas_table(replicas: &[ReplicaView]) -> String {
             replica_status_cell(r),
             r.restarts.to_string(),
             r.policy_version.to_string(),
+            standing_cell(r, now_ms),
         ]);
     }
     table.render()
+}
+
+/// How a replica stands with the rules: `compliant`, `violating: rule-a`, `migrating →
+/// open-eu-7 (or placing), by 12:34:56Z`, and `replaces open-eu-2` for a replacement.
+pub fn standing_cell(r: &ReplicaView, now_ms: i64) -> String {
+    let mut parts = Vec::new();
+    match r.standing.as_str() {
+        STANDING_VIOLATING if !r.rules.is_empty() => {
+            parts.push(format!("{STANDING_VIOLATING}: {}", r.rules.join(", ")));
+        }
+        STANDING_MIGRATING => {
+            let to = if r.replacement.is_empty() {
+                "placing"
+            } else {
+                r.replacement.as_str()
+            };
+            parts.push(format!(
+                "{STANDING_MIGRATING} → {to}, by {}",
+                clock_cell(r.deadline_ms, now_ms)
+            ));
+        }
+        // A replacement is compliant by construction; what it replaces says more.
+        STANDING_COMPLIANT if !r.replaces.is_empty() => {}
+        other => parts.push(dash_if_empty(other)),
+    }
+    if !r.replaces.is_empty() {
+        parts.push(format!("replaces {}", r.replaces));
+    }
+    parts.join("; ")
 }
 
 /// Replicas sorted by id, the order every replica table uses.
@@ -787,15 +996,27 @@ pub(crate) fn replica_status_cell(r: &ReplicaView) -> String {
     }
 }
 
-/// Why replicas are down, one `  ID: reason` line each in id order, after a blank line; empty
-/// when none is. A table cell would be too narrow for the agent's reason, and the reason is
-/// what people need to fix a failing server.
-pub(crate) fn down_reasons<'a>(replicas: impl IntoIterator<Item = &'a ReplicaView>) -> String {
-    let lines: String = by_id(replicas)
-        .into_iter()
+/// Why replicas are down, one `  ID: reason` line each in id order, then why replicas were
+/// told to stop, `  ID: told to stop: reason`; after a blank line, or empty when there is
+/// nothing to say. A table cell would be too narrow for these reasons, and they are what people
+/// need to fix a failing server or to see which rule stopped a replica.
+pub(crate) fn replica_notes<'a>(replicas: impl IntoIterator<Item = &'a ReplicaView>) -> String {
+    let sorted = by_id(replicas);
+    let down = sorted
+        .iter()
         .filter(|r| r.is_down() && !r.status_reason.is_empty())
-        .map(|r| format!("  {}: {}\n", dash_if_empty(&r.id), r.status_reason))
-        .collect();
+        .map(|r| format!("  {}: {}\n", dash_if_empty(&r.id), r.status_reason));
+    let stopped = sorted
+        .iter()
+        .filter(|r| !r.wants_run() && !r.stop_reason.is_empty())
+        .map(|r| {
+            format!(
+                "  {}: told to stop: {}\n",
+                dash_if_empty(&r.id),
+                r.stop_reason
+            )
+        });
+    let lines: String = down.chain(stopped).collect();
     if lines.is_empty() {
         lines
     } else {
@@ -887,6 +1108,42 @@ pub fn shell_join(args: &[String]) -> String {
         .join(" ")
 }
 
+/// A deadline or other time near `now_ms`: `12:34:56Z` within a day of now, where the date
+/// goes without saying, else in full; `-` for 0 (not set).
+pub fn clock_cell(ms: i64, now_ms: i64) -> String {
+    const DAY_MS: i64 = 86_400_000;
+    if ms == 0 {
+        "-".to_owned()
+    } else if (ms - now_ms).abs() < DAY_MS {
+        rfc3339_utc(ms)[11..].to_owned()
+    } else {
+        rfc3339_utc(ms)
+    }
+}
+
+/// `in 4m12s`, `3s ago` or `now`, to the second.
+pub fn relative_text(ms: i64, now_ms: i64) -> String {
+    let secs = (ms - now_ms) as f64 / 1000.0;
+    let whole = secs.abs().round() as u64;
+    match whole {
+        0 => "now".to_owned(),
+        _ if secs > 0.0 => format!("in {}", duration_text(whole * 1000)),
+        _ => format!("{} ago", duration_text(whole * 1000)),
+    }
+}
+
+/// `2026-12-01T10:10:00Z (in 4m12s)`.
+pub fn deadline_text(ms: i64, now_ms: i64) -> String {
+    format!("{} ({})", rfc3339_utc(ms), relative_text(ms, now_ms))
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock, for the renderers' `now_ms`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A leader-stamped time for a table cell; 0 is proto3's "not set".
 pub fn time_cell(ms: i64) -> String {
     if ms == 0 {
@@ -927,6 +1184,9 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The renderers' "now": 2023-11-14T22:15:00Z, a little after the fixtures' times.
+    const NOW: i64 = 1_700_000_100_000;
 
     fn member(id: u64, voter: bool, matched: Option<u64>) -> MemberView {
         MemberView {
@@ -972,6 +1232,7 @@ mod tests {
                 stop_after_disconnect_ms: 90_000,
                 placement: None,
                 working_dir: String::new(),
+                migration: None,
             }),
             generation: 3,
             created_at_ms: 1_700_000_000_000,
@@ -981,6 +1242,14 @@ mod tests {
                 replica("mistral-7b-2", "gpu-fr-2", "stop", "stopped"),
                 replica("mistral-7b-1", "gpu-fr-1", "run", "running"),
             ],
+            compliance: Some(pb::DeploymentCompliance {
+                state: "degraded".into(),
+                summary: "degraded (1/2 running)".into(),
+                replicas_wanted: 2,
+                replicas_running: 1,
+                explanation: "0/3 nodes eligible: 3 forbidden by policy eu-only".into(),
+                ..Default::default()
+            }),
         })
     }
 
@@ -995,6 +1264,7 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             status: status.into(),
             status_at_ms: 1_700_000_030_000,
+            standing: "compliant".into(),
             ..Default::default()
         }
     }
@@ -1116,17 +1386,24 @@ mod tests {
                 "mistralai/Mistral-7B-Instruct-v0.3",
                 "2",
                 "1/2",
+                "degraded (1/2 running)",
                 "1",
                 "3",
                 "2023-11-14T22:14:20Z"
             ]
         );
-        assert!(lines[0].contains("   RUNNING   "), "{text}");
+        assert!(lines[0].contains("   RUNNING   COMPLIANCE   "), "{text}");
+        // A scheduler that sends no compliance report leaves the column blank, not wrong.
+        let mut old = deployment();
+        old.compliance = None;
+        let text = deployments_table(&[old]);
+        let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(cells[3..6], ["1/2", "-", "1"], "{text}");
     }
 
     #[test]
     fn deployment_text_lists_spec_details() {
-        let text = deployment_text(&deployment());
+        let text = deployment_text(&deployment(), NOW);
         for expected in [
             "Name:                mistral-7b\n",
             "GPU model:           any\n",
@@ -1143,7 +1420,7 @@ mod tests {
 
     #[test]
     fn deployment_text_shows_export_residency_and_replicas() {
-        let text = deployment_text(&deployment());
+        let text = deployment_text(&deployment(), NOW);
         for expected in [
             "Running:             1/2\n",
             "ECCN:                EAR99 (not controlled)\n",
@@ -1153,9 +1430,9 @@ mod tests {
             "Residency:           EU27, CH\n",
             "Min location trust:  2 (operator-certificate)\n",
             "Certifications:      -\n",
-            "\nID             NODE       GPUS                PORT   DESIRED   STATUS    RESTARTS   POLICY VERSION\n\
-             mistral-7b-1   gpu-fr-1   1 (GPU-8f2c1e0a…)   7501   run       running   0          3\n\
-             mistral-7b-2   gpu-fr-2   1 (GPU-8f2c1e0a…)   7501   stop      stopped   0          3\n",
+            "\nID             NODE       GPUS                PORT   DESIRED   STATUS    RESTARTS   POLICY VERSION   STANDING\n\
+             mistral-7b-1   gpu-fr-1   1 (GPU-8f2c1e0a…)   7501   run       running   0          3                compliant\n\
+             mistral-7b-2   gpu-fr-2   1 (GPU-8f2c1e0a…)   7501   stop      stopped   0          3                compliant\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -1169,7 +1446,7 @@ mod tests {
         };
         spec.residency = ResidencyView::default();
         frontier.replicas.clear();
-        let text = deployment_text(&frontier);
+        let text = deployment_text(&frontier, NOW);
         for expected in [
             "ECCN:                4E091\n",
             "Training compute:    1e26 FLOP\n",
@@ -1190,15 +1467,15 @@ mod tests {
         // Placed but not reported yet: counts as placed, not as running.
         d.replicas
             .push(replica("mistral-7b-4", "gpu-fr-4", "run", "pending").into());
-        let text = deployment_text(&d);
+        let text = deployment_text(&d, NOW);
         assert!(
             text.contains("Running:             1/2 (3 placed)\n"),
             "{text}"
         );
         assert!(
             text.ends_with(
-                "mistral-7b-3   gpu-fr-3   1 (GPU-8f2c1e0a…)   7501   run       failed (exit 137)   3          3\n\
-                 mistral-7b-4   gpu-fr-4   1 (GPU-8f2c1e0a…)   7501   run       pending             0          3\n\
+                "mistral-7b-3   gpu-fr-3   1 (GPU-8f2c1e0a…)   7501   run       failed (exit 137)   3          3                compliant\n\
+                 mistral-7b-4   gpu-fr-4   1 (GPU-8f2c1e0a…)   7501   run       pending             0          3                compliant\n\
                  \n  mistral-7b-3: killed by SIGKILL (out of memory?)\n"
             ),
             "{text}"
@@ -1212,23 +1489,137 @@ mod tests {
         let mut r = failed_replica("a");
         r.status = "running".into();
         assert_eq!(replica_status_cell(&r), "running");
-        assert_eq!(down_reasons([&r]), "");
+        assert_eq!(replica_notes([&r]), "");
         r.status = "stopped".into();
         assert_eq!(replica_status_cell(&r), "stopped (exit 137)");
         r.exit_code = None;
         r.status_reason.clear();
         assert_eq!(replica_status_cell(&r), "stopped");
-        assert_eq!(down_reasons([&r]), "");
+        assert_eq!(replica_notes([&r]), "");
         r.status.clear();
         assert_eq!(replica_status_cell(&r), "-");
     }
 
     #[test]
+    fn deployment_text_shows_compliance_and_migration() {
+        let text = deployment_text(&deployment(), NOW);
+        for expected in [
+            "Running:             1/2\n\
+             Compliance:          degraded (1/2 running)\n\
+             \x20                    why: 0/3 nodes eligible: 3 forbidden by policy eu-only\n\
+             GPUs/replica:",
+            "Migration:           at most 1 replacement at a time, old replica stopped 10m after \
+             it must move\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        let mut d = deployment();
+        let c = d.compliance.as_mut().unwrap();
+        (c.state, c.summary) = ("migrating".into(), "migrating (1/3)".into());
+        c.violated_rules = vec!["gdpr-audit".into()];
+        c.next_deadline_ms = NOW + 252_000;
+        d.spec.as_mut().unwrap().migration = MigrationView {
+            max_parallel: 2,
+            deadline_ms: Some(0),
+        };
+        let text = deployment_text(&d, NOW);
+        for expected in [
+            "Compliance:          migrating (1/3)\n\
+             \x20                    audit rules violated: gdpr-audit\n\
+             \x20                    next deadline 2023-11-14T22:19:12Z (in 4m12s)\n",
+            "Migration:           at most 2 replacements at a time, old replica stopped at once \
+             when it must move, then replaced\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        // A violating summary names its rules; they are not repeated.
+        let c = d.compliance.as_mut().unwrap();
+        (c.state, c.summary) = ("violating".into(), "violating (audit: gdpr-audit)".into());
+        c.next_deadline_ms = 0;
+        assert!(
+            deployment_text(&d, NOW)
+                .contains("Compliance:          violating (audit: gdpr-audit)\nGPUs"),
+            "{}",
+            deployment_text(&d, NOW)
+        );
+        d.compliance = None;
+        assert!(!deployment_text(&d, NOW).contains("Compliance:"));
+    }
+
+    #[test]
+    fn standing_cells_say_where_a_replica_stands_with_the_rules() {
+        let mut r = ReplicaView::from(replica("open-eu-1", "sim-de-1", "run", "running"));
+        assert_eq!(standing_cell(&r, NOW), "compliant");
+        (r.standing, r.rules) = ("violating".into(), vec!["a".into(), "b".into()]);
+        assert_eq!(standing_cell(&r, NOW), "violating: a, b");
+        r.standing = "migrating".into();
+        r.deadline_ms = NOW + 600_000;
+        assert_eq!(standing_cell(&r, NOW), "migrating → placing, by 22:25:00Z");
+        r.replacement = "open-eu-9".into();
+        assert_eq!(
+            standing_cell(&r, NOW),
+            "migrating → open-eu-9, by 22:25:00Z"
+        );
+        // A deadline days away carries its date.
+        r.deadline_ms = NOW + 3 * 86_400_000;
+        assert_eq!(
+            standing_cell(&r, NOW),
+            "migrating → open-eu-9, by 2023-11-17T22:15:00Z"
+        );
+        let mut replacement =
+            ReplicaView::from(replica("open-eu-9", "sim-fr-1", "run", "starting"));
+        replacement.replaces = "open-eu-1".into();
+        assert_eq!(standing_cell(&replacement, NOW), "replaces open-eu-1");
+        replacement.standing.clear();
+        assert_eq!(standing_cell(&replacement, NOW), "-; replaces open-eu-1");
+        replacement.replaces.clear();
+        assert_eq!(standing_cell(&replacement, NOW), "-");
+    }
+
+    #[test]
+    fn replicas_told_to_stop_say_why_after_the_down_ones() {
+        let mut d = deployment();
+        d.replicas.push(failed_replica("mistral-7b-3"));
+        let stopped = d
+            .replicas
+            .iter_mut()
+            .find(|r| r.id == "mistral-7b-2")
+            .unwrap();
+        stopped.stop_reason = "policy v3: export-4e091-tier1 (stop-now)".into();
+        let text = deployment_text(&d, NOW);
+        assert!(
+            text.ends_with(
+                "\n  mistral-7b-3: killed by SIGKILL (out of memory?)\n  \
+                 mistral-7b-2: told to stop: policy v3: export-4e091-tier1 (stop-now)\n"
+            ),
+            "{text}"
+        );
+        // A replica the scheduler wants running has no stop reason worth showing.
+        let mut running = ReplicaView::from(replica("x", "n", "run", "running"));
+        running.stop_reason = "left over".into();
+        assert_eq!(replica_notes([&running]), "");
+    }
+
+    #[test]
+    fn times_near_now_read_as_clock_times_and_countdowns() {
+        assert_eq!(clock_cell(0, NOW), "-");
+        assert_eq!(clock_cell(NOW + 3_600_000, NOW), "23:15:00Z");
+        assert_eq!(clock_cell(NOW - 86_400_000, NOW), "2023-11-13T22:15:00Z");
+        assert_eq!(relative_text(NOW + 252_400, NOW), "in 4m12s");
+        assert_eq!(relative_text(NOW - 3_000, NOW), "3s ago");
+        assert_eq!(relative_text(NOW + 400, NOW), "now");
+        assert_eq!(
+            deadline_text(NOW + 7_200_000, NOW),
+            "2023-11-15T00:15:00Z (in 2h)"
+        );
+    }
+
+    #[test]
     fn deployment_text_shows_a_chosen_working_dir_only() {
-        assert!(!deployment_text(&deployment()).contains("Working dir"));
+        assert!(!deployment_text(&deployment(), NOW).contains("Working dir"));
         let mut d = deployment();
         d.spec.as_mut().unwrap().working_dir = "/srv/models/mistral".into();
-        let text = deployment_text(&d);
+        let text = deployment_text(&d, NOW);
         assert!(
             text.contains(
                 "Command:             python3 -m http.server\n\
@@ -1284,6 +1675,13 @@ mod tests {
         assert_eq!(json["replicas"][1]["status"], "running");
         assert_eq!(json["replicas"][1]["exit_code"], serde_json::Value::Null);
         assert_eq!(json["spec"]["working_dir"], "");
+        assert_eq!(
+            json["spec"]["migration"],
+            serde_json::json!({"max_parallel": 0, "deadline_ms": null})
+        );
+        assert_eq!(json["compliance"]["summary"], "degraded (1/2 running)");
+        assert_eq!(json["compliance"]["converged"], false);
+        assert_eq!(json["replicas"][0]["standing"], "compliant");
         let failed = serde_json::to_value(failed_replica("x")).unwrap();
         assert_eq!(
             failed,
@@ -1293,7 +1691,9 @@ mod tests {
                 "desired": "run", "policy_version": 3, "created_at_ms": 1_700_000_000_000_i64,
                 "status": "failed", "exit_code": 137,
                 "status_reason": "killed by SIGKILL (out of memory?)", "restarts": 3,
-                "status_at_ms": 1_700_000_030_000_i64
+                "status_at_ms": 1_700_000_030_000_i64, "standing": "compliant", "rules": [],
+                "drain": false, "deadline_ms": 0, "replacement": "", "replaces": "",
+                "standing_since_ms": 0, "stop_reason": "", "standing_policy_version": 0
             })
         );
         let m = serde_json::to_value(member(1, true, None)).unwrap();

@@ -1,19 +1,31 @@
 //! `sovctl policy ...`: placement policy bundles, through `sov.v1.PolicyService`. Each function
 //! makes its call(s) and prints the answer; routing and retries belong to `client`, rendering
-//! to `output::policy`, choosing the files of a bundle to `bundle`, comparing versions to `diff`.
+//! to `output::policy`, choosing the files of a bundle to `bundle`, comparing versions to `diff`,
+//! the polling of `--wait` to `watch`.
+//!
+//! `policy apply` is atomic with what it checked: unless told `--yes`, it sends a plan hash, and
+//! the scheduler refuses the bundle if applying it at the committed index would stop, move or
+//! flag other replicas than that plan said.
 
 use std::path::Path;
+use std::time::Duration;
 
 use sov_proto::v1::policy_service_client::PolicyServiceClient;
-use sov_proto::v1::{ApplyPolicyRequest, GetPolicyRequest, ListPoliciesRequest, PolicyBundle};
-use tonic::Code;
+use sov_proto::v1::{
+    ApplyPolicyRequest, GetPolicyRequest, ListPoliciesRequest, PlanPolicyRequest, PolicyBundle,
+    PolicyProgress, ProgressRequest,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::client::{CallFailed, Client, read_consistency};
 use crate::output::policy::{
-    self as out, PolicyDiffView, PolicyListView, PolicyRefView, PolicyVersionView,
+    self as out, PolicyDiffView, PolicyListView, PolicyPlanView, PolicyProgressView, PolicyRefView,
+    PolicyVersionView, short_hash,
 };
-use crate::output::{self, Format};
-use crate::{bundle, diff};
+use crate::output::{self, Format, duration_text, shell_join};
+use crate::watch::{self, WatchOpts};
+use crate::{UsageError, bundle, diff};
 
 /// Largest answer accepted: a version carries its files (up to the 4 MiB a bundle may have)
 /// plus its rules, a little over tonic's default of 4 MiB.
@@ -72,7 +84,7 @@ impl std::error::Error for InvalidBundle {}
 
 /// The author recorded with a bundle when `--author` is not given: the login name, which is an
 /// opaque id rather than a person's name.
-pub fn default_author() -> String {
+fn default_author() -> String {
     author_from(std::env::var("USER").ok())
 }
 
@@ -82,23 +94,90 @@ fn author_from(user: Option<String>) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// What `policy apply` checks before the bundle takes effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Plan first; apply only if nothing running is stopped, moved or flagged, and then only
+    /// with exactly that plan's impact.
+    Plan,
+    /// Apply only with exactly the impact of this plan hash (`--plan-hash`).
+    PlanHash(String),
+    /// Apply whatever it does (`--yes`).
+    Skip,
+}
+
+/// The flags of `policy apply` besides the bundle.
+#[derive(Debug, Clone)]
+pub struct ApplyOpts {
+    pub comment: String,
+    /// `None`: the login name.
+    pub author: Option<String>,
+    pub check: Check,
+    /// Watch the cluster carry the version out, for at most this long.
+    pub wait: Option<Duration>,
+}
+
+/// The request carrying the bundle at `path`, read before any network call so that bad input
+/// fails fast and offline; says on stderr which files go.
+fn read_bundle(path: &Path, comment: String, author: String) -> Result<PolicyBundle, UsageError> {
+    let bundle = bundle::read(path)?;
+    eprintln!("{}", sent_note(path, &bundle));
+    Ok(PolicyBundle {
+        files: bundle.files.into_iter().collect(),
+        comment,
+        author,
+    })
+}
+
+/// `policy plan`: prints what applying the bundle at `path` would do; returns whether it would
+/// stop, move or flag running replicas, which is the command's exit code.
+pub async fn plan(client: &mut Client, format: Format, path: &Path) -> anyhow::Result<bool> {
+    let bundle = read_bundle(path, String::new(), default_author())?;
+    let plan = plan_bundle(client, bundle).await?;
+    let command = out::apply_command(&path.display().to_string(), &plan.plan_hash, &[]);
+    output::emit(format, &plan, |p| out::plan_text(p, &command))?;
+    Ok(plan.disruptions() > 0)
+}
+
+/// `policy apply`; returns the exit code (that of the watch with `--wait`).
 pub async fn apply(
     client: &mut Client,
     format: Format,
     path: &Path,
-    comment: String,
-    author: String,
-) -> anyhow::Result<()> {
-    // Read the files before any network call, so bad input fails fast and offline.
-    let bundle = bundle::read(path)?;
-    eprintln!("{}", sent_note(path, &bundle));
+    opts: ApplyOpts,
+) -> anyhow::Result<u8> {
+    let author = opts.author.clone().unwrap_or_else(default_author);
+    let bundle = read_bundle(path, opts.comment.clone(), author)?;
+    let plan_hash = match &opts.check {
+        Check::Skip => String::new(),
+        Check::PlanHash(hash) => hash.clone(),
+        Check::Plan => {
+            let plan = plan_bundle(client, bundle.clone()).await?;
+            let disruptions = plan.disruptions();
+            if disruptions > 0 {
+                let command = out::apply_command(
+                    &path.display().to_string(),
+                    &plan.plan_hash,
+                    &rerun_flags(&opts),
+                );
+                let text = output::render_as(format, &plan, |p| out::plan_text(p, &command));
+                eprint!("{text}");
+                anyhow::bail!(
+                    "this bundle stops, moves or flags {disruptions} running {}; review the plan \
+                     above, then run: {command} (or --yes to skip the check)",
+                    if disruptions == 1 {
+                        "replica"
+                    } else {
+                        "replicas"
+                    }
+                );
+            }
+            plan.plan_hash
+        }
+    };
     let req = ApplyPolicyRequest {
-        bundle: Some(PolicyBundle {
-            files: bundle.files.into_iter().collect(),
-            comment,
-            author,
-        }),
-        plan_hash: String::new(),
+        bundle: Some(bundle),
+        plan_hash: plan_hash.clone(),
     };
     let answer = client
         .call(req, |ch, req| async move {
@@ -108,17 +187,132 @@ pub async fn apply(
                 .await
         })
         .await
-        .map_err(|err| {
-            // The request is nothing but the bundle, so INVALID_ARGUMENT is about its files.
-            let refused = err
-                .downcast_ref::<CallFailed>()
-                .and_then(|c| c.status.as_ref())
-                .filter(|s| s.code() == Code::InvalidArgument)
-                .map(|s| InvalidBundle::from_message(s.message()));
-            refused.map_or(err, anyhow::Error::from)
+        .map_err(|err| match status_code(&err) {
+            Some(Code::FailedPrecondition) => anyhow::anyhow!(
+                "failed precondition: the cluster changed since plan hash {} was computed: \
+                 applying the bundle now would stop, move or flag other replicas than planned, so \
+                 nothing was applied; review the new plan with: sovctl policy plan {}",
+                short_hash(&plan_hash),
+                shell_join(&[path.display().to_string()])
+            ),
+            _ => refused_bundle(err),
         })?;
-    output::emit(format, &PolicyVersionView::from(answer), out::apply_line)
+    let view = PolicyVersionView::from(answer);
+    let Some(timeout) = opts.wait else {
+        output::emit(format, &view, out::apply_line)?;
+        return Ok(0);
+    };
+    output::emit_line(format, &view, out::apply_line)?;
+    wait_for_progress(
+        client,
+        format,
+        timeout,
+        format!("policy version {}", view.version),
+    )
+    .await
 }
+
+/// The flags that repeat the user's `policy apply` (other than the check), for the command it
+/// suggests running after a review.
+fn rerun_flags(opts: &ApplyOpts) -> Vec<String> {
+    let mut flags = Vec::new();
+    if !opts.comment.is_empty() {
+        flags.extend(["--comment".to_owned(), opts.comment.clone()]);
+    }
+    if let Some(author) = &opts.author {
+        flags.extend(["--author".to_owned(), author.clone()]);
+    }
+    if let Some(timeout) = opts.wait {
+        flags.push("--wait".to_owned());
+        if timeout != watch::TIMEOUT_DEFAULT {
+            flags.extend([
+                "--wait-timeout".to_owned(),
+                duration_text(timeout.as_millis() as u64),
+            ]);
+        }
+    }
+    flags
+}
+
+/// Dry-runs `bundle`.
+async fn plan_bundle(client: &mut Client, bundle: PolicyBundle) -> anyhow::Result<PolicyPlanView> {
+    let req = PlanPolicyRequest {
+        bundle: Some(bundle),
+    };
+    let answer = client
+        .call(req, |ch, req| async move {
+            PolicyServiceClient::new(ch)
+                .max_decoding_message_size(RESPONSE_BYTES_MAX)
+                .plan(req)
+                .await
+        })
+        .await
+        .map_err(refused_bundle)?;
+    Ok(PolicyPlanView::from(answer))
+}
+
+/// The server's answer, when `err` is one.
+fn answer_status(err: &anyhow::Error) -> Option<&Status> {
+    err.downcast_ref::<CallFailed>()
+        .and_then(|c| c.status.as_ref())
+}
+
+/// The code of the server's answer, when `err` is one.
+fn status_code(err: &anyhow::Error) -> Option<Code> {
+    answer_status(err).map(Status::code)
+}
+
+/// `err`, as an `InvalidBundle` when the server refused the bundle: the request is the bundle
+/// (and a plan hash sovctl checked), so INVALID_ARGUMENT is about its files.
+fn refused_bundle(err: anyhow::Error) -> anyhow::Error {
+    let refused = answer_status(&err)
+        .filter(|s| s.code() == Code::InvalidArgument)
+        .map(|s| InvalidBundle::from_message(s.message()));
+    refused.map_or(err, anyhow::Error::from)
+}
+
+/// Watches `Progress` until the cluster carried out the rules and drains in force, for at most
+/// `timeout`; `what` names what was asked, for the timeout error. Returns the exit code.
+pub async fn wait_for_progress(
+    client: &mut Client,
+    format: Format,
+    timeout: Duration,
+    what: String,
+) -> anyhow::Result<u8> {
+    let opts = WatchOpts {
+        timeout,
+        mode: watch::mode(format),
+        what,
+    };
+    let req = ProgressRequest {
+        consistency: read_consistency(false),
+    };
+    watch::watch(client, &opts, None, req, progress, PolicyProgressView::from).await
+}
+
+/// `PolicyService.Progress`, for `Client::poll`.
+async fn progress(
+    ch: Channel,
+    req: ProgressRequest,
+) -> Result<tonic::Response<PolicyProgress>, Status> {
+    PolicyServiceClient::new(ch).progress(req).await
+}
+
+/// A `--plan-hash` as `policy plan` prints it: 64 hex digits. Checked here because the
+/// scheduler's refusal of a malformed hash would read like a refusal of the bundle.
+pub fn parse_plan_hash(text: &str) -> Result<String, String> {
+    let hash = text.trim().to_ascii_lowercase();
+    if hash.len() == PLAN_HASH_LEN && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hash)
+    } else {
+        Err(format!(
+            "{text:?} is not a plan hash: 64 hex digits, as `sovctl policy plan` prints it"
+        ))
+    }
+}
+
+/// Hex digits of a plan hash (SHA-256).
+const PLAN_HASH_LEN: usize = 64;
 
 /// `sending 3 files from DIR: a.cedar, entities.json, schema.cedarschema (left out: README.md)`
 fn sent_note(path: &Path, bundle: &bundle::Bundle) -> String {
@@ -263,6 +457,39 @@ mod tests {
             InvalidBundle::from_message("").problems,
             ["the scheduler gave no details"]
         );
+    }
+
+    #[test]
+    fn plan_hashes_are_64_hex_digits() {
+        let hash = "3F9A1C0B7D2E4F60A1B2C3D4E5F60718293A4B5C6D7E8F90A1B2C3D4E5F60718";
+        assert_eq!(parse_plan_hash(hash), Ok(hash.to_ascii_lowercase()));
+        for bad in [
+            "",
+            "3f9a1c0b7d2e",
+            &format!("{hash}0"),
+            &hash.replace('F', "g"),
+        ] {
+            let err = parse_plan_hash(bad).unwrap_err();
+            assert!(err.contains("is not a plan hash"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_suggested_command_repeats_the_users_flags() {
+        let mut opts = ApplyOpts {
+            comment: "allow Swiss sites".into(),
+            author: None,
+            check: Check::Plan,
+            wait: None,
+        };
+        assert_eq!(rerun_flags(&opts), ["--comment", "allow Swiss sites"]);
+        opts.comment.clear();
+        opts.author = Some("ops-7".into());
+        opts.wait = Some(watch::TIMEOUT_DEFAULT);
+        assert_eq!(rerun_flags(&opts), ["--author", "ops-7", "--wait"]);
+        opts.author = None;
+        opts.wait = Some(Duration::from_secs(3600));
+        assert_eq!(rerun_flags(&opts), ["--wait", "--wait-timeout", "1h"]);
     }
 
     #[test]

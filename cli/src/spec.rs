@@ -9,7 +9,8 @@ use std::io::Read;
 
 use serde::Deserialize;
 use sov_proto::v1::{
-    DeploymentSpec, ExportAttributes, HealthCheck, PlacementPreferences, Residency, Resources,
+    DeploymentSpec, ExportAttributes, HealthCheck, Migration, PlacementPreferences, Residency,
+    Resources,
 };
 
 use crate::UsageError;
@@ -38,6 +39,9 @@ struct SpecFile {
     health: HealthFile,
     #[serde(default)]
     placement: PlacementFile,
+    /// Absent: the scheduler's defaults (one replacement at a time, 10 minutes).
+    #[serde(default)]
+    migration: Option<MigrationFile>,
     /// e.g. "30s": stop the replicas when their agent is cut off from the schedulers this long.
     #[serde(default)]
     stop_after_disconnect: Option<String>,
@@ -53,6 +57,16 @@ struct PlacementFile {
     spread: String,
     prefer_countries: Vec<String>,
     prefer_sites: Vec<String>,
+}
+
+/// How replicas move when a `migrate` rule or a drain says they must leave their node:
+/// `max_parallel = 2` replacements at once (0 = the default, 1), and `deadline = "10m"`, how
+/// long the old replica may keep running (absent = the default, 10m; `"0s"` = stop it at once).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MigrationFile {
+    max_parallel: u32,
+    deadline: Option<String>,
 }
 
 /// How the agent checks that a model server is healthy: `http = "/health"` or `tcp = true`.
@@ -100,9 +114,26 @@ const HEALTH_INTERVAL_DEFAULT: &str = "10s";
 const HEALTH_TIMEOUT_DEFAULT: &str = "2s";
 
 fn millis(field: &str, text: &str) -> Result<u64, String> {
-    crate::node::parse_duration(text)
+    crate::duration::parse_deadline(text)
         .map(|d| d.as_millis() as u64)
         .map_err(|e| format!("{field}: {e}"))
+}
+
+/// The `[migration]` table. Its deadline may be 0 and is not capped here: the scheduler judges
+/// it (at most 30 days), as it judges every other value of a spec.
+fn migration(file: &MigrationFile) -> Result<Migration, String> {
+    let deadline_ms = match file.deadline.as_deref() {
+        None => None,
+        Some(text) => Some(
+            crate::duration::parse(text)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|e| format!("migration.deadline: {e}"))?,
+        ),
+    };
+    Ok(Migration {
+        max_parallel: file.max_parallel,
+        deadline_ms,
+    })
 }
 
 impl TryFrom<SpecFile> for DeploymentSpec {
@@ -131,11 +162,17 @@ impl TryFrom<SpecFile> for DeploymentSpec {
             None => 0,
             Some(text) => millis("stop_after_disconnect", text)?,
         };
-        Ok(to_spec(file, health, stop_after_disconnect_ms))
+        let migration = file.migration.as_ref().map(migration).transpose()?;
+        Ok(to_spec(file, health, stop_after_disconnect_ms, migration))
     }
 }
 
-fn to_spec(file: SpecFile, health: HealthCheck, stop_after_disconnect_ms: u64) -> DeploymentSpec {
+fn to_spec(
+    file: SpecFile,
+    health: HealthCheck,
+    stop_after_disconnect_ms: u64,
+    migration: Option<Migration>,
+) -> DeploymentSpec {
     let r = file.resources;
     DeploymentSpec {
         name: file.name,
@@ -170,6 +207,7 @@ fn to_spec(file: SpecFile, health: HealthCheck, stop_after_disconnect_ms: u64) -
             prefer_countries: file.placement.prefer_countries,
             prefer_sites: file.placement.prefer_sites,
         }),
+        migration,
     }
 }
 
@@ -364,6 +402,52 @@ required_certifications = ["secnumcloud"]
             err.0.starts_with("s.toml: stop_after_disconnect:"),
             "{}",
             err.0
+        );
+    }
+
+    #[test]
+    fn migration_table_sets_parallelism_and_deadline() {
+        let base = "name = \"a\"\nmodel = \"m\"\nreplicas = 3\n";
+        let spec = parse(
+            &format!("{base}[migration]\nmax_parallel = 2\ndeadline = \"10m\"\n"),
+            "m.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.migration,
+            Some(Migration {
+                max_parallel: 2,
+                deadline_ms: Some(600_000),
+            })
+        );
+        let at_once = parse(&format!("{base}[migration]\ndeadline = \"0s\"\n"), "m.toml").unwrap();
+        assert_eq!(
+            at_once.migration,
+            Some(Migration {
+                max_parallel: 0,
+                deadline_ms: Some(0),
+            })
+        );
+        // An empty table asks for the defaults, as an absent one does, but says so explicitly.
+        let empty = parse(&format!("{base}[migration]\n"), "m.toml").unwrap();
+        assert_eq!(empty.migration, Some(Migration::default()));
+        assert_eq!(parse(base, "m.toml").unwrap().migration, None);
+    }
+
+    #[test]
+    fn migration_table_refuses_unknown_keys_and_bad_durations() {
+        let base = "name = \"a\"\nmodel = \"m\"\nreplicas = 3\n[migration]\n";
+        let err = parse(&format!("{base}parallel = 2\n"), "m.toml")
+            .unwrap_err()
+            .0;
+        assert!(err.starts_with("m.toml:5:1: "), "{err}");
+        assert!(err.contains("unknown field `parallel`"), "{err}");
+        let err = parse(&format!("{base}deadline = \"10\"\n"), "m.toml")
+            .unwrap_err()
+            .0;
+        assert!(
+            err.starts_with("m.toml: migration.deadline: \"10\" is not a duration"),
+            "{err}"
         );
     }
 

@@ -427,6 +427,7 @@ fn build_state(nodes: usize, deployments: usize) -> anyhow::Result<State> {
         &mut state,
         Proposal::ApplyPolicy {
             bundle: Box::new(bundle),
+            expected_plan_hash: None,
         },
     ) {
         Outcome::PolicyApplied { .. } => {}
@@ -525,6 +526,7 @@ fn leader_loop(state: &mut State, today: &str, rounds_max: usize) -> anyhow::Res
             state,
             Proposal::ApplyPlan {
                 placements: plan.placements,
+                stops: vec![],
             },
         );
         let Outcome::PlanApplied { placed, .. } = outcome else {
@@ -843,6 +845,7 @@ fn main() -> anyhow::Result<()> {
         at_ms: AT_MS,
         proposal: Proposal::ApplyPlan {
             placements: plan.placements.clone(),
+            stops: vec![],
         },
     };
     let mut apply_times = Vec::new();
@@ -853,7 +856,10 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let outcome = apply(&mut copy, index, &command);
         apply_times.push(t.elapsed());
-        let Outcome::PlanApplied { placed, rejected } = outcome else {
+        let Outcome::PlanApplied {
+            placed, rejected, ..
+        } = outcome
+        else {
             bail!("the plan was not applied: {outcome:?}");
         };
         ensure!(

@@ -2,7 +2,10 @@
 //!
 //! The crate is split into a pure core and an I/O shell (see `../shared/DESIGN.md` and
 //! `docs/architecture.md`):
-//! - core: [`state`] — replicated state, commands, the pure `apply`.
+//! - core: [`state`] — replicated state, commands, the pure `apply` (with
+//!   `state::compliance`: rules re-checked in the entry that changes them); [`policy`] — Cedar
+//!   bundles and decisions; [`placement`] — where replicas go; [`reconcile`] — what the leader
+//!   does next (stops, replacements, missing replicas).
 //! - shell: [`raft`] (openraft glue: redb storage, tonic peer network, forwarding to the leader),
 //!   [`api`] (the public gRPC services), [`web`] (health, readiness, metrics), [`server`] (wires
 //!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher).
@@ -18,6 +21,7 @@ pub mod leader;
 pub mod placement;
 pub mod policy;
 pub mod raft;
+pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod web;

@@ -192,7 +192,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         liveness.clone(),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(leader::placement_loop(
+    tasks.push(tokio::spawn(leader::reconcile_loop(
         replica.clone(),
         shutdown_rx.clone(),
     )));

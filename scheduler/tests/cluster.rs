@@ -841,6 +841,7 @@ async fn nodes_register_through_any_scheduler_and_can_be_drained() {
         .drain(pb::DrainNodeRequest {
             name: "gpu-fr-1".into(),
             deadline_ms: 0,
+            force: false,
         })
         .await
         .unwrap()
@@ -858,6 +859,7 @@ async fn nodes_register_through_any_scheduler_and_can_be_drained() {
         .drain(pb::DrainNodeRequest {
             name: "nope".into(),
             deadline_ms: 0,
+            force: false,
         })
         .await
         .unwrap_err();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{bin, die_with_parent, file_tail, free_ports, wait_until};
+use crate::{bin, die_with_parent, file_tail, free_port_range, wait_until};
 
 /// Lines of the agent log printed when a test fails.
 const LOG_TAIL_LINES: usize = 40;
@@ -36,18 +36,36 @@ pub struct Agent {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
-    /// The one port this node offers model servers (so parallel tests never collide).
+    /// The first port this node offers model servers (ports are never shared between tests, so
+    /// parallel tests never collide); with one port, the only one.
     pub port: u16,
+    /// The last port of the node's range.
+    pub port_last: u16,
     child: Option<Child>,
 }
 
 impl Agent {
     /// Writes a config for node `name` under `root/agent-<name>/` and starts the agent against
-    /// `endpoints` (comma-separated). `extra` is appended to the config verbatim.
+    /// `endpoints` (comma-separated), offering one port to model servers. `extra` is appended
+    /// to the config verbatim.
     pub fn start(root: &Path, name: &str, endpoints: &str, facts: &Facts, extra: &str) -> Agent {
+        Agent::start_with_ports(root, name, endpoints, facts, extra, 1)
+    }
+
+    /// [`Agent::start`] for a node that offers `ports` model-server ports (one model server
+    /// each).
+    pub fn start_with_ports(
+        root: &Path,
+        name: &str,
+        endpoints: &str,
+        facts: &Facts,
+        extra: &str,
+        ports: u16,
+    ) -> Agent {
         let dir = root.join(format!("agent-{name}"));
         std::fs::create_dir_all(&dir).expect("cannot create agent dir");
-        let port = free_ports(1)[0];
+        let port = free_port_range(ports);
+        let port_last = port + ports - 1;
         let schedulers: Vec<String> = endpoints.split(',').map(|e| format!("{e:?}")).collect();
         let config = format!(
             "name = {name:?}\n\
@@ -65,7 +83,7 @@ impl Agent {
              cpu_millis = 8000\n\
              memory_mib = 16384\n\
              port_first = {port}\n\
-             port_last = {port}\n",
+             port_last = {port_last}\n",
             schedulers.join(", "),
             dir.join("data"),
             facts.country,
@@ -81,6 +99,7 @@ impl Agent {
             dir,
             config_path,
             port,
+            port_last,
             child: None,
         };
         agent.spawn();

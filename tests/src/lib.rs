@@ -129,6 +129,31 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// `n` consecutive loopback ports from [`TEST_PORTS`] that were free a moment ago (a node's
+/// model-server port range); returns the first.
+pub fn free_port_range(n: u16) -> u16 {
+    let mut given = PORTS_GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    for step in 0..span / n {
+        let first = TEST_PORTS.start + (offset + step * n) % (span - n);
+        let range = first..first + n;
+        if range.clone().any(|p| given.contains(&p)) {
+            continue;
+        }
+        let held: Vec<TcpListener> = range
+            .clone()
+            .filter_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(n) {
+            given.extend(range);
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports left in {TEST_PORTS:?}");
+}
+
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_accepts(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -434,7 +434,7 @@ fn a_three_node_cluster_places_replicas_only_where_policy_allows() {
     let out = sovctl(&endpoints, &["policy", "apply", bundle]);
     out.assert_ok();
     assert!(
-        out.stdout.contains("policy version 1 activated"),
+        out.stdout.contains("policy version 1 in force"),
         "unexpected answer to policy apply: {out}"
     );
     tl.log(format_args!("{}", out.stdout.trim()));
@@ -720,15 +720,46 @@ fn a_three_node_cluster_places_replicas_only_where_policy_allows() {
         assert_ne!(node, drained, "plan places on the drained node: {plan}");
         assert!(["FR", "DE", "PL"].contains(&country_of(node)), "{plan}");
     }
-    // Draining stops new placements only; running replicas stay for now (`node drain --help`).
-    let show = sovctl(&endpoints, &["-o", "json", "deploy", "show", eu]).json();
-    assert_eq!(
-        replicas(&show),
-        eu_replicas,
-        "draining moved replicas: {show}"
+    // A drain also moves the replicas already there, make-before-break (issue #5): the one on
+    // the drained node is marked migrating with the drain's deadline and a replacement is
+    // placed on another EU node; it keeps its place until the replacement runs (no agent runs
+    // here, so it never does). The other replicas are untouched.
+    let (show, took) = wait_until(
+        "a replacement for the drained replica",
+        PLACE_TIMEOUT,
+        || {
+            let show = sovctl(&endpoints, &["-o", "json", "deploy", "show", eu]).json();
+            let placed = replicas(&show);
+            if placed.len() == eu_replicas.len() + 1 {
+                Ok(show)
+            } else {
+                Err(format!("replicas: {}", show["replicas"]))
+            }
+        },
     );
+    let now = replicas(&show);
+    let moving = now
+        .iter()
+        .find(|r| str_field(r, "node") == drained)
+        .expect("the drained node's replica stays until replaced");
+    assert_eq!(moving["standing"], "migrating", "{show}");
+    assert_eq!(moving["drain"], true, "{show}");
+    let replacement = now
+        .iter()
+        .find(|r| r["replaces"] == moving["id"])
+        .expect("a replacement linked to it");
+    assert_eq!(moving["replacement"], replacement["id"], "{show}");
+    assert_ne!(str_field(replacement, "node"), drained);
+    assert!(["FR", "DE", "PL"].contains(&country_of(str_field(replacement, "node"))));
+    for r in &eu_replicas {
+        if str_field(r, "node") != drained {
+            assert!(now.contains(r), "draining {drained} changed {r}: {show}");
+        }
+    }
     tl.log(format_args!(
-        "drained {drained}: explain --node lists {reasons:?}; its replica stays"
+        "drained {drained}: explain --node lists {reasons:?}; its replica migrates to {} ({} ms)",
+        str_field(replacement, "node"),
+        took.as_millis()
     ));
 
     // 8. Every scheduler's own copy holds exactly the acknowledged placements.

@@ -10,8 +10,8 @@ use serde::Serialize;
 use sov_proto::v1 as pb;
 
 use super::{
-    ReplicaView, Table, dash_if_empty, down_reasons, fields, gpus_cell, if_set, port_cell,
-    replica_status_cell, sorted, time_cell,
+    ReplicaView, Table, clock_cell, dash_if_empty, deadline_text, fields, gpus_cell, if_set,
+    port_cell, replica_notes, replica_status_cell, sorted, time_cell,
 };
 
 /// `sov.v1.GpuDevice`.
@@ -68,6 +68,8 @@ pub struct NodeView {
     pub inventory: InventoryView,
     pub status: String,
     pub draining: bool,
+    /// While draining: when every replica still on the node is stopped; 0 otherwise.
+    pub drain_deadline_ms: i64,
     pub registered_at_ms: i64,
     pub updated_at_ms: i64,
     pub revision: u64,
@@ -120,6 +122,7 @@ impl From<pb::Node> for NodeView {
             },
             status: n.status,
             draining: n.draining,
+            drain_deadline_ms: n.drain_deadline_ms,
             registered_at_ms: n.registered_at_ms,
             updated_at_ms: n.updated_at_ms,
             revision: n.revision,
@@ -157,7 +160,7 @@ const SIMULATED_MARK: &str = "(simulated)";
 const DEFAULT_PORTS: (u32, u32) = (20000, 20999);
 
 /// `node list`, sorted by name. ALLOCS counts the replicas placed to run there.
-pub fn nodes_table(nodes: &[NodeView]) -> String {
+pub fn nodes_table(nodes: &[NodeView], now_ms: i64) -> String {
     let mut sorted: Vec<&NodeView> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut table = Table::new(&[
@@ -181,7 +184,7 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
         };
         table.row(vec![
             dash_if_empty(&n.name),
-            status_cell(n),
+            status_cell(n, now_ms),
             facts(|f| &f.country),
             facts(|f| &f.site),
             facts(|f| &f.operator),
@@ -201,8 +204,20 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
 }
 
 /// `node show`: every fact, then every GPU, then the replicas placed here.
-pub fn node_text(n: &NodeView) -> String {
-    let mut pairs = vec![("Name", dash_if_empty(&n.name)), ("Status", status_cell(n))];
+pub fn node_text(n: &NodeView, now_ms: i64) -> String {
+    let mut pairs = vec![
+        ("Name", dash_if_empty(&n.name)),
+        ("Status", status_cell(n, now_ms)),
+    ];
+    if n.draining && n.drain_deadline_ms > 0 {
+        pairs.push((
+            "Drain deadline",
+            format!(
+                "{}: replicas still here are stopped then",
+                deadline_text(n.drain_deadline_ms, now_ms)
+            ),
+        ));
+    }
     match &n.facts {
         Some(f) => pairs.extend([
             ("Country", dash_if_empty(&f.country)),
@@ -313,7 +328,7 @@ fn allocations_table(n: &NodeView) -> String {
             r.restarts.to_string(),
         ]);
     }
-    table.render() + &down_reasons(placed.iter().map(|&(_, r)| r))
+    table.render() + &replica_notes(placed.iter().map(|&(_, r)| r))
 }
 
 /// `20000-20999`; the default range when the inventory names none (a scheduler that predates
@@ -347,11 +362,22 @@ fn marked_if_simulated(text: String, simulated: bool) -> String {
     }
 }
 
-/// `node drain`: what changed and what did not (yet).
-pub fn drain_line(n: &NodeView) -> String {
+/// `node drain`: what changed, and what happens to the replicas still on the node. `force`:
+/// the drain stopped them at once.
+pub fn drain_line(n: &NodeView, force: bool, now_ms: i64) -> String {
+    let replicas = if force {
+        "its replicas were told to stop at once and are replaced elsewhere".to_owned()
+    } else if n.drain_deadline_ms > 0 {
+        format!(
+            "its replicas move elsewhere, each stopped once its replacement runs, or at {} \
+             whatever happens",
+            deadline_text(n.drain_deadline_ms, now_ms)
+        )
+    } else {
+        "its replicas move elsewhere, each stopped once its replacement runs".to_owned()
+    };
     format!(
-        "node {} is draining: no new replicas are placed on it; running replicas stay until \
-         the reconcile milestone moves them\n",
+        "node {} is draining: no new replicas are placed on it; {replicas}\n",
         n.name
     )
 }
@@ -364,13 +390,14 @@ pub fn undrain_line(n: &NodeView) -> String {
     )
 }
 
-/// `ready`, `down`, and `,draining` after either.
-fn status_cell(n: &NodeView) -> String {
+/// `ready`, `down`, and `,draining` after either, with the drain's deadline:
+/// `ready,draining (until 12:00:00Z)`.
+fn status_cell(n: &NodeView, now_ms: i64) -> String {
     let status = dash_if_empty(&n.status);
-    if n.draining {
-        format!("{status},draining")
-    } else {
-        status
+    match (n.draining, n.drain_deadline_ms) {
+        (false, _) => status,
+        (true, 0) => format!("{status},draining"),
+        (true, ms) => format!("{status},draining (until {})", clock_cell(ms, now_ms)),
     }
 }
 
@@ -436,6 +463,9 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// The renderers' "now": 2023-11-14T22:15:00Z.
+    const NOW: i64 = 1_700_000_100_000;
+
     fn gpu(index: u32, model: &str, simulated: bool) -> pb::GpuDevice {
         pb::GpuDevice {
             index,
@@ -473,6 +503,7 @@ mod tests {
             }),
             status: "ready".into(),
             draining: false,
+            drain_deadline_ms: 0,
             registered_at_ms: 1_700_000_000_000,
             updated_at_ms: 1_700_000_060_000,
             revision: 12,
@@ -514,7 +545,7 @@ mod tests {
             allocation("b", "b-1", 1, "run", "failed"),
             allocation("c", "c-1", 1, "stop", "running"),
         ];
-        let text = nodes_table(&[busy, drained]);
+        let text = nodes_table(&[busy, drained], NOW);
         assert_eq!(
             text,
             concat!(
@@ -527,13 +558,16 @@ mod tests {
 
     #[test]
     fn simulated_gpus_are_marked_in_the_list() {
-        let text = nodes_table(&[node(
-            "sim-1",
-            vec![
-                gpu(0, "NVIDIA A100-SXM4-40GB", true),
-                gpu(1, "NVIDIA A100-SXM4-40GB", false),
-            ],
-        )]);
+        let text = nodes_table(
+            &[node(
+                "sim-1",
+                vec![
+                    gpu(0, "NVIDIA A100-SXM4-40GB", true),
+                    gpu(1, "NVIDIA A100-SXM4-40GB", false),
+                ],
+            )],
+            NOW,
+        );
         assert!(
             text.contains("2 x NVIDIA A100-SXM4-40GB (simulated)"),
             "{text}"
@@ -555,12 +589,12 @@ mod tests {
     fn a_node_without_facts_shows_dashes_and_says_why_in_show() {
         let mut n = node("bare", vec![]);
         n.facts = None;
-        let row = nodes_table(&[n.clone()]);
+        let row = nodes_table(&[n.clone()], NOW);
         assert!(
             row.lines().nth(1).unwrap().starts_with("bare   ready    -"),
             "{row}"
         );
-        let text = node_text(&n);
+        let text = node_text(&n, NOW);
         assert!(
             text.contains("Facts:        missing: no deployment is placed here"),
             "{text}"
@@ -581,7 +615,7 @@ mod tests {
             ],
         );
         n.draining = true;
-        let text = node_text(&n);
+        let text = node_text(&n, NOW);
         for expected in [
             "Name:                gpu-fr-1\n",
             "Status:              ready,draining\n",
@@ -609,7 +643,7 @@ mod tests {
 
     #[test]
     fn show_of_real_gpus_carries_no_simulation_note() {
-        let text = node_text(&node("n", vec![gpu(0, "NVIDIA L4", false)]));
+        let text = node_text(&node("n", vec![gpu(0, "NVIDIA L4", false)]), NOW);
         assert!(!text.contains("imulated GPUs"), "{text}");
         assert!(!text.contains("(simulated)"), "{text}");
         assert!(text.contains("   NVIDIA L4   81559 MiB"), "{text}");
@@ -632,7 +666,7 @@ mod tests {
         ];
         n.inventory.port_first = 21000;
         n.inventory.port_last = 21099;
-        let text = node_text(&n);
+        let text = node_text(&n, NOW);
         assert!(
             text.contains("Ports:               21000-21099\n"),
             "{text}"
@@ -693,12 +727,63 @@ mod tests {
     }
 
     #[test]
-    fn drain_line_says_running_work_stays() {
-        let line = drain_line(&node("gpu-fr-1", vec![]));
-        assert!(
-            line.starts_with("node gpu-fr-1 is draining: no new replicas"),
-            "{line}"
+    fn drain_line_says_how_the_replicas_leave() {
+        let mut n = node("gpu-fr-1", vec![]);
+        n.draining = true;
+        n.drain_deadline_ms = NOW + 3_600_000;
+        assert_eq!(
+            drain_line(&n, false, NOW),
+            "node gpu-fr-1 is draining: no new replicas are placed on it; its replicas move \
+             elsewhere, each stopped once its replacement runs, or at 2023-11-14T23:15:00Z (in \
+             1h) whatever happens\n"
         );
-        assert!(line.contains("running replicas stay"), "{line}");
+        assert_eq!(
+            drain_line(&n, true, NOW),
+            "node gpu-fr-1 is draining: no new replicas are placed on it; its replicas were told \
+             to stop at once and are replaced elsewhere\n"
+        );
+        n.drain_deadline_ms = 0;
+        assert!(
+            drain_line(&n, false, NOW).ends_with("each stopped once its replacement runs\n"),
+            "{}",
+            drain_line(&n, false, NOW)
+        );
+    }
+
+    #[test]
+    fn a_draining_node_shows_its_deadline_in_list_and_show() {
+        let mut n = node("gpu-fr-1", vec![]);
+        n.draining = true;
+        n.drain_deadline_ms = NOW + 6_300_000;
+        let row = nodes_table(&[n.clone()], NOW);
+        assert!(
+            row.contains("\ngpu-fr-1   ready,draining (until 00:00:00Z)   FR   "),
+            "{row}"
+        );
+        let text = node_text(&n, NOW);
+        assert!(
+            text.contains(
+                "Status:              ready,draining (until 00:00:00Z)\n\
+                 Drain deadline:      2023-11-15T00:00:00Z (in 1h45m): replicas still here are \
+                 stopped then\n"
+            ),
+            "{text}"
+        );
+        n.draining = false;
+        n.drain_deadline_ms = 0;
+        assert!(!node_text(&n, NOW).contains("Drain deadline"));
+    }
+
+    #[test]
+    fn show_says_why_replicas_on_the_node_were_told_to_stop() {
+        let mut n = node("gpu-fr-1", vec![gpu(0, "NVIDIA L4", false)]);
+        let mut moved = allocation("echo", "echo-1", 0, "stop", "running");
+        moved.replica.as_mut().unwrap().stop_reason = "drain of gpu-fr-1: deadline passed".into();
+        n.allocations = vec![moved];
+        let text = node_text(&n, NOW);
+        assert!(
+            text.ends_with("\n  echo-1: told to stop: drain of gpu-fr-1: deadline passed\n"),
+            "{text}"
+        );
     }
 }

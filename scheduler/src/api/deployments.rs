@@ -7,13 +7,16 @@ use sov_proto::v1::deployment_service_server::DeploymentService;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, propose, read_barrier};
+use std::collections::BTreeMap;
+
 use crate::placement::{self, Explanation};
 use crate::raft::Replica;
 use crate::raft::now_ms;
+use crate::reconcile::{self, status, status::DeploymentStatus};
 use crate::state::plan::{PolicyGate, day_of};
 use crate::state::{
-    self, DeploymentSpec, Desired, ExportAttrs, HealthCheck, HealthProbe, Outcome, PlacementPrefs,
-    Proposal, Residency, Resources, Spread, State,
+    self, DeploymentSpec, Desired, ExportAttrs, HealthCheck, HealthProbe, Migration, Outcome,
+    PlacementPrefs, Proposal, Residency, Resources, Spread, Standing, State, compliance,
 };
 
 /// Page size when the client asks for none, and the most it may ask for.
@@ -82,6 +85,17 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> Result<DeploymentSpec, Status> 
         },
         stop_after_disconnect_ms: spec.stop_after_disconnect_ms,
         working_dir: spec.working_dir,
+        migration: {
+            let m = spec.migration.unwrap_or_default();
+            Migration {
+                max_parallel: if m.max_parallel == 0 {
+                    Migration::MAX_PARALLEL_DEFAULT
+                } else {
+                    m.max_parallel
+                },
+                deadline_ms: m.deadline_ms.unwrap_or(Migration::DEADLINE_MS_DEFAULT),
+            }
+        },
         placement: PlacementPrefs {
             spread: match placement.spread.as_str() {
                 "" | "node" => Spread::Node,
@@ -100,8 +114,64 @@ pub fn spec_from_pb(spec: pb::DeploymentSpec) -> Result<DeploymentSpec, Status> 
     })
 }
 
-/// The deployment with its replicas (every allocation of it in `state`).
-pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment {
+/// How every deployment of `state` (or only one) stands: compliance state, moves, what could
+/// be placed now. Costs one reconcile planning pass (the fleet view and a plan), so callers
+/// compute it once per request.
+pub fn statuses(state: &State, only: Option<&str>) -> BTreeMap<String, DeploymentStatus> {
+    let mut gate = PolicyGate::for_state(state, &compliance::today(state));
+    let outlooks = reconcile::outlook(state, &mut gate, now_ms(), only);
+    let mut statuses = status::deployments(state, &outlooks, only);
+    // Say why replicas that are missing cannot go anywhere.
+    for (name, s) in statuses.iter_mut() {
+        if s.outlook.wanted > s.outlook.placeable
+            && let Some(d) = state.deployments.get(name)
+        {
+            let e = placement::eligibility(state, &d.spec, &mut gate);
+            s.explanation = summarize(&e, gate.version() > 0);
+        }
+    }
+    statuses
+}
+
+/// Runs `render` with a copy of the applied state and the statuses of its deployments (or of
+/// `only`), off the async workers and outside the state machine's lock: the statuses plan the
+/// fleet, which takes a while on a large cluster, and applies must not wait for it.
+pub async fn with_statuses<T: Send + 'static>(
+    replica: &Replica,
+    only: Option<String>,
+    render: impl FnOnce(&State, &BTreeMap<String, DeploymentStatus>) -> T + Send + 'static,
+) -> Result<T, Status> {
+    let state = replica.sm.read().state.clone();
+    tokio::task::spawn_blocking(move || {
+        let statuses = statuses(&state, only.as_deref());
+        render(&state, &statuses)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("computing deployment statuses failed: {e}")))
+}
+
+pub fn compliance_to_pb(s: &DeploymentStatus) -> pb::DeploymentCompliance {
+    pb::DeploymentCompliance {
+        state: s.compliance().as_str().into(),
+        summary: s.summary(),
+        replicas_wanted: s.wanted,
+        replicas_running: s.running,
+        moves_started: s.moves_started,
+        moves_finished: s.moves_finished,
+        violated_rules: s.violated_rules.iter().cloned().collect(),
+        explanation: s.explanation.clone(),
+        converged: s.converged(),
+        next_deadline_ms: s.next_deadline_ms.unwrap_or(0),
+    }
+}
+
+/// The deployment with its replicas (every allocation of it in `state`) and, when given, how
+/// it stands.
+pub fn deployment_to_pb(
+    d: &state::Deployment,
+    state: &State,
+    status: Option<&DeploymentStatus>,
+) -> pb::Deployment {
     let s = &d.spec;
     let r = &s.resources;
     pb::Deployment {
@@ -144,6 +214,10 @@ pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment 
                 prefer_countries: s.placement.prefer_countries.clone(),
                 prefer_sites: s.placement.prefer_sites.clone(),
             }),
+            migration: Some(pb::Migration {
+                max_parallel: s.migration.max_parallel,
+                deadline_ms: Some(s.migration.deadline_ms),
+            }),
         }),
         generation: d.generation,
         created_at_ms: d.created_at_ms,
@@ -155,6 +229,7 @@ pub fn deployment_to_pb(d: &state::Deployment, state: &State) -> pb::Deployment 
             .filter(|a| a.deployment == s.name)
             .map(replica_to_pb)
             .collect(),
+        compliance: status.map(compliance_to_pb),
     }
 }
 
@@ -185,6 +260,31 @@ pub fn replica_to_pb(a: &state::Allocation) -> pb::Replica {
         status_reason: a.status_reason.clone(),
         restarts: a.restarts,
         status_at_ms: a.status_at_ms,
+        standing: a.standing.as_str().into(),
+        rules: match &a.standing {
+            Standing::Compliant => Vec::new(),
+            Standing::Violating { rules, .. } | Standing::Migrating { rules, .. } => rules.clone(),
+        },
+        drain: matches!(a.standing, Standing::Migrating { drain: true, .. }),
+        deadline_ms: match a.standing {
+            Standing::Migrating { deadline_ms, .. } => deadline_ms,
+            _ => 0,
+        },
+        replacement: match &a.standing {
+            Standing::Migrating { replacement, .. } => replacement.clone(),
+            _ => String::new(),
+        },
+        replaces: a.replaces.clone(),
+        standing_since_ms: match a.standing {
+            Standing::Compliant => 0,
+            Standing::Violating { since_ms, .. } | Standing::Migrating { since_ms, .. } => since_ms,
+        },
+        stop_reason: a.stop_reason.clone(),
+        standing_policy_version: match a.standing {
+            Standing::Compliant => 0,
+            Standing::Violating { policy_version, .. }
+            | Standing::Migrating { policy_version, .. } => policy_version,
+        },
     }
 }
 
@@ -218,11 +318,19 @@ impl DeploymentService for DeploymentApi {
                     created,
                     changed,
                 },
-            ) => Ok(Response::new(pb::ApplyDeploymentResponse {
-                deployment: Some(deployment_to_pb(&deployment, &self.replica.sm.read().state)),
-                created,
-                changed,
-            })),
+            ) => {
+                let name = deployment.spec.name.clone();
+                let deployment =
+                    with_statuses(&self.replica, Some(name.clone()), move |state, s| {
+                        deployment_to_pb(&deployment, state, s.get(&name))
+                    })
+                    .await?;
+                Ok(Response::new(pb::ApplyDeploymentResponse {
+                    deployment: Some(deployment),
+                    created,
+                    changed,
+                }))
+            }
             (_, other) => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -234,11 +342,19 @@ impl DeploymentService for DeploymentApi {
         let req = request.into_inner();
         state::validate_deployment_name(&req.name).map_err(invalid)?;
         read_barrier(&self.replica, req.consistency).await?;
-        let applied = self.replica.sm.read();
-        let deployment = applied.state.deployments.get(&req.name).ok_or_else(|| {
-            Status::not_found(format!("deployment {:?} does not exist", req.name))
-        })?;
-        Ok(Response::new(deployment_to_pb(deployment, &applied.state)))
+        let name = req.name;
+        with_statuses(&self.replica, Some(name.clone()), move |state, s| {
+            let deployment = state
+                .deployments
+                .get(&name)
+                .ok_or_else(|| Status::not_found(format!("deployment {name:?} does not exist")))?;
+            Ok(Response::new(deployment_to_pb(
+                deployment,
+                state,
+                s.get(&name),
+            )))
+        })
+        .await?
     }
 
     async fn list(
@@ -258,34 +374,35 @@ impl DeploymentService for DeploymentApi {
             req.limit
         } as usize;
         read_barrier(&self.replica, req.consistency).await?;
-        let applied = self.replica.sm.read();
-        let after = std::ops::Bound::Excluded(req.after.clone());
-        let start = if req.after.is_empty() {
-            std::ops::Bound::Unbounded
-        } else {
-            after
-        };
-        let mut page: Vec<_> = applied
-            .state
-            .deployments
-            .range::<String, _>((start, std::ops::Bound::Unbounded))
-            .take(limit + 1)
-            .map(|(_, d)| deployment_to_pb(d, &applied.state))
-            .collect();
-        let next_after = if page.len() > limit {
-            page.truncate(limit);
-            page.last()
-                .and_then(|d| d.spec.as_ref())
-                .map(|s| s.name.clone())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListDeploymentsResponse {
-            deployments: page,
-            next_after,
-            revision: applied.state.revision,
-        }))
+        let after = req.after;
+        with_statuses(&self.replica, None, move |state, status| {
+            let start = if after.is_empty() {
+                std::ops::Bound::Unbounded
+            } else {
+                std::ops::Bound::Excluded(after)
+            };
+            let mut page: Vec<_> = state
+                .deployments
+                .range::<String, _>((start, std::ops::Bound::Unbounded))
+                .take(limit + 1)
+                .map(|(name, d)| deployment_to_pb(d, state, status.get(name)))
+                .collect();
+            let next_after = if page.len() > limit {
+                page.truncate(limit);
+                page.last()
+                    .and_then(|d| d.spec.as_ref())
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Response::new(pb::ListDeploymentsResponse {
+                deployments: page,
+                next_after,
+                revision: state.revision,
+            })
+        })
+        .await
     }
 
     async fn plan(

@@ -61,7 +61,9 @@ pub fn invalid(e: ValidationError) -> Status {
 pub fn rejection_status(r: Rejection) -> Status {
     match r {
         Rejection::NotFound(_) | Rejection::NodeNotFound(_) => Status::not_found(r.to_string()),
-        Rejection::GenerationMismatch { .. } => Status::failed_precondition(r.to_string()),
+        Rejection::GenerationMismatch { .. } | Rejection::PlanHashMismatch { .. } => {
+            Status::failed_precondition(r.to_string())
+        }
         Rejection::Invalid(e) => invalid(e),
         Rejection::InvalidPolicy(_) => Status::invalid_argument(r.to_string()),
         Rejection::TooManyDeployments { .. }

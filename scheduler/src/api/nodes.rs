@@ -128,6 +128,7 @@ pub fn node_to_pb<'a>(n: &Node, allocations: impl IntoIterator<Item = &'a Alloca
         }),
         status: n.status.as_str().into(),
         draining: n.draining,
+        drain_deadline_ms: n.drain_deadline_ms,
         registered_at_ms: n.registered_at_ms,
         updated_at_ms: n.updated_at_ms,
         revision: n.revision,
@@ -155,6 +156,10 @@ fn node_with_allocations(state: &State, n: &Node) -> pb::Node {
     node_to_pb(n, state.allocations.values().filter(|a| a.node == n.name))
 }
 
+/// How long the replicas of a drained node may keep running when the operator gives no
+/// deadline (Nomad's default too): long enough for replacements to load their weights.
+pub const DRAIN_DEADLINE_MS_DEFAULT: u64 = 3_600_000;
+
 pub struct NodeApi {
     replica: Arc<Replica>,
 }
@@ -168,11 +173,14 @@ impl NodeApi {
         &self,
         name: String,
         draining: bool,
+        deadline_ms: u64,
     ) -> Result<Response<pb::Node>, Status> {
-        match propose(&self.replica, Proposal::SetDraining { name, draining })
-            .await?
-            .1
-        {
+        let proposal = Proposal::SetDraining {
+            name,
+            draining,
+            deadline_ms,
+        };
+        match propose(&self.replica, proposal).await?.1 {
             Outcome::NodeUpdated { node } => Ok(Response::new(node_with_allocations(
                 &self.replica.sm.read().state,
                 &node,
@@ -224,13 +232,24 @@ impl NodeService for NodeApi {
         &self,
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        self.set_draining(request.into_inner().name, true).await
+        let req = request.into_inner();
+        let deadline_ms = match (req.force, req.deadline_ms) {
+            (true, 0) => 0,
+            (true, _) => {
+                return Err(Status::invalid_argument(
+                    "force: stops the replicas at once, so it takes no deadline_ms; pass one or the other",
+                ));
+            }
+            (false, 0) => DRAIN_DEADLINE_MS_DEFAULT,
+            (false, ms) => ms,
+        };
+        self.set_draining(req.name, true, deadline_ms).await
     }
 
     async fn undrain(
         &self,
         request: Request<pb::UndrainNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
-        self.set_draining(request.into_inner().name, false).await
+        self.set_draining(request.into_inner().name, false, 0).await
     }
 }

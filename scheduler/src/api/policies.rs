@@ -10,11 +10,16 @@ use sov_proto::v1 as pb;
 use sov_proto::v1::policy_service_server::PolicyService;
 use tonic::{Request, Response, Status};
 
-use super::{propose, read_barrier};
+use super::deployments::with_statuses;
+use super::{propose, read_barrier, rejection_status};
+use crate::placement;
 use crate::policy::{self, CompiledPolicy, Effect, OnChange};
-use crate::raft::Replica;
+use crate::raft::{Replica, now_ms};
+use crate::reconcile::{self, status};
+use crate::state::compliance::{self, Change};
+use crate::state::plan::PolicyGate;
 use crate::state::policies::{PolicyBundle, PolicyVersion};
-use crate::state::{Outcome, Proposal};
+use crate::state::{self, Command, Outcome, Proposal, State};
 
 pub struct PolicyApi {
     replica: Arc<Replica>,
@@ -73,7 +78,125 @@ fn version_to_pb(
             .unwrap_or_default(),
         revision: v.revision,
         changed: true,
+        impact: Vec::new(),
+        plan_hash: String::new(),
     }
+}
+
+/// A bundle from the wire, compiled: an invalid one is refused with every problem
+/// (`file:line:column: message`) before anything is proposed or planned.
+fn bundle_from_pb(
+    bundle: Option<pb::PolicyBundle>,
+) -> Result<(PolicyBundle, CompiledPolicy), Status> {
+    let bundle = bundle.ok_or_else(|| Status::invalid_argument("bundle: is required"))?;
+    let files = bundle.files.into_iter().collect();
+    let compiled = policy::compile(&files)
+        .map_err(|e| Status::invalid_argument(format!("invalid policy bundle:\n{e}")))?;
+    Ok((
+        PolicyBundle {
+            files,
+            author: bundle.author,
+            comment: bundle.comment,
+        },
+        compiled,
+    ))
+}
+
+pub fn change_to_pb(c: &Change) -> pb::AllocationImpact {
+    pb::AllocationImpact {
+        allocation: c.allocation.clone(),
+        deployment: c.deployment.clone(),
+        node: c.node.clone(),
+        action: c.action.as_str().into(),
+        rules: c.rules.clone(),
+        drain: c.drain,
+    }
+}
+
+/// Applies `bundle` to a copy of `state`, exactly as the real apply would at the next index,
+/// and reports what it would do: the allocations it stops, moves or flags, the deployments it
+/// leaves short of replicas, and the plan hash.
+fn dry_run(
+    mut state: State,
+    bundle: PolicyBundle,
+    compiled: &CompiledPolicy,
+) -> Result<pb::PolicyPlan, Status> {
+    // The copy must not share the real state's policy cache: it would leave the evaluator of a
+    // version that does not exist there.
+    state.policy_cache = Default::default();
+    let before = {
+        let mut gate = PolicyGate::for_state(&state, &compliance::today(&state));
+        reconcile::shortfall(&state, &mut gate)
+    };
+    let revision = state.revision;
+    let replaces_version = state.policies.last().map_or(0, |v| v.version);
+    let command = Command {
+        at_ms: now_ms(),
+        proposal: Proposal::ApplyPolicy {
+            bundle: Box::new(bundle),
+            expected_plan_hash: None,
+        },
+    };
+    let (version, hash, changed, impact) = match state::apply(&mut state, revision + 1, &command) {
+        Outcome::PolicyApplied {
+            version,
+            hash,
+            changed,
+            impact,
+        } => (version, hash, changed, impact),
+        Outcome::Rejected(r) => return Err(rejection_status(r)),
+        other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    };
+    let mut gate = PolicyGate::for_state(&state, &compliance::today(&state));
+    let after = reconcile::shortfall(&state, &mut gate);
+    let touched: std::collections::BTreeSet<&str> = impact
+        .changes
+        .iter()
+        .map(|c| c.deployment.as_str())
+        .collect();
+    let mut deployments = Vec::new();
+    for (name, s) in &after {
+        let was = before.get(name).map_or(0, |b| b.served());
+        let short = s.served() < s.wanted;
+        if !short || (s.served() >= was && !touched.contains(name.as_str())) {
+            continue;
+        }
+        let explanation = state
+            .deployments
+            .get(name)
+            .map(|d| placement::eligibility(&state, &d.spec, &mut gate).to_string())
+            .unwrap_or_default();
+        deployments.push(pb::DeploymentImpact {
+            deployment: name.clone(),
+            state: if s.served() == 0 {
+                "unplaceable"
+            } else {
+                "degraded"
+            }
+            .into(),
+            replicas_wanted: s.wanted,
+            replicas_kept: s.kept,
+            replicas_placeable: s.placeable,
+            explanation,
+        });
+    }
+    let rules = version_to_pb(
+        state.policies.last().expect("a version was just applied"),
+        Some(compiled),
+        false,
+    )
+    .rules;
+    Ok(pb::PolicyPlan {
+        version,
+        replaces_version,
+        bundle_hash: hash,
+        changed,
+        plan_hash: impact.plan_hash.clone(),
+        allocations: impact.changes.iter().map(change_to_pb).collect(),
+        deployments,
+        revision,
+        rules,
+    })
 }
 
 #[tonic::async_trait]
@@ -83,28 +206,18 @@ impl PolicyService for PolicyApi {
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
         let req = request.into_inner();
-        if !req.plan_hash.is_empty() {
-            return Err(Status::unimplemented(
-                "plan_hash checks arrive with `sovctl policy plan` (issue #5)",
-            ));
-        }
-        let bundle = req
-            .bundle
-            .ok_or_else(|| Status::invalid_argument("bundle: is required"))?;
-        let files = bundle.files.into_iter().collect();
-        let compiled = policy::compile(&files)
-            .map_err(|e| Status::invalid_argument(format!("invalid policy bundle:\n{e}")))?;
+        let (bundle, compiled) = bundle_from_pb(req.bundle)?;
         let proposal = Proposal::ApplyPolicy {
-            bundle: Box::new(PolicyBundle {
-                files,
-                author: bundle.author,
-                comment: bundle.comment,
-            }),
+            bundle: Box::new(bundle),
+            expected_plan_hash: (!req.plan_hash.is_empty()).then_some(req.plan_hash),
         };
-        let (version, changed) = match propose(&self.replica, proposal).await?.1 {
+        let (version, changed, impact) = match propose(&self.replica, proposal).await?.1 {
             Outcome::PolicyApplied {
-                version, changed, ..
-            } => (version, changed),
+                version,
+                changed,
+                impact,
+                ..
+            } => (version, changed, impact),
             other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
         };
         let applied = self.replica.sm.read();
@@ -115,7 +228,51 @@ impl PolicyService for PolicyApi {
             .ok_or_else(|| Status::internal(format!("version {version} missing after apply")))?;
         let mut out = version_to_pb(stored, Some(&compiled), false);
         out.changed = changed;
+        out.impact = impact.changes.iter().map(change_to_pb).collect();
+        out.plan_hash = impact.plan_hash;
         Ok(Response::new(out))
+    }
+
+    async fn plan(
+        &self,
+        request: Request<pb::PlanPolicyRequest>,
+    ) -> Result<Response<pb::PolicyPlan>, Status> {
+        let (bundle, compiled) = bundle_from_pb(request.into_inner().bundle)?;
+        read_barrier(&self.replica, 0).await?;
+        let state = self.replica.sm.read().state.clone();
+        // Off the async workers: a dry run re-checks every allocation and plans every
+        // deployment twice (tens of milliseconds at 100,000 allocations).
+        let plan = tokio::task::spawn_blocking(move || dry_run(state, bundle, &compiled))
+            .await
+            .map_err(|e| Status::internal(format!("policy plan failed: {e}")))??;
+        Ok(Response::new(plan))
+    }
+
+    async fn progress(
+        &self,
+        request: Request<pb::ProgressRequest>,
+    ) -> Result<Response<pb::PolicyProgress>, Status> {
+        read_barrier(&self.replica, request.get_ref().consistency).await?;
+        with_statuses(&self.replica, None, |state, statuses| {
+            let p = status::progress(statuses);
+            Response::new(pb::PolicyProgress {
+                revision: state.revision,
+                policy_version: state.policies.last().map_or(0, |v| v.version),
+                migrating: p.migrating,
+                replacements_placed: p.replacements_placed,
+                stopping: p.stopping,
+                stopping_on_down_nodes: p.stopping_on_down_nodes,
+                missing: p.missing,
+                unplaceable: p.unplaceable,
+                starting: p.starting,
+                violating: p.violating,
+                next_deadline_ms: p.next_deadline_ms.unwrap_or(0),
+                converged: p.converged,
+                moves_started: p.moves_started,
+                moves_finished: p.moves_finished,
+            })
+        })
+        .await
     }
 
     async fn get(

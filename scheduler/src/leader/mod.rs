@@ -1,14 +1,15 @@
 //! Loops that run only on the leader: they read the applied state and propose commands.
 //!
-//! Owns: giving a new cluster its id, the placement loop (plan missing replicas from a
-//! snapshot of the state, propose `ApplyPlan`, repeat while the state changes), and node
-//! liveness from heartbeats ([`liveness`]). Followers run
+//! Owns: giving a new cluster its id, the reconcile loop (a round of `crate::reconcile` on a
+//! snapshot of the state: stops, replacements and missing replicas, proposed as one
+//! `ApplyPlan`, repeated while the state changes or a move deadline passes; and the day
+//! re-check), and node liveness from heartbeats ([`liveness`]). Followers run
 //! the same tasks but they do nothing until their replica becomes leader. Must not touch: the
 //! meaning of commands (`state`), placement decisions (`placement`).
 //!
-//! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements per proposal, one proposal
-//! in flight, and a plan that placed nothing is not retried until the state moves on, nor
-//! sooner than `QUIET_PAUSE`. Plans are made on a copy of the state, in a blocking task, with
+//! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements and `PLAN_STOPS_MAX` stops
+//! per proposal, one proposal in flight, and a round that found nothing to do is not retried
+//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Plans are made on a copy of the state, in a blocking task, with
 //! the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster
 //! asks Cedar nothing new.
 
@@ -20,10 +21,11 @@ use std::time::Duration;
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::watch;
 
-use crate::placement;
 use crate::raft::{Replica, now_ms};
-use crate::state::Proposal;
-use crate::state::plan::{PLAN_PLACEMENTS_MAX, PolicyGate, day_of};
+use crate::reconcile::{self, Limits};
+use crate::state::compliance::{self, DAY_MS};
+use crate::state::plan::PolicyGate;
+use crate::state::{Outcome, Proposal};
 
 /// Re-plan at least this often even without state changes (certifications expire by day).
 const REPLAN_INTERVAL: Duration = Duration::from_secs(10);
@@ -44,13 +46,22 @@ async fn next_round(
     >,
     tick: &mut tokio::time::Interval,
     shutdown: &watch::Receiver<bool>,
+    wake_at_ms: Option<i64>,
 ) -> bool {
     if *shutdown.borrow() {
         return false;
     }
+    // A move deadline is a change nobody commits: wake for it (a little after, so the round
+    // that runs then sees it passed).
+    let until_deadline = wake_at_ms.map_or(REPLAN_INTERVAL, |at| {
+        Duration::from_millis(
+            (at - now_ms()).clamp(0, REPLAN_INTERVAL.as_millis() as i64) as u64 + 1,
+        )
+    });
     tokio::select! {
         changed = metrics.changed() => changed.is_ok(),
         _ = tick.tick() => replica.metrics().running_state.is_ok(),
+        _ = tokio::time::sleep(until_deadline) => replica.metrics().running_state.is_ok(),
     }
 }
 
@@ -64,49 +75,76 @@ pub async fn cluster_id_duty(replica: Arc<Replica>, shutdown: watch::Receiver<bo
         {
             tracing::debug!(error = %e, "cluster id not proposed yet");
         }
-        if !next_round(&replica, &mut metrics, &mut tick, &shutdown).await {
+        if !next_round(&replica, &mut metrics, &mut tick, &shutdown, None).await {
             return;
         }
     }
 }
 
-/// Places missing replicas: plan from the applied state, propose, repeat.
-pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
+/// What a round found to do, and what it cost.
+struct Planned {
+    revision: u64,
+    round: reconcile::Round,
+    cedar_requests: usize,
+}
+
+/// Brings every deployment to what it wants: runs a reconcile round on a copy of the applied
+/// state (stops, replacements, missing replicas), proposes it as one `ApplyPlan`, repeats while
+/// the state changes. Also proposes `CheckCompliance` when the leader's clock enters a new UTC
+/// day with nothing else applied (certifications expire by day).
+pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<bool>) {
     let mut metrics = replica.raft.metrics();
     let mut tick = tokio::time::interval(REPLAN_INTERVAL);
-    // Revision at which a plan placed nothing; no new plan until the state moves past it.
-    let mut quiet_at: Option<u64> = None;
+    // Revision at which a round found nothing to do, and the earliest move deadline it saw: no
+    // new round until the state moves past it or that deadline passes.
+    let mut quiet: Option<(u64, Option<i64>)> = None;
     loop {
         if replica.is_leader() {
             let started = std::time::Instant::now();
-            let snapshot = {
+            let now = now_ms();
+            let (snapshot, new_day) = {
                 let applied = replica.sm.read();
-                (quiet_at != Some(applied.state.revision)).then(|| applied.state.clone())
+                let state = &applied.state;
+                let new_day = now.div_euclid(DAY_MS) > state.day && !state.policies.is_empty();
+                let still_quiet = quiet.is_some_and(|(revision, deadline)| {
+                    revision == state.revision && deadline.is_none_or(|d| now < d)
+                });
+                ((!still_quiet).then(|| state.clone()), new_day)
             };
+            if new_day {
+                match replica.propose(Proposal::CheckCompliance {}).await {
+                    Ok(resp) => tracing::info!(
+                        index = resp.index,
+                        "new UTC day: every allocation re-checked against the policy in force"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "day re-check not committed; will retry"),
+                }
+                continue;
+            }
             let copied = started.elapsed();
             // Plan on a copy and off the async workers: a cold plan of a large fleet takes
             // hundreds of milliseconds (docs/benchmarks.md, Placement), and holding the state
             // machine's lock that long would stall every commit and every read.
             let planned = match snapshot {
                 None => None,
-                Some(state) => {
-                    let today = day_of(now_ms());
-                    tokio::task::spawn_blocking(move || {
-                        let mut gate = PolicyGate::for_state(&state, &today);
-                        let asked =
-                            |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
-                        let before = asked(&gate);
-                        let plan = placement::plan(&state, &mut gate, PLAN_PLACEMENTS_MAX);
-                        (state.revision, plan, asked(&gate) - before)
-                    })
-                    .await
-                    .ok()
-                }
+                Some(state) => tokio::task::spawn_blocking(move || {
+                    let mut gate = PolicyGate::for_state(&state, &compliance::today(&state));
+                    let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
+                    let before = asked(&gate);
+                    let round = reconcile::round(&state, &mut gate, now, Limits::default());
+                    Planned {
+                        revision: state.revision,
+                        round,
+                        cedar_requests: asked(&gate) - before,
+                    }
+                })
+                .await
+                .ok(),
             };
             match planned {
-                Some((revision, plan, _)) if plan.placements.is_empty() => {
-                    quiet_at = Some(revision);
-                    for deployment in &plan.unplaced {
+                Some(p) if p.round.is_empty() => {
+                    quiet = Some((p.revision, p.round.next_deadline_ms));
+                    for deployment in &p.round.unplaced {
                         tracing::debug!(
                             deployment,
                             "replicas cannot be placed (`sovctl explain` says why)"
@@ -114,28 +152,35 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                     }
                     tokio::time::sleep(QUIET_PAUSE).await;
                 }
-                Some((_, plan, cedar_requests)) => {
-                    let count = plan.placements.len();
+                Some(p) => {
+                    let (proposed, stops) = (p.round.placements.len(), p.round.stops.len());
                     let planned_at = started.elapsed();
-                    match replica
-                        .propose(Proposal::ApplyPlan {
-                            placements: plan.placements,
-                        })
-                        .await
-                    {
+                    let next_deadline = p.round.next_deadline_ms;
+                    let proposal = Proposal::ApplyPlan {
+                        placements: p.round.placements,
+                        stops: p.round.stops,
+                    };
+                    match replica.propose(proposal).await {
                         Ok(resp) => {
-                            if let crate::state::Outcome::PlanApplied { placed, rejected } =
-                                &resp.outcome
+                            if let Outcome::PlanApplied {
+                                placed,
+                                rejected,
+                                stopped,
+                                rejected_stops,
+                            } = &resp.outcome
                             {
                                 tracing::info!(
-                                    proposed = count,
+                                    proposed,
                                     placed = placed.len(),
                                     rejected = rejected.len(),
+                                    stops,
+                                    stopped = stopped.len(),
+                                    rejected_stops = rejected_stops.len(),
                                     copy_ms = copied.as_millis() as u64,
                                     plan_ms = (planned_at - copied).as_millis() as u64,
                                     commit_ms = (started.elapsed() - planned_at).as_millis() as u64,
-                                    cedar_requests,
-                                    "placement plan applied"
+                                    cedar_requests = p.cedar_requests,
+                                    "reconcile round applied"
                                 );
                                 for r in rejected {
                                     tracing::info!(
@@ -145,22 +190,30 @@ pub async fn placement_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                                         "stale placement rejected; re-planning"
                                     );
                                 }
-                                if placed.is_empty() {
-                                    quiet_at = Some(resp.index);
+                                for r in rejected_stops {
+                                    tracing::info!(
+                                        allocation = r.allocation,
+                                        reason = r.reason,
+                                        "stale stop rejected; re-planning"
+                                    );
+                                }
+                                if placed.is_empty() && stopped.is_empty() {
+                                    quiet = Some((resp.index, next_deadline));
                                 }
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "placement plan not committed; will re-plan")
+                            tracing::warn!(error = %e, "reconcile round not committed; will re-plan")
                         }
                     }
-                    // Re-plan at once: more may be missing, and the state just changed.
+                    // Re-plan at once: more may be to do, and the state just changed.
                     continue;
                 }
                 None => {}
             }
         }
-        if !next_round(&replica, &mut metrics, &mut tick, &shutdown).await {
+        let wake = quiet.and_then(|(_, deadline)| deadline);
+        if !next_round(&replica, &mut metrics, &mut tick, &shutdown, wake).await {
             return;
         }
     }

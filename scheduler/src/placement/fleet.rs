@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use super::PolicyOracle;
 use super::feasibility::takes_new_work;
 use super::fit::Free;
-use crate::state::node::Node;
-use crate::state::{Desired, State};
+use crate::state::node::{Node, NodeStatus};
+use crate::state::{Desired, State, compliance};
 
 pub struct Fleet<'s> {
     /// Every registered node, in name order.
@@ -35,10 +35,10 @@ pub struct Fleet<'s> {
     pub sites: usize,
     pub countries: usize,
     index: HashMap<&'s str, usize>,
-    /// Per deployment: the node index of each of its allocations that should run on a
-    /// registered node.
+    /// Per deployment: the node index of each of its allocations that count toward its
+    /// replicas (`state::compliance::counted`).
     placed: HashMap<&'s str, Vec<usize>>,
-    /// Per deployment: its allocations that should run, wherever they are.
+    /// Per deployment: its allocations that count toward its replicas.
     running: HashMap<&'s str, u32>,
 }
 
@@ -60,9 +60,18 @@ impl<'s> Fleet<'s> {
             if a.desired != Desired::Run {
                 continue;
             }
-            *running.entry(a.deployment.as_str()).or_default() += 1;
-            if let Some(&i) = index.get(a.node.as_str()) {
-                free[i].charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
+            // Every allocation that should run holds its resources, also one that is moving
+            // away or sits on a down node, until it is told to stop.
+            let Some(&i) = index.get(a.node.as_str()) else {
+                continue;
+            };
+            free[i].charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
+            // `compliance::counted`, with the node found through the index; only a migrating
+            // allocation needs the slower look at its replacement.
+            let counts = nodes[i].status != NodeStatus::Down
+                && (!a.standing.is_migrating() || compliance::live_replacement(state, a).is_none());
+            if counts {
+                *running.entry(a.deployment.as_str()).or_default() += 1;
                 placed.entry(a.deployment.as_str()).or_default().push(i);
             }
         }
@@ -125,7 +134,7 @@ impl<'s> Fleet<'s> {
         self.placed.get(deployment).map_or(&[], Vec::as_slice)
     }
 
-    /// `deployment`'s allocations that should run (on any node, registered or not).
+    /// `deployment`'s allocations that count toward its replicas.
     pub fn running(&self, deployment: &str) -> u32 {
         self.running.get(deployment).copied().unwrap_or(0)
     }

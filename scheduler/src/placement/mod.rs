@@ -50,13 +50,15 @@ use crate::state::node::Node;
 use crate::state::{DeploymentSpec, State};
 pub use explain::Explanation;
 pub use fleet::Fleet;
-pub use select::{eligibility, plan, plan_spec};
+pub use select::{Want, eligibility, plan, plan_spec, plan_wants};
 
 /// A policy rule that forbids a placement, as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forbid {
     pub id: String,
     pub reason: String,
+    /// What happens to running replicas the rule starts to forbid (`state::compliance`).
+    pub on_change: crate::policy::OnChange,
 }
 
 /// Answers "which rules forbid placing this deployment on this node?" (empty = permitted),
@@ -82,6 +84,10 @@ pub struct Placement {
     pub cpu_millis: u32,
     pub memory_mib: u64,
     pub port: u16,
+    /// The migrating allocation this replica takes over from (make-before-break); empty for a
+    /// replica that is simply missing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replaces: String,
 }
 
 /// What the planner decided for a state.
@@ -92,14 +98,15 @@ pub struct Plan {
     pub unplaced: Vec<String>,
 }
 
-/// Replicas of `deployment` that should run and are not yet allocated.
+/// Replicas of `deployment` that should run and are not yet allocated (allocations that count,
+/// `state::compliance::counted`: not on a down node, not a migrating one already replaced).
 pub fn missing_replicas(state: &State, deployment: &DeploymentSpec) -> u32 {
-    let running = state
+    let counted = state
         .allocations
         .values()
-        .filter(|a| a.deployment == deployment.name && a.desired == crate::state::Desired::Run)
+        .filter(|a| a.deployment == deployment.name && crate::state::compliance::counted(state, a))
         .count() as u32;
-    deployment.replicas.saturating_sub(running)
+    deployment.replicas.saturating_sub(counted)
 }
 
 #[cfg(test)]

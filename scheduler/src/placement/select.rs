@@ -18,28 +18,65 @@ use super::score::score;
 use super::{Placement, Plan, PolicyOracle};
 use crate::state::{DeploymentSpec, Spread, State};
 
+/// What one deployment should get in a round: `count` new replicas, of which the first
+/// `replaces.len()` take over from these migrating allocations (make-before-break).
+#[derive(Debug, Clone)]
+pub struct Want<'s> {
+    pub spec: &'s DeploymentSpec,
+    pub count: u32,
+    pub replaces: Vec<String>,
+}
+
 /// Plans every deployment of `state` that is missing replicas, at most `placements_max`
 /// placements in one plan (a bound on the size of one Raft entry and one apply).
 pub fn plan(state: &State, policy: &mut impl PolicyOracle, placements_max: usize) -> Plan {
-    let mut fleet = Fleet::new(state, policy);
+    let fleet = Fleet::new(state, policy);
+    let wants: Vec<Want> = state
+        .deployments
+        .values()
+        .map(|d| Want {
+            spec: &d.spec,
+            count: d.spec.replicas.saturating_sub(fleet.running(&d.spec.name)),
+            replaces: Vec::new(),
+        })
+        .filter(|w| w.count > 0)
+        .collect();
+    plan_on(fleet, &wants, policy, placements_max)
+}
+
+/// Plans exactly `wants` (the reconciler's choice of what each deployment gets this round).
+pub fn plan_wants(
+    state: &State,
+    wants: &[Want],
+    policy: &mut impl PolicyOracle,
+    placements_max: usize,
+) -> Plan {
+    plan_on(Fleet::new(state, policy), wants, policy, placements_max)
+}
+
+fn plan_on(
+    mut fleet: Fleet,
+    wants: &[Want],
+    policy: &mut impl PolicyOracle,
+    placements_max: usize,
+) -> Plan {
     let mut plan = Plan::default();
-    for deployment in state.deployments.values() {
-        let spec = &deployment.spec;
+    for want in wants {
         let budget = placements_max.saturating_sub(plan.placements.len());
         if budget == 0 {
             break;
         }
-        let missing = spec
-            .replicas
-            .saturating_sub(fleet.running(&spec.name))
-            .min(budget as u32);
-        if missing == 0 {
+        let count = want.count.min(budget as u32);
+        if count == 0 {
             continue;
         }
-        let (placements, complete) = place(&mut fleet, spec, missing, policy);
+        let (mut placements, complete) = place(&mut fleet, want.spec, count, policy);
+        for (p, old) in placements.iter_mut().zip(&want.replaces) {
+            p.replaces = old.clone();
+        }
         plan.placements.extend(placements);
         if !complete {
-            plan.unplaced.push(spec.name.clone());
+            plan.unplaced.push(want.spec.name.clone());
         }
     }
     plan
@@ -180,6 +217,7 @@ fn place(
             cpu_millis: r.cpu_millis,
             memory_mib: r.memory_mib,
             port: reservation.port,
+            replaces: String::new(),
         });
     }
     (placements, true)

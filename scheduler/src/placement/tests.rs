@@ -28,6 +28,7 @@ impl CountryRule {
             rule: [Forbid {
                 id: "eu-residency".into(),
                 reason: "Data must stay in the EU".into(),
+                on_change: crate::policy::OnChange::Migrate,
             }],
         }
     }
@@ -139,6 +140,7 @@ fn reference_plan(s: &State, rule: &CountryRule, placements_max: usize) -> Plan 
                 cpu_millis: r.cpu_millis,
                 memory_mib: r.memory_mib,
                 port: reservation.port,
+                replaces: String::new(),
             });
         }
     }
@@ -191,6 +193,7 @@ fn deployment(name: &str, replicas: u32, gpus: u32, gpu_mib: u64) -> Deployment 
         created_at_ms: 0,
         updated_at_ms: 0,
         revision: 1,
+        moves: Default::default(),
     }
 }
 

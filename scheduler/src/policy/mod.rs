@@ -248,4 +248,4 @@ impl fmt::Debug for CompiledPolicy {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

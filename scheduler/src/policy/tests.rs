@@ -12,7 +12,7 @@ const TODAY: &str = "2026-11-22";
 const SHIPPED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/policies");
 
 /// The shipped bundle as a loader would pass it: policy, schema and entity files only.
-fn shipped_files() -> BTreeMap<String, String> {
+pub(crate) fn shipped_files() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(SHIPPED_DIR).expect("deploy/policies exists") {
         let path = entry.expect("directory entry").path();

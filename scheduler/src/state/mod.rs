@@ -12,6 +12,7 @@
 //! replica calls [`apply`], which re-validates (a command that slipped through is rejected the
 //! same way everywhere, never half-applied) and returns an [`Outcome`] for the caller.
 
+pub mod compliance;
 pub mod iso3166;
 pub mod node;
 mod nodes;
@@ -25,9 +26,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use validate::{
-    MAX_DEPLOYMENTS, REPORTS_MAX, STATUS_BATCH_MAX, ValidationError, is_certification_name,
-    is_date, is_group_name, validate_deployment_name, validate_node, validate_proposal,
-    validate_spec,
+    MAX_DEPLOYMENTS, MOVE_DEADLINE_MS_MAX, PLAN_STOPS_MAX, REPORTS_MAX, STATUS_BATCH_MAX,
+    ValidationError, is_certification_name, is_date, is_group_name, validate_deployment_name,
+    validate_node, validate_proposal, validate_spec,
 };
 
 /// Resources one replica of a deployment needs.
@@ -121,6 +122,34 @@ pub struct PlacementPrefs {
     pub prefer_sites: Vec<String>,
 }
 
+/// How replicas move off a node the rules no longer allow (a `migrate` policy rule, a drain):
+/// make-before-break, at most `max_parallel` replacements of one deployment at a time, and the
+/// old replica stopped by its deadline even when no replacement became healthy (issue #5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Migration {
+    /// Replacements of this deployment being started at once (each one's old replica keeps
+    /// serving until the replacement reports running).
+    pub max_parallel: u32,
+    /// How long an old replica may keep running after it was told to move; 0 = stop it at once
+    /// (break-before-make).
+    pub deadline_ms: u64,
+}
+
+impl Migration {
+    pub const MAX_PARALLEL_DEFAULT: u32 = 1;
+    pub const DEADLINE_MS_DEFAULT: u64 = 10 * 60 * 1_000;
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Self {
+            max_parallel: Self::MAX_PARALLEL_DEFAULT,
+            deadline_ms: Self::DEADLINE_MS_DEFAULT,
+        }
+    }
+}
+
 /// What an ML engineer submits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -141,6 +170,7 @@ pub struct DeploymentSpec {
     pub placement: PlacementPrefs,
     /// Absolute directory the command runs in on the node; empty = the allocation's own dir.
     pub working_dir: String,
+    pub migration: Migration,
 }
 
 /// A deployment as stored: the spec plus bookkeeping stamped at apply time.
@@ -153,6 +183,18 @@ pub struct Deployment {
     pub updated_at_ms: i64,
     /// Raft index of the command that last changed this deployment.
     pub revision: u64,
+    /// Replicas told to move since the deployment last had none moving, and how many of those
+    /// have moved (or were stopped at their deadline): the `n/m` of `migrating (n/m)`.
+    #[serde(default)]
+    pub moves: Moves,
+}
+
+/// Progress of the moves of one deployment's replicas; reset when none is moving any more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Moves {
+    pub started: u32,
+    pub finished: u32,
 }
 
 /// Facts about the cluster itself, set once at bootstrap.
@@ -223,6 +265,52 @@ pub struct AllocReport {
     pub restarts: u32,
 }
 
+/// How an allocation that should run stands with the rules in force (invariant I1): at every
+/// committed index an allocation on a node the policy forbids is either stopped, or marked here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Standing {
+    /// No rule forbids it where it is.
+    #[default]
+    Compliant,
+    /// Forbidden only by `audit` rules: it keeps running and the violation is on record.
+    Violating {
+        /// Ids of the rules it violates, in bundle order.
+        rules: Vec<String>,
+        since_ms: i64,
+        /// The policy version in force when the violation was (last) found.
+        policy_version: u64,
+    },
+    /// Must leave its node by `deadline_ms`: a `migrate` rule forbids it there, or the node is
+    /// draining. It keeps serving until its replacement runs (make-before-break).
+    Migrating {
+        /// Ids of the rules that forbid it where it is (empty when only a drain moves it).
+        rules: Vec<String>,
+        /// Its node is draining.
+        drain: bool,
+        since_ms: i64,
+        /// Leader time after which it is stopped whether or not a replacement runs.
+        deadline_ms: i64,
+        policy_version: u64,
+        /// The allocation placed to take over from it; empty until one is placed.
+        replacement: String,
+    },
+}
+
+impl Standing {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Standing::Compliant => "compliant",
+            Standing::Violating { .. } => "violating",
+            Standing::Migrating { .. } => "migrating",
+        }
+    }
+
+    pub fn is_migrating(&self) -> bool {
+        matches!(self, Standing::Migrating { .. })
+    }
+}
+
 /// One replica of a deployment placed on one node, with the resources reserved for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -250,6 +338,13 @@ pub struct Allocation {
     pub status_reason: String,
     pub restarts: u32,
     pub status_at_ms: i64,
+    /// How it stands with the rules in force while it should run.
+    pub standing: Standing,
+    /// For a replacement: the id of the allocation it takes over from (make-before-break).
+    pub replaces: String,
+    /// Why it was told to stop (empty while it should run), e.g. "policy v3: export-4e091-tier1
+    /// (stop-now)".
+    pub stop_reason: String,
 }
 
 /// The replicated state. `BTreeMap`s keep iteration and serialization order deterministic.
@@ -264,6 +359,10 @@ pub struct State {
     pub policies: Vec<policies::PolicyVersion>,
     /// Raft index of the last command applied (0 before any).
     pub revision: u64,
+    /// The UTC day (days since 1970-01-01) policy is decided for: the latest day of any leader
+    /// stamp applied, so it never goes back when a new leader's clock is a little behind.
+    /// Certifications are in force by day; when it moves, every allocation is checked again.
+    pub day: i64,
     #[serde(skip)]
     pub policy_cache: policies::PolicyCache,
 }
@@ -288,18 +387,30 @@ pub enum Proposal {
     RegisterNode {
         node: Box<NodeRegistration>,
     },
-    /// Marks a node as taking no new work, or lifts that mark.
+    /// Marks a node as taking no new work and moves its replicas elsewhere (make-before-break,
+    /// each stopped at the latest `deadline_ms` after this command), or lifts that mark.
     SetDraining {
         name: String,
         draining: bool,
+        #[serde(default)]
+        deadline_ms: u64,
     },
-    /// Validates a policy bundle and makes it the version in force.
+    /// Validates a policy bundle and makes it the version in force; in the same entry, every
+    /// allocation the new version forbids is stopped, marked migrating or recorded as a
+    /// violation, as its strictest forbidding rule says (invariant I1). With
+    /// `expected_plan_hash`, refused unless that impact is exactly the one `sovctl policy plan`
+    /// showed.
     ApplyPolicy {
         bundle: Box<policies::PolicyBundle>,
+        #[serde(default)]
+        expected_plan_hash: Option<String>,
     },
-    /// Places replicas; every placement is re-checked at apply time.
+    /// Places replicas and stops allocations (the leader's reconcile round); every part is
+    /// re-checked at apply time and stale parts are rejected.
     ApplyPlan {
         placements: Vec<crate::placement::Placement>,
+        #[serde(default)]
+        stops: Vec<compliance::PlannedStop>,
     },
     /// Status transitions of allocations on one node, as its agent reported them.
     ReportAllocations {
@@ -312,6 +423,10 @@ pub enum Proposal {
         names: Vec<String>,
         status: node::NodeStatus,
     },
+    /// Proposed by the leader when its clock passes midnight UTC and nothing else was applied
+    /// since: applying any command on a new day re-checks every allocation against the policy
+    /// for that day (certifications expire by day), and this one does nothing else.
+    CheckCompliance {},
 }
 
 /// What a node agent reports about its node.
@@ -338,14 +453,19 @@ impl fmt::Display for Command {
             Proposal::ApplyDeployment { spec, .. } => write!(f, "apply-deployment({})", spec.name),
             Proposal::DeleteDeployment { name } => write!(f, "delete-deployment({name})"),
             Proposal::RegisterNode { node } => write!(f, "register-node({})", node.name),
-            Proposal::SetDraining { name, draining } => {
+            Proposal::SetDraining { name, draining, .. } => {
                 write!(f, "set-draining({name}, {draining})")
             }
-            Proposal::ApplyPolicy { bundle } => {
+            Proposal::ApplyPolicy { bundle, .. } => {
                 write!(f, "apply-policy({} files)", bundle.files.len())
             }
-            Proposal::ApplyPlan { placements } => {
-                write!(f, "apply-plan({} placements)", placements.len())
+            Proposal::ApplyPlan { placements, stops } => {
+                write!(
+                    f,
+                    "apply-plan({} placements, {} stops)",
+                    placements.len(),
+                    stops.len()
+                )
             }
             Proposal::ReportAllocations { node, reports } => {
                 write!(f, "report-allocations({node}, {} reports)", reports.len())
@@ -353,6 +473,7 @@ impl fmt::Display for Command {
             Proposal::SetNodeStatus { names, status } => {
                 write!(f, "set-node-status({} nodes, {status:?})", names.len())
             }
+            Proposal::CheckCompliance {} => write!(f, "check-compliance"),
         }
     }
 }
@@ -383,6 +504,12 @@ pub enum Rejection {
     InvalidPolicy(String),
     #[error("the cluster holds the maximum of {max} policy versions")]
     TooManyPolicyVersions { max: usize },
+    #[error(
+        "the cluster changed since `sovctl policy plan` computed plan hash {expected}: applying \
+         the bundle now would have a different impact (plan hash {actual}); run `sovctl policy \
+         plan` again and review it"
+    )]
+    PlanHashMismatch { expected: String, actual: String },
 }
 
 /// What applying one command did.
@@ -410,10 +537,15 @@ pub enum Outcome {
         version: u64,
         hash: String,
         changed: bool,
+        /// What the new version did to running allocations, in the same entry.
+        impact: Box<compliance::Impact>,
     },
     PlanApplied {
         placed: Vec<String>,
         rejected: Vec<plan::RejectedPlacement>,
+        /// Allocations told to stop, and the planned stops refused because the state moved on.
+        stopped: Vec<String>,
+        rejected_stops: Vec<compliance::RejectedStop>,
     },
     AllocationsReported {
         /// Allocations whose status changed.
@@ -435,6 +567,7 @@ pub enum Outcome {
 pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
     debug_assert!(index > state.revision, "log indexes only grow");
     state.revision = index;
+    compliance::enter_day(state, index, command.at_ms);
     match &command.proposal {
         Proposal::InitCluster { cluster_id } => {
             if state.cluster.cluster_id.is_empty() {
@@ -461,21 +594,30 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
                     .map(|a| a.id.clone())
                     .collect();
                 for id in stopping {
-                    nodes::set_desired(state, index, &id, Desired::Stop);
+                    compliance::stop(state, index, &id, "deployment deleted");
                 }
                 Outcome::DeploymentDeleted { name: name.clone() }
             }
             None => Outcome::Rejected(Rejection::NotFound(name.clone())),
         },
         Proposal::RegisterNode { node } => nodes::register(state, index, command.at_ms, node),
-        Proposal::SetDraining { name, draining } => {
-            nodes::set_draining(state, index, command.at_ms, name, *draining)
-        }
-        Proposal::ApplyPolicy { bundle } => {
-            policies::apply_policy(state, index, command.at_ms, bundle)
-        }
-        Proposal::ApplyPlan { placements } => {
-            plan::apply_plan(state, index, command.at_ms, placements)
+        Proposal::SetDraining {
+            name,
+            draining,
+            deadline_ms,
+        } => nodes::set_draining(state, index, command.at_ms, name, *draining, *deadline_ms),
+        Proposal::ApplyPolicy {
+            bundle,
+            expected_plan_hash,
+        } => policies::apply_policy(
+            state,
+            index,
+            command.at_ms,
+            bundle,
+            expected_plan_hash.as_deref(),
+        ),
+        Proposal::ApplyPlan { placements, stops } => {
+            plan::apply_plan(state, index, command.at_ms, placements, stops)
         }
         Proposal::ReportAllocations { node, reports } => {
             nodes::report_allocations(state, command.at_ms, node, reports)
@@ -483,6 +625,8 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
         Proposal::SetNodeStatus { names, status } => {
             nodes::set_status(state, index, command.at_ms, names, *status)
         }
+        // The day hook above did the work.
+        Proposal::CheckCompliance {} => Outcome::Noop,
     }
 }
 
@@ -521,6 +665,7 @@ fn apply_deployment(
             created_at_ms: existing.created_at_ms,
             updated_at_ms: at_ms,
             revision: index,
+            moves: existing.moves,
         },
         None => {
             if state.deployments.len() >= MAX_DEPLOYMENTS {
@@ -534,6 +679,7 @@ fn apply_deployment(
                 created_at_ms: at_ms,
                 updated_at_ms: at_ms,
                 revision: index,
+                moves: Moves::default(),
             }
         }
     };
@@ -541,6 +687,16 @@ fn apply_deployment(
     state
         .deployments
         .insert(spec.name.clone(), deployment.clone());
+    if !created {
+        // A new residency or export classification can forbid where replicas already run.
+        compliance::recheck(
+            state,
+            index,
+            at_ms,
+            compliance::Scope::Deployment(&spec.name),
+        );
+    }
+    let deployment = state.deployments[&spec.name].clone();
     Outcome::DeploymentApplied {
         deployment: Box::new(deployment),
         created,

@@ -113,8 +113,11 @@ pub struct Node {
     pub facts: NodeFacts,
     pub inventory: Inventory,
     pub status: NodeStatus,
-    /// Drained nodes take no new work.
+    /// Drained nodes take no new work, and their replicas move elsewhere.
     pub draining: bool,
+    /// While draining: leader time by which every replica still here is stopped, replaced or
+    /// not.
+    pub drain_deadline_ms: i64,
     pub registered_at_ms: i64,
     pub updated_at_ms: i64,
     /// Raft index of the last change.

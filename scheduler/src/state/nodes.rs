@@ -1,6 +1,7 @@
 //! Applying node commands: registration (an agent's report of facts and inventory), drain,
 //! liveness transitions decided by the leader, and the agents' allocation status reports.
 
+use super::compliance::{self, Scope};
 use super::node::{Node, NodeStatus};
 use super::validate::{MAX_NODES, validate_node};
 use super::{AllocReport, AllocStatus, Desired, NodeRegistration, Outcome, Rejection, State};
@@ -19,6 +20,10 @@ pub(super) fn register(
         return Outcome::Rejected(Rejection::TooManyNodes { max: MAX_NODES });
     }
     let created = existing.is_none();
+    // New facts or inventory (a relabel, an expired certification, an acquisition by a
+    // non-EU parent, other GPUs) can change what policy allows on this node.
+    let facts_changed =
+        existing.is_some_and(|n| n.facts != reg.facts || n.inventory != reg.inventory);
     let unchanged = existing.is_some_and(|n| {
         n.facts == reg.facts && n.inventory == reg.inventory && n.status == NodeStatus::Ready
     });
@@ -36,12 +41,17 @@ pub(super) fn register(
         inventory: reg.inventory.clone(),
         status: NodeStatus::Ready,
         draining: existing.is_some_and(|n| n.draining),
+        drain_deadline_ms: existing.map_or(0, |n| n.drain_deadline_ms),
         registered_at_ms: existing.map_or(at_ms, |n| n.registered_at_ms),
         updated_at_ms: at_ms,
         revision: index,
         assignments_revision: existing.map_or(0, |n| n.assignments_revision),
     };
     state.nodes.insert(node.name.clone(), node.clone());
+    if facts_changed {
+        compliance::recheck(state, index, at_ms, Scope::Node(&reg.name));
+    }
+    let node = state.nodes.get(&reg.name).cloned().unwrap_or(node);
     Outcome::NodeRegistered {
         node: Box::new(node),
         created,
@@ -49,39 +59,36 @@ pub(super) fn register(
     }
 }
 
+/// Drains a node (no new work; its replicas move elsewhere, make-before-break, and stop by
+/// `at_ms + deadline_ms` at the latest) or lifts the drain. Draining again never extends the
+/// deadline of a drain already running.
 pub(super) fn set_draining(
     state: &mut State,
     index: u64,
     at_ms: i64,
     name: &str,
     draining: bool,
+    deadline_ms: u64,
 ) -> Outcome {
     let Some(node) = state.nodes.get_mut(name) else {
         return Outcome::Rejected(Rejection::NodeNotFound(name.to_string()));
     };
-    if node.draining != draining {
+    let deadline = at_ms.saturating_add(deadline_ms as i64);
+    let new_deadline = match (node.draining, draining) {
+        (false, true) => deadline,
+        (true, true) => node.drain_deadline_ms.min(deadline),
+        (_, false) => 0,
+    };
+    if node.draining != draining || node.drain_deadline_ms != new_deadline {
         node.draining = draining;
+        node.drain_deadline_ms = new_deadline;
         node.updated_at_ms = at_ms;
         node.revision = index;
+        compliance::recheck(state, index, at_ms, Scope::Node(name));
     }
     Outcome::NodeUpdated {
-        node: Box::new(node.clone()),
+        node: Box::new(state.nodes[name].clone()),
     }
-}
-
-/// Changes what the agent of an allocation's node must do, and tells that node's assignment
-/// stream (through `assignments_revision`) that there is news.
-pub(super) fn set_desired(state: &mut State, index: u64, id: &str, desired: Desired) {
-    let Some(alloc) = state.allocations.get_mut(id) else {
-        return;
-    };
-    if alloc.desired == desired {
-        return;
-    }
-    alloc.desired = desired;
-    alloc.revision = index;
-    let node = alloc.node.clone();
-    touch_assignments(state, &node, index);
 }
 
 /// Marks that the assignments of `node` changed at `index`.

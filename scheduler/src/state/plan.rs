@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Allocation, Desired, Outcome, State};
+use super::compliance::{self, PlannedStop, Tally};
+use super::{Allocation, Desired, Outcome, Standing, State};
 use crate::placement::feasibility::{Reason, check};
 use crate::placement::fit::{Free, verify};
 use crate::placement::{Forbid, Placement, PolicyOracle};
@@ -88,7 +89,14 @@ impl PolicyGate {
             reason:
                 "no policy bundle is in force; apply one with `sovctl policy apply deploy/policies`"
                     .into(),
+            on_change: crate::policy::OnChange::Migrate,
         }]
+    }
+
+    /// Gives the evaluator to `cache` when the gate is dropped (see [`Self::for_state`]), for a
+    /// gate made with [`Self::with_policy`] for the version about to be in force.
+    pub fn keep_in(&mut self, cache: &super::policies::PolicyCache) {
+        self.home = Some(cache.clone());
     }
 
     /// The policy version decisions are made under; 0 when none is in force.
@@ -158,6 +166,7 @@ impl PolicyOracle for PolicyGate {
                     .map(|r| Forbid {
                         id: r.id.clone(),
                         reason: r.reason.clone(),
+                        on_change: r.on_change,
                     })
                     .collect(),
             );
@@ -188,22 +197,22 @@ pub(super) fn apply_plan(
     index: u64,
     at_ms: i64,
     placements: &[Placement],
+    stops: &[PlannedStop],
 ) -> Outcome {
-    let today = day_of(at_ms);
-    let mut gate = PolicyGate::for_state(state, &today);
+    let mut gate = PolicyGate::for_state(state, &compliance::today(state));
     let policy_version = gate.version();
 
-    // Free capacity of the nodes this plan touches and replicas of the deployments it
+    // Free capacity of the nodes this plan touches and the tallies of the deployments it
     // places, computed in one pass over allocations; then charged as placements are accepted.
     let mut free: BTreeMap<&str, Free<'_>> = BTreeMap::new();
-    let mut missing: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     for p in placements {
         if let Some(node) = state.nodes.get(&p.node) {
             free.entry(node.name.as_str())
                 .or_insert_with(|| Free::of(node, std::iter::empty()));
         }
         if let Some(d) = state.deployments.get(&p.deployment) {
-            missing.insert(d.spec.name.as_str(), d.spec.replicas);
+            tallies.insert(d.spec.name.as_str(), Tally::default());
         }
     }
     for a in state.allocations.values() {
@@ -213,29 +222,42 @@ pub(super) fn apply_plan(
         if let Some(f) = free.get_mut(a.node.as_str()) {
             f.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
         }
-        if let Some(left) = missing.get_mut(a.deployment.as_str()) {
-            *left = left.saturating_sub(1);
+        if let Some(t) = tallies.get_mut(a.deployment.as_str()) {
+            t.add(state, a);
         }
     }
     // Decided against the state as of this index, then stored once every placement is judged
     // (`free` borrows the nodes).
-    let mut accepted = Vec::new();
+    let mut accepted: Vec<Allocation> = Vec::new();
     let mut rejected = Vec::new();
+    // Migrating allocations given a replacement by this plan.
+    let mut replaced: Vec<(String, String)> = Vec::new();
     for (i, p) in placements.iter().enumerate() {
         let reject = |reason: String| RejectedPlacement {
             deployment: p.deployment.clone(),
             node: p.node.clone(),
             reason,
         };
-        let (Some(deployment), Some(left)) = (
+        let (Some(deployment), Some(tally)) = (
             state.deployments.get(&p.deployment),
-            missing.get_mut(p.deployment.as_str()),
+            tallies.get_mut(p.deployment.as_str()),
         ) else {
             rejected.push(reject("the deployment no longer exists".into()));
             continue;
         };
-        if *left == 0 {
-            rejected.push(reject("the deployment has all its replicas".into()));
+        if p.replaces.is_empty() {
+            if tally.counted >= deployment.spec.replicas {
+                rejected.push(reject("the deployment has all its replicas".into()));
+                continue;
+            }
+        } else if let Err(reason) = replaceable(state, &p.replaces, &p.deployment, &replaced) {
+            rejected.push(reject(reason));
+            continue;
+        } else if tally.inflight >= deployment.spec.migration.max_parallel {
+            rejected.push(reject(format!(
+                "the deployment already has {} replacements starting (max_parallel)",
+                tally.inflight
+            )));
             continue;
         }
         let (Some(node), Some(node_free)) =
@@ -269,8 +291,14 @@ pub(super) fn apply_plan(
             continue;
         }
         node_free.charge(&p.gpu_uuids, r.cpu_millis, r.memory_mib, p.port);
-        *left -= 1;
         let id = format!("{}-{index}-{i}", p.deployment);
+        if p.replaces.is_empty() {
+            tally.counted += 1;
+        } else {
+            // The old one stops counting and the new one counts: the total stays.
+            tally.inflight += 1;
+            replaced.push((p.replaces.clone(), id.clone()));
+        }
         accepted.push(Allocation {
             id,
             deployment: p.deployment.clone(),
@@ -284,6 +312,7 @@ pub(super) fn apply_plan(
             policy_version,
             created_at_ms: at_ms,
             revision: index,
+            replaces: p.replaces.clone(),
             ..Allocation::default()
         });
     }
@@ -295,7 +324,50 @@ pub(super) fn apply_plan(
         placed.push(allocation.id.clone());
         state.allocations.insert(allocation.id.clone(), allocation);
     }
-    Outcome::PlanApplied { placed, rejected }
+    for (old, new) in replaced {
+        if let Some(Standing::Migrating { replacement, .. }) =
+            state.allocations.get_mut(&old).map(|a| &mut a.standing)
+        {
+            *replacement = new;
+        }
+    }
+    let (stopped, rejected_stops) = compliance::apply_stops(state, index, at_ms, stops);
+    Outcome::PlanApplied {
+        placed,
+        rejected,
+        stopped,
+        rejected_stops,
+    }
+}
+
+/// Whether allocation `old` of `deployment` may get a replacement now: it should run, it is
+/// migrating, it has no live replacement, and this plan gives it no other.
+fn replaceable(
+    state: &State,
+    old: &str,
+    deployment: &str,
+    replaced: &[(String, String)],
+) -> Result<(), String> {
+    let Some(a) = state
+        .allocations
+        .get(old)
+        .filter(|a| a.deployment == deployment)
+    else {
+        return Err(format!(
+            "the allocation it replaces ({old}) no longer exists"
+        ));
+    };
+    if !compliance::live(state, a) || !a.standing.is_migrating() {
+        return Err(format!(
+            "the allocation it replaces ({old}) is not migrating any more"
+        ));
+    }
+    if compliance::live_replacement(state, a).is_some() || replaced.iter().any(|(o, _)| o == old) {
+        return Err(format!(
+            "the allocation it replaces ({old}) already has a replacement"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,21 +384,7 @@ mod tests {
     };
 
     fn shipped_bundle() -> BTreeMap<String, String> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/policies");
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|x| x == "cedar" || x == "cedarschema" || x == "json")
-            })
-            .map(|p| {
-                (
-                    p.file_name().unwrap().to_string_lossy().into_owned(),
-                    std::fs::read_to_string(&p).unwrap(),
-                )
-            })
-            .collect()
+        crate::policy::tests::shipped_files()
     }
 
     /// Applies `proposals` in order at indexes 1.., returning the last outcome.
@@ -381,6 +439,7 @@ mod tests {
             cpu_millis: 0,
             memory_mib: 0,
             port: 20_000,
+            replaces: String::new(),
         }
     }
 
@@ -414,12 +473,16 @@ mod tests {
         );
 
         // No policy in force: nothing may be placed (fail closed).
-        let Outcome::PlanApplied { placed, rejected } = run(
+        let Outcome::PlanApplied {
+            placed, rejected, ..
+        } = run(
             &mut state,
             vec![Proposal::ApplyPlan {
                 placements: vec![placement("fr")],
+                stops: vec![],
             }],
-        ) else {
+        )
+        else {
             panic!()
         };
         assert!(placed.is_empty());
@@ -438,6 +501,7 @@ mod tests {
             &mut state,
             vec![Proposal::ApplyPolicy {
                 bundle: Box::new(bundle.clone()),
+                expected_plan_hash: None,
             }],
         )
         else {
@@ -451,6 +515,7 @@ mod tests {
             &mut state,
             vec![Proposal::ApplyPolicy {
                 bundle: Box::new(bundle),
+                expected_plan_hash: None,
             }],
         )
         else {
@@ -458,12 +523,16 @@ mod tests {
         };
 
         // A plan computed without the policy in mind: the US placement is refused at apply.
-        let Outcome::PlanApplied { placed, rejected } = run(
+        let Outcome::PlanApplied {
+            placed, rejected, ..
+        } = run(
             &mut state,
             vec![Proposal::ApplyPlan {
                 placements: vec![placement("us"), placement("fr")],
+                stops: vec![],
             }],
-        ) else {
+        )
+        else {
             panic!()
         };
         assert_eq!(placed.len(), 1);
@@ -479,12 +548,16 @@ mod tests {
         );
 
         // Stale: the deployment already has its replica, and the GPU is taken.
-        let Outcome::PlanApplied { placed, rejected } = run(
+        let Outcome::PlanApplied {
+            placed, rejected, ..
+        } = run(
             &mut state,
             vec![Proposal::ApplyPlan {
                 placements: vec![placement("fr")],
+                stops: vec![],
             }],
-        ) else {
+        )
+        else {
             panic!()
         };
         assert!(placed.is_empty());
@@ -503,6 +576,7 @@ mod tests {
                     files: broken,
                     ..Default::default()
                 }),
+                expected_plan_hash: None,
             }],
         ) else {
             panic!()
@@ -607,6 +681,7 @@ mod tests {
                     created_at_ms: 0,
                     updated_at_ms: 0,
                     revision: 1,
+                    moves: Default::default(),
                 })
         }
 
@@ -639,9 +714,9 @@ mod tests {
                     let decision = compiled.evaluate(&s.deployments[&p.deployment].spec, &s.nodes[&p.node], &today);
                     prop_assert!(decision.allowed, "{} placed on {} against {:?}", p.deployment, p.node, decision.forbidding);
                 }
-                run(&mut s, vec![Proposal::ApplyPolicy { bundle: Box::new(PolicyBundle { files: shipped_bundle(), ..Default::default() }) }]);
+                run(&mut s, vec![Proposal::ApplyPolicy { bundle: Box::new(PolicyBundle { files: shipped_bundle(), ..Default::default() }), expected_plan_hash: None }]);
                 let count = plan.placements.len();
-                let Outcome::PlanApplied { placed, rejected } = run(&mut s, vec![Proposal::ApplyPlan { placements: plan.placements }]) else { panic!() };
+                let Outcome::PlanApplied { placed, rejected, .. } = run(&mut s, vec![Proposal::ApplyPlan { placements: plan.placements, stops: vec![] }]) else { panic!() };
                 prop_assert!(rejected.is_empty(), "{:?}", rejected);
                 prop_assert_eq!(placed.len(), count);
             }

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::compliance::{self, Impact, Scope, plan_hash};
+use super::plan::PolicyGate;
 use super::{Outcome, Rejection, State};
 use crate::policy::{self, CompiledPolicy};
 
@@ -117,11 +119,13 @@ pub(super) fn apply_policy(
     index: u64,
     at_ms: i64,
     bundle: &PolicyBundle,
+    expected_plan_hash: Option<&str>,
 ) -> Outcome {
     let compiled = match policy::compile(&bundle.files) {
         Ok(c) => c,
         Err(e) => return Outcome::Rejected(Rejection::InvalidPolicy(e.to_string())),
     };
+    let replaces = state.policies.last().map_or(0, |v| v.version);
     if let Some(active) = state.policies.last()
         && active.hash == compiled.hash()
     {
@@ -129,6 +133,10 @@ pub(super) fn apply_policy(
             version: active.version,
             hash: active.hash.clone(),
             changed: false,
+            impact: Box::new(Impact {
+                changes: Vec::new(),
+                plan_hash: plan_hash(compiled.hash(), replaces, &[]),
+            }),
         };
     }
     if state.policies.len() >= POLICY_VERSIONS_MAX {
@@ -138,6 +146,26 @@ pub(super) fn apply_policy(
     }
     let version = state.policies.len() as u64 + 1;
     let hash = compiled.hash().to_string();
+    // Decide what the new version does to every running allocation before anything changes,
+    // so a plan-hash mismatch leaves the state as it was.
+    let mut gate = PolicyGate::with_policy(Some((version, &compiled)), &compliance::today(state));
+    let decided = compliance::decide(state, &mut gate, version, at_ms, Scope::All);
+    // Its classes are those of the version about to be in force: keep them for the next round.
+    gate.keep_in(&state.policy_cache);
+    drop(gate);
+    let changes: Vec<compliance::Change> = decided.iter().map(|d| d.change.clone()).collect();
+    let impact = Impact {
+        plan_hash: plan_hash(&hash, replaces, &changes),
+        changes,
+    };
+    if let Some(expected) = expected_plan_hash
+        && expected != impact.plan_hash
+    {
+        return Outcome::Rejected(Rejection::PlanHashMismatch {
+            expected: expected.to_string(),
+            actual: impact.plan_hash,
+        });
+    }
     state.policies.push(PolicyVersion {
         version,
         files: bundle.files.clone(),
@@ -148,9 +176,11 @@ pub(super) fn apply_policy(
         revision: index,
     });
     state.policy_cache.slots().compiled = Some((version, compiled));
+    compliance::enact(state, index, &decided);
     Outcome::PolicyApplied {
         version,
         hash,
         changed: true,
+        impact: Box::new(impact),
     }
 }

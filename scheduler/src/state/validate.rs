@@ -51,6 +51,13 @@ pub const REASON_LEN_MAX: usize = 1_024;
 /// `<deployment>-<raft index>-<n>` fits easily.
 pub const ALLOCATION_ID_LEN_MAX: usize = 128;
 pub const CERTIFICATION_LEN_MAX: usize = 64;
+/// Longest a replica may keep running after it was told to move (a migrate rule, a drain).
+pub const MOVE_DEADLINE_MS_MAX: u64 = 30 * 24 * 3_600_000;
+/// Stops one reconcile round may carry: bounds one Raft entry and one apply, like
+/// `plan::PLAN_PLACEMENTS_MAX`.
+pub const PLAN_STOPS_MAX: usize = 5_000;
+/// A plan hash is hex SHA-256.
+pub const PLAN_HASH_LEN: usize = 64;
 
 /// Environment variables the agent sets itself for every model server; a spec may not set them.
 /// Set by the agent for every model server (which GPUs, which port, who it is and where).
@@ -246,6 +253,20 @@ pub fn validate_spec(spec: &DeploymentSpec) -> Result<(), ValidationError> {
             MODEL_LEN_MAX,
         )?;
     }
+    if spec.migration.max_parallel == 0 || spec.migration.max_parallel > REPLICAS_MAX {
+        return Err(invalid(
+            "spec.migration.max_parallel",
+            format!(
+                "is {}; it must be between 1 and {REPLICAS_MAX}",
+                spec.migration.max_parallel
+            ),
+        ));
+    }
+    check_max(
+        "spec.migration.deadline_ms",
+        spec.migration.deadline_ms,
+        MOVE_DEADLINE_MS_MAX,
+    )?;
     if spec.stop_after_disconnect_ms != 0 {
         let ok = (DISCONNECT_MS_MIN..=DISCONNECT_MS_MAX).contains(&spec.stop_after_disconnect_ms);
         if !ok {
@@ -570,18 +591,44 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
         Proposal::ApplyDeployment { spec, .. } => validate_spec(spec),
         Proposal::DeleteDeployment { name } => validate_deployment_name(name),
         Proposal::RegisterNode { node } => validate_node(&node.name, &node.facts, &node.inventory),
-        Proposal::ApplyPolicy { bundle } => {
+        Proposal::ApplyPolicy {
+            bundle,
+            expected_plan_hash,
+        } => {
             validate_text("author", &bundle.author, MODEL_LEN_MAX)?;
-            validate_text("comment", &bundle.comment, COMMENT_LEN_MAX)
+            validate_text("comment", &bundle.comment, COMMENT_LEN_MAX)?;
+            match expected_plan_hash {
+                Some(h)
+                    if h.len() != PLAN_HASH_LEN
+                        || !h
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                {
+                    Err(invalid(
+                        "plan_hash",
+                        format!(
+                            "{h:?} is not a plan hash: 64 lowercase hex digits, as `sovctl policy plan` prints"
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            }
         }
-        Proposal::ApplyPlan { placements } => check_max(
-            "placements",
-            placements.len(),
-            super::plan::PLAN_PLACEMENTS_MAX,
-        ),
-        Proposal::SetDraining { name, .. } => {
-            validate_deployment_name(name).map_err(|e| invalid("node.name", e.message))
+        Proposal::ApplyPlan { placements, stops } => {
+            check_max(
+                "placements",
+                placements.len(),
+                super::plan::PLAN_PLACEMENTS_MAX,
+            )?;
+            check_max("stops", stops.len(), PLAN_STOPS_MAX)
         }
+        Proposal::SetDraining {
+            name, deadline_ms, ..
+        } => {
+            validate_deployment_name(name).map_err(|e| invalid("node.name", e.message))?;
+            check_max("deadline_ms", *deadline_ms, MOVE_DEADLINE_MS_MAX)
+        }
+        Proposal::CheckCompliance {} => Ok(()),
         Proposal::ReportAllocations { node, reports } => {
             validate_deployment_name(node).map_err(|e| invalid("node", e.message))?;
             check_max("reports", reports.len(), REPORTS_MAX)?;

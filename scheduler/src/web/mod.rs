@@ -5,8 +5,10 @@
 //! Owns: rendering; it reads Raft metrics and state and never writes. Reviewer pages
 //! (issue #6) will live here too.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -16,16 +18,58 @@ use axum::routing::get;
 
 use crate::raft::Replica;
 
+/// How old the deployments' compliance counts in `/metrics` may be. Counting them plans the
+/// whole fleet (hundreds of milliseconds at 100,000 allocations), too much for every scrape of
+/// a busy exporter; every other gauge is read fresh.
+const COMPLIANCE_SAMPLE_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Deployments per compliance state, and when they were counted.
+type ComplianceSample = (Instant, BTreeMap<&'static str, u64>);
+
+/// What the HTTP handlers share: the replica, and the last compliance sample.
+#[derive(Clone)]
+pub struct Web {
+    replica: Arc<Replica>,
+    compliance: Arc<Mutex<Option<ComplianceSample>>>,
+}
+
+impl Web {
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Web {
+            replica,
+            compliance: Arc::default(),
+        }
+    }
+
+    /// Deployments per compliance state, at most [`COMPLIANCE_SAMPLE_MAX_AGE`] old: computed on
+    /// a copy of the state, so applies wait only for the copy.
+    fn compliance_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut sample = self.compliance.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, counts)) = sample.as_ref()
+            && at.elapsed() < COMPLIANCE_SAMPLE_MAX_AGE
+        {
+            return counts.clone();
+        }
+        let state = self.replica.sm.read().state.clone();
+        let mut counts = BTreeMap::new();
+        for status in crate::api::deployments::statuses(&state, None).values() {
+            *counts.entry(status.compliance().as_str()).or_insert(0u64) += 1;
+        }
+        *sample = Some((Instant::now(), counts.clone()));
+        counts
+    }
+}
+
 pub fn router(replica: Arc<Replica>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(replica)
+        .with_state(Web::new(replica))
 }
 
-async fn healthz(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
-    match &replica.metrics().running_state {
+async fn healthz(State(web): State<Web>) -> impl IntoResponse {
+    match &web.replica.metrics().running_state {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(fatal) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -55,7 +99,8 @@ pub fn not_ready_reason(replica: &Replica) -> Option<String> {
     None
 }
 
-async fn readyz(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
+async fn readyz(State(web): State<Web>) -> impl IntoResponse {
+    let replica = web.replica;
     match not_ready_reason(&replica) {
         None => (StatusCode::OK, "ready\n".to_string()),
         Some(reason) => (
@@ -65,8 +110,17 @@ async fn readyz(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
     }
 }
 
+fn gauge_line(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
 /// Prometheus text exposition format, version 0.0.4.
-pub fn render_metrics(replica: &Replica) -> String {
+pub fn render_metrics(web: &Web) -> String {
+    let replica = &web.replica;
+    let by_compliance = web.compliance_counts();
     let m = replica.metrics();
     let index = |l: &Option<crate::raft::LogId>| l.as_ref().map_or(0, |l| l.index);
     let committed = index(&m.local_committed);
@@ -74,7 +128,7 @@ pub fn render_metrics(replica: &Replica) -> String {
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().count();
     let learners = membership.learner_ids().count();
-    let (deployments, nodes_ready, nodes_down, by_status, placed) = {
+    let (deployments, nodes_ready, nodes_down, by_status, placed, by_standing, stopping) = {
         let applied = replica.sm.read();
         let s = &applied.state;
         let down = s
@@ -82,30 +136,32 @@ pub fn render_metrics(replica: &Replica) -> String {
             .values()
             .filter(|n| n.status == crate::state::node::NodeStatus::Down)
             .count();
-        let mut by_status = std::collections::BTreeMap::new();
+        // One pass over the allocations for every count (cheap enough for each scrape).
+        let mut by_status = BTreeMap::new();
+        let mut by_standing = BTreeMap::new();
+        let (mut placed, mut stopping) = (0u64, 0u64);
         for a in s.allocations.values() {
             *by_status.entry(a.status.as_str()).or_insert(0u64) += 1;
+            match a.desired {
+                crate::state::Desired::Run => {
+                    placed += 1;
+                    *by_standing.entry(a.standing.as_str()).or_insert(0u64) += 1;
+                }
+                crate::state::Desired::Stop => stopping += 1,
+            }
         }
-        let placed = s
-            .allocations
-            .values()
-            .filter(|a| a.desired == crate::state::Desired::Run)
-            .count();
         (
             s.deployments.len(),
             s.nodes.len() - down,
             down,
             by_status,
             placed,
+            by_standing,
+            stopping,
         )
     };
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    };
+    let mut gauge = |name: &str, help: &str, value: u64| gauge_line(&mut out, name, help, value);
     gauge("sov_raft_term", "Current Raft term.", m.current_term);
     gauge(
         "sov_raft_leader_id",
@@ -170,7 +226,7 @@ pub fn render_metrics(replica: &Replica) -> String {
     gauge(
         "sov_replicas_placed",
         "Allocations that should run (placed replicas, whatever their agents report).",
-        placed as u64,
+        placed,
     );
     gauge(
         "sov_nodes_ready",
@@ -195,6 +251,35 @@ pub fn render_metrics(replica: &Replica) -> String {
         let count = by_status.get(status).copied().unwrap_or(0);
         let _ = writeln!(out, "sov_allocations{{status=\"{status}\"}} {count}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP sov_deployments_by_compliance Deployments by compliance state (sovctl deploy list).\n# TYPE sov_deployments_by_compliance gauge"
+    );
+    for c in crate::reconcile::status::Compliance::ALL {
+        let count = by_compliance.get(c.as_str()).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "sov_deployments_by_compliance{{state=\"{}\"}} {count}",
+            c.as_str()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sov_allocations_by_standing Allocations that should run, by how they stand with the rules in force.\n# TYPE sov_allocations_by_standing gauge"
+    );
+    for standing in ["compliant", "violating", "migrating"] {
+        let count = by_standing.get(standing).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "sov_allocations_by_standing{{standing=\"{standing}\"}} {count}"
+        );
+    }
+    gauge_line(
+        &mut out,
+        "sov_allocations_stopping",
+        "Allocations told to stop whose agent has not confirmed it yet.",
+        stopping,
+    );
     let flushes = replica
         .log_flushes
         .flushes
@@ -222,9 +307,10 @@ pub fn render_metrics(replica: &Replica) -> String {
     out
 }
 
-async fn metrics(State(replica): State<Arc<Replica>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_metrics(&replica),
-    )
+async fn metrics(State(web): State<Web>) -> impl IntoResponse {
+    // Off the async workers: the compliance sample may take a while to compute.
+    let body = tokio::task::spawn_blocking(move || render_metrics(&web))
+        .await
+        .unwrap_or_else(|e| format!("# metrics failed: {e}\n"));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
