@@ -5,7 +5,8 @@
 //! - core: [`state`] — replicated state, commands, the pure `apply`.
 //! - shell: [`raft`] (openraft glue: redb storage, tonic peer network, forwarding to the leader),
 //!   [`api`] (the public gRPC services), [`web`] (health, readiness, metrics), [`server`] (wires
-//!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher).
+//!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher),
+//!   [`restore`] (seeding a data dir from a backup).
 //!
 //! To follow one write: `api::deployments` validates the request, `raft::Replica::propose`
 //! stamps it and hands it to openraft (or forwards it to the leader), `raft::log_store` makes it
@@ -18,6 +19,7 @@ pub mod leader;
 pub mod placement;
 pub mod policy;
 pub mod raft;
+pub mod restore;
 pub mod server;
 pub mod state;
 pub mod web;

@@ -85,6 +85,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A path inside the repository (`deploy/policies`, `deploy/compose.yaml`, ...).
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
 /// Ports handed out by this test process, so two schedulers of one test never get the same one
 /// (the kernel may return a just-released ephemeral port again).
 static PORTS_GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -428,10 +435,18 @@ impl Scheduler {
 
     /// Like [`Scheduler::start`], with extra `sov-scheduler run` flags (kept for restarts).
     pub fn start_with(id: u64, root: &Path, start: Start, extra_args: &[&str]) -> Scheduler {
+        let mut s = Self::prepare(id, root, start, extra_args);
+        s.spawn();
+        s
+    }
+
+    /// Everything [`Scheduler::start_with`] sets up (ports, directories), without starting the
+    /// process: for a test that seeds the data dir first. [`Scheduler::restart`] starts it.
+    pub fn prepare(id: u64, root: &Path, start: Start, extra_args: &[&str]) -> Scheduler {
         let ports = free_ports(3);
         let dir = root.join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("cannot create node dir");
-        let mut s = Scheduler {
+        Scheduler {
             id,
             api_port: ports[0],
             raft_port: ports[1],
@@ -442,9 +457,16 @@ impl Scheduler {
             child: None,
             starts: 0,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        s.spawn();
-        s
+        }
+    }
+
+    /// `--raft-listen` / `--http-listen` as given to this scheduler.
+    pub fn raft_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.raft_port)
+    }
+
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
     }
 
     fn spawn(&mut self) {
@@ -467,8 +489,8 @@ impl Scheduler {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--api-listen", &self.api_addr()])
-            .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft_port)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)]);
+            .args(["--raft-listen", &self.raft_addr()])
+            .args(["--http-listen", &self.http_addr()]);
         match &self.start {
             Start::Bootstrap => {
                 cmd.arg("--bootstrap");
