@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests that start the real `sov-scheduler` and `sovctl` binaries on
-//! loopback (DESIGN.md, testing layer 3: kill -9, restart, data-dir reuse).
+//! loopback (DESIGN.md, testing layer 3: kill -9, restart, data-dir reuse); [`agent`] adds
+//! node agents, [`docker`] containers on private networks (layer 4).
 //!
 //! Owns: finding the built binaries, handing out loopback ports, starting schedulers as child
 //! processes (and killing them whatever happens to the test), running `sovctl`, and waiting for
@@ -15,6 +16,7 @@
 //! fail with the last reason the condition gave.
 
 pub mod agent;
+pub mod docker;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Display;
@@ -300,22 +302,20 @@ impl Display for SovctlOutput {
     }
 }
 
-/// Runs `sovctl --endpoint ENDPOINTS ARGS...` to completion.
-pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
-    let mut all = vec!["--endpoint".to_owned(), endpoints.to_owned()];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    let start = Instant::now();
-    let mut cmd = Command::new(bin("sovctl"));
-    cmd.args(&all)
-        .env_remove("SOV_ENDPOINT")
-        .stdin(Stdio::null())
+/// Runs `cmd` to completion with piped stdout and stderr, killing it after `limit`: the exit
+/// status (`None` when it was killed) and both outputs.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<ExitStatus>, String, String) {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().expect("cannot start sovctl");
+    die_with_parent(cmd);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
     let mut stdout_pipe = child.stdout.take().expect("piped stdout");
     let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-    // Read both pipes while waiting, so a large listing cannot block the child on a full pipe.
+    // Read both pipes while waiting, so a large output cannot block the child on a full pipe.
     let stdout_reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stdout_pipe.read_to_string(&mut s);
@@ -327,24 +327,42 @@ pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
         s
     });
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for sovctl") {
-            break status;
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break Some(status);
         }
-        if start.elapsed() > SOVCTL_WALL_MAX {
+        if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "`sovctl {}` hung for more than {SOVCTL_WALL_MAX:?}",
-                all.join(" ")
-            );
+            break None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    };
+    (
+        status,
+        stdout_reader.join().unwrap_or_default(),
+        stderr_reader.join().unwrap_or_default(),
+    )
+}
+
+/// Runs `sovctl --endpoint ENDPOINTS ARGS...` to completion.
+pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
+    let mut all = vec!["--endpoint".to_owned(), endpoints.to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let start = Instant::now();
+    let mut cmd = Command::new(bin("sovctl"));
+    cmd.args(&all).env_remove("SOV_ENDPOINT");
+    let (status, stdout, stderr) = run_bounded(&mut cmd, SOVCTL_WALL_MAX);
+    let Some(status) = status else {
+        panic!(
+            "`sovctl {}` hung for more than {SOVCTL_WALL_MAX:?}",
+            all.join(" ")
+        );
     };
     SovctlOutput {
         args: all,
         status,
-        stdout: stdout_reader.join().unwrap_or_default(),
-        stderr: stderr_reader.join().unwrap_or_default(),
+        stdout,
+        stderr,
         elapsed: start.elapsed(),
     }
 }
@@ -359,6 +377,32 @@ pub fn cluster_status(endpoints: &str) -> Result<Value, String> {
         return Err(out.stderr.trim().to_owned());
     }
     serde_json::from_str(&out.stdout).map_err(|e| format!("bad JSON ({e}): {}", out.stdout))
+}
+
+/// (state SHA-256, state revision) as one scheduler reports them in `cluster status`: equal
+/// pairs mean equal replicated state (invariant I3).
+pub fn state_fingerprint(endpoint: &str) -> Result<(String, u64), String> {
+    let s = cluster_status(endpoint)?;
+    Ok((
+        s["state_sha256"].as_str().unwrap_or("").to_owned(),
+        u64_field(&s, "state_revision"),
+    ))
+}
+
+/// Waits until every endpoint reports the same state fingerprint, and returns it.
+pub fn wait_same_state(endpoints: &[String], timeout: Duration) -> (String, u64) {
+    let (fingerprint, _) = wait_until("every scheduler at the same state", timeout, || {
+        let all: Vec<_> = endpoints
+            .iter()
+            .map(|e| state_fingerprint(e).map_err(|why| format!("{e}: {why}")))
+            .collect::<Result<_, _>>()?;
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            Ok(all[0].clone())
+        } else {
+            Err(format!("{all:?}"))
+        }
+    });
+    fingerprint
 }
 
 /// An unsigned field of a JSON object (0 when missing or not a number).

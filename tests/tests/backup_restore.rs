@@ -13,8 +13,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use sov_e2e::{
-    Cluster, FORM_TIMEOUT, Scheduler, Start, Timeline, bin, cluster_status, deployment_names,
-    repo_path, sovctl, u64_field, wait_until, write_spec,
+    Cluster, FORM_TIMEOUT, Scheduler, Start, Timeline, bin, deployment_names, repo_path, sovctl,
+    u64_field, wait_same_state, write_spec,
 };
 
 /// Runs `sov-scheduler restore` for `node`, with `extra` flags.
@@ -44,30 +44,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// (state hash, revision) on one scheduler, without a read barrier.
-fn fingerprint(endpoint: &str) -> Result<(String, u64), String> {
-    let s = cluster_status(endpoint)?;
-    Ok((
-        s["state_sha256"].as_str().unwrap_or("").to_owned(),
-        u64_field(&s, "state_revision"),
-    ))
-}
-
-/// Waits until every scheduler of `cluster` reports the same state, and returns it.
-fn settled_fingerprint(cluster: &Cluster) -> (String, u64) {
-    let (fp, _) = wait_until("every scheduler at the same state", FORM_TIMEOUT, || {
-        let all: Vec<_> = cluster
-            .nodes
-            .iter()
-            .map(|n| fingerprint(&n.endpoint()))
-            .collect::<Result<_, _>>()?;
-        if all.windows(2).all(|w| w[0] == w[1]) {
-            Ok(all[0].clone())
-        } else {
-            Err(format!("{all:?}"))
-        }
-    });
-    fp
+/// Every scheduler's endpoint, one string each.
+fn each(cluster: &Cluster) -> Vec<String> {
+    cluster.nodes.iter().map(Scheduler::endpoint).collect()
 }
 
 fn policy_versions(endpoints: &str) -> Value {
@@ -90,7 +69,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
         )
         .assert_ok();
     }
-    let before = settled_fingerprint(&old);
+    let before = wait_same_state(&each(&old), FORM_TIMEOUT);
     let deployments =
         deployment_names(&sovctl(&endpoints, &["-o", "json", "deploy", "list"]).json());
     let policies = policy_versions(&endpoints);
@@ -174,7 +153,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
     ));
 
     assert_eq!(
-        settled_fingerprint(&new),
+        wait_same_state(&each(&new), FORM_TIMEOUT),
         before,
         "the restored state differs"
     );
@@ -193,7 +172,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
         &["deploy", "apply", "-f", spec.to_str().unwrap()],
     )
     .assert_ok();
-    let after = settled_fingerprint(&new);
+    let after = wait_same_state(&each(&new), FORM_TIMEOUT);
     assert!(
         after.1 > before.1,
         "the log goes on after the restore: {after:?}"
@@ -217,7 +196,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
     );
     new.nodes[0].assert_running();
     assert_eq!(
-        settled_fingerprint(&new),
+        wait_same_state(&each(&new), FORM_TIMEOUT),
         after,
         "the refused restores changed nothing"
     );
