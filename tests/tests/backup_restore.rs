@@ -2,7 +2,7 @@
 //! save` against a live three-scheduler cluster, `sov-scheduler restore` into a new, empty data
 //! dir, one scheduler started on it and two more joining with empty data dirs; the new cluster
 //! holds the saved state (same state hash and revision, same deployments and policy versions)
-//! and takes writes. Bad input (a damaged file, a data dir that is not empty or is in use)
+//! and takes writes. A cluster without a majority still gives a `--stale` backup. Bad input (a damaged file, a data dir that is not empty or is in use)
 //! fails with a clear message and changes nothing.
 //!
 //! The state hash compared here is `ClusterStatus.state_sha256`; the placement history root
@@ -201,5 +201,26 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
         "the refused restores changed nothing"
     );
     tl.log("restoring over a non-empty dir is refused; with --force while it runs, too");
-    drop(old);
+
+    // A cluster that lost its majority still yields a backup of what one scheduler applied.
+    let mut old = old;
+    old.node(2).kill();
+    old.node(3).kill();
+    let survivor = old.node(1).endpoint();
+    let stale_file = scratch.join("stale.snap");
+    let stale = sovctl(
+        &survivor,
+        &[
+            "-o",
+            "json",
+            "cluster",
+            "snapshot",
+            "save",
+            "--stale",
+            stale_file.to_str().unwrap(),
+        ],
+    )
+    .json();
+    assert_eq!(stale["state_sha256"], before.0.as_str(), "{stale}");
+    tl.log("with two of three schedulers dead, --stale saves the survivor's state");
 }
