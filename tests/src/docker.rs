@@ -6,23 +6,29 @@
 //! Every container test starts with [`session`]. Where no Docker engine answers it prints a
 //! loud `SKIPPED` line (written past the test harness's capture, so it shows in a passing run)
 //! and returns `None`; the test then returns. Otherwise the [`Session`] it returns holds the
-//! suite's lock, so container tests run one at a time (eight containers on a 2-core machine are
-//! enough), and the image built from this build's binaries: `deploy/docker/build-image.sh
-//! --bin-dir target/<profile>`, a `FROM scratch` image tagged with a hash of its content, so a
-//! rebuild with the same binaries is a no-op. The tests use the debug binaries `cargo build
-//! --workspace --bins` made; the image is the same as a release one but for their size.
+//! machine-wide container-test lock (an `flock` on a file in the temp dir), so container tests
+//! run one at a time, also across test processes and checkouts (eight containers on a 2-core
+//! machine are enough), and the image built from this build's binaries:
+//! `deploy/docker/build-image.sh --bin-dir target/<profile>`, a `FROM scratch` image tagged with
+//! a hash of its content, so a rebuild with the same binaries is a no-op. The tests use the
+//! debug binaries `cargo build --workspace --bins` made; the image is the same as a release one
+//! but for their size.
 //!
 //! A [`Compose`] is one compose project with a name of its own (`sov-e2e-<pid>-<n>`) and its own
 //! host ports, so runs never collide. Dropping it removes its containers, networks and volumes
 //! (`down -v`), also when the test panics; a failing test first prints the log tail of each of
-//! its containers. Every docker command is bounded in time, and every wait has a deadline.
+//! its containers. A test process killed outright leaves its project behind: the next session
+//! removes projects whose process is gone. Every docker command is bounded in time, and every
+//! wait has a deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -53,8 +59,11 @@ pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Log lines printed per container when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
-/// Held by the running container test.
-static SUITE: Mutex<()> = Mutex::new(());
+/// Longest a container test waits for another one (here or in another process) to finish:
+/// the whole suite takes about two minutes.
+const LOCK_WAIT_MAX: Duration = Duration::from_secs(900);
+/// Compose projects of the tests are named `sov-e2e-<pid>-<n>`.
+const PROJECT_PREFIX: &str = "sov-e2e-";
 /// The image tag, built once per test process.
 static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
 /// Numbers the compose projects of this process.
@@ -63,7 +72,8 @@ static PROJECTS: AtomicU32 = AtomicU32::new(0);
 /// What a container test may use: the Docker engine (alone, while this lives), the compose
 /// command and the image.
 pub struct Session {
-    _serial: MutexGuard<'static, ()>,
+    /// Holds the flock; closing the file releases it.
+    _lock: File,
     compose: Vec<String>,
     image: String,
 }
@@ -119,17 +129,93 @@ pub fn session(test: &str) -> Option<Session> {
             return None;
         }
     }
-    let serial = SUITE.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock = lock_suite(test);
+    remove_orphaned_projects();
     let compose = compose_command().unwrap_or_else(|e| panic!("{e}"));
     let image = IMAGE
         .get_or_init(build_image)
         .clone()
         .unwrap_or_else(|e| panic!("{e}"));
     Some(Session {
-        _serial: serial,
+        _lock: lock,
         compose,
         image,
     })
+}
+
+/// Takes the machine-wide container-test lock, waiting (bounded) for whoever holds it. Each
+/// call opens the file anew, so two tests of one process exclude each other too.
+fn lock_suite(test: &str) -> File {
+    let path = std::env::temp_dir().join("sov-e2e-containers.lock");
+    let file = File::create(&path)
+        .unwrap_or_else(|e| panic!("cannot open the lock file {}: {e}", path.display()));
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        // SAFETY: flock(2) on a descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return file;
+        }
+        assert!(
+            start.elapsed() < LOCK_WAIT_MAX,
+            "container test {test} waited {LOCK_WAIT_MAX:?} for {} and gave up",
+            path.display()
+        );
+        if !told {
+            loud(&format!(
+                "container test {test} waits for another container test (lock {})",
+                path.display()
+            ));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Removes the containers, networks and volumes of test projects whose process no longer runs
+/// (a test killed with SIGKILL never gets to drop its [`Compose`]).
+fn remove_orphaned_projects() {
+    let label = "{{.Label \"com.docker.compose.project\"}}";
+    let mut projects = BTreeSet::new();
+    for kind in ["ps -a", "network ls", "volume ls"] {
+        let mut args: Vec<&str> = kind.split(' ').collect();
+        args.extend(["--format", label]);
+        for name in docker(&args).unwrap_or_default().lines() {
+            projects.insert(name.trim().to_owned());
+        }
+    }
+    for project in projects {
+        let Some(pid) = project
+            .strip_prefix(PROJECT_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let filter = format!("label=com.docker.compose.project={project}");
+        for (list, remove) in [
+            ("ps -aq", "rm -f -v"),
+            ("network ls -q", "network rm"),
+            ("volume ls -q", "volume rm -f"),
+        ] {
+            let mut args: Vec<&str> = list.split(' ').collect();
+            args.extend(["--filter", &filter]);
+            let ids = docker(&args).unwrap_or_default();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut rm: Vec<&str> = remove.split(' ').collect();
+                rm.extend(&ids);
+                let _ = docker(&rm);
+            }
+        }
+        loud(&format!(
+            "removed compose project {project}, left behind by a test process that is gone"
+        ));
+    }
 }
 
 /// `docker compose` (the plugin) where it exists, else `docker-compose`.
@@ -207,7 +293,7 @@ impl Compose {
     /// Creates and starts `services` of a new project, on fresh host ports.
     pub fn up(session: &Session, timeline: Timeline, services: &[&str]) -> Compose {
         let n = PROJECTS.fetch_add(1, Ordering::Relaxed);
-        let project = format!("sov-e2e-{}-{n}", std::process::id());
+        let project = format!("{PROJECT_PREFIX}{}-{n}", std::process::id());
         let ports = free_ports(6 + AGENTS.len());
         let mut env = vec![
             ("SOV_IMAGE".to_owned(), session.image.clone()),
