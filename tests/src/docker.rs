@@ -62,6 +62,8 @@ const LOG_TAIL_LINES: usize = 60;
 /// Longest a container test waits for another one (here or in another process) to finish:
 /// the whole suite takes about two minutes.
 const LOCK_WAIT_MAX: Duration = Duration::from_secs(900);
+/// A wait for the lock longer than this is announced.
+const LOCK_WAIT_ANNOUNCE: Duration = Duration::from_secs(120);
 /// Compose projects of the tests are named `sov-e2e-<pid>-<n>`.
 const PROJECT_PREFIX: &str = "sov-e2e-";
 /// The image tag, built once per test process.
@@ -162,7 +164,9 @@ fn lock_suite(test: &str) -> File {
             "container test {test} waited {LOCK_WAIT_MAX:?} for {} and gave up",
             path.display()
         );
-        if !told {
+        // Tests of one process queue here all the time; say so only when the wait is long,
+        // which is another process's suite.
+        if !told && start.elapsed() > LOCK_WAIT_ANNOUNCE {
             loud(&format!(
                 "container test {test} waits for another container test (lock {})",
                 path.display()

@@ -49,6 +49,16 @@ fn each(cluster: &Cluster) -> Vec<String> {
     cluster.nodes.iter().map(Scheduler::endpoint).collect()
 }
 
+/// `sovctl cluster snapshot save FILE` (with `--stale` when asked), its JSON report.
+fn save_snapshot(endpoints: &str, file: &Path, stale: bool) -> Value {
+    let mut args = vec!["-o", "json", "cluster", "snapshot", "save"];
+    if stale {
+        args.push("--stale");
+    }
+    args.push(file.to_str().unwrap());
+    sovctl(endpoints, &args).json()
+}
+
 fn policy_versions(endpoints: &str) -> Value {
     sovctl(endpoints, &["-o", "json", "policy", "list"]).json()["versions"].clone()
 }
@@ -79,18 +89,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
     ));
 
     let file = scratch.join("cluster.snap");
-    let saved = sovctl(
-        &endpoints,
-        &[
-            "-o",
-            "json",
-            "cluster",
-            "snapshot",
-            "save",
-            file.to_str().unwrap(),
-        ],
-    )
-    .json();
+    let saved = save_snapshot(&endpoints, &file, false);
     tl.log(format_args!("saved {}: {saved}", file.display()));
     assert_eq!(saved["state_sha256"], before.0.as_str(), "{saved}");
     assert_eq!(u64_field(&saved, "state_revision"), before.1, "{saved}");
@@ -207,20 +206,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
     old.node(2).kill();
     old.node(3).kill();
     let survivor = old.node(1).endpoint();
-    let stale_file = scratch.join("stale.snap");
-    let stale = sovctl(
-        &survivor,
-        &[
-            "-o",
-            "json",
-            "cluster",
-            "snapshot",
-            "save",
-            "--stale",
-            stale_file.to_str().unwrap(),
-        ],
-    )
-    .json();
+    let stale = save_snapshot(&survivor, &scratch.join("stale.snap"), true);
     assert_eq!(stale["state_sha256"], before.0.as_str(), "{stale}");
     tl.log("with two of three schedulers dead, --stale saves the survivor's state");
 }

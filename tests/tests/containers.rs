@@ -20,13 +20,13 @@
 //! timeline of its faults, and a failing test prints each container's log tail.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sov_e2e::docker::{AGENTS, Compose, HEARTBEAT_TTL_MS, SCHEDULERS, session};
+use sov_e2e::docker::{AGENTS, Compose, HEARTBEAT_TTL_MS, SCHEDULERS, Session, session};
 use sov_e2e::{
     Timeline, cluster_status, deployment_names, http_get, repo_path, sovctl, u64_field,
     wait_same_state, wait_until,
@@ -45,14 +45,6 @@ fn agent_service(node: &str) -> &'static str {
         .unwrap_or_else(|| panic!("no agent service runs node {node}"))
 }
 
-fn all_services() -> Vec<&'static str> {
-    SCHEDULERS
-        .iter()
-        .copied()
-        .chain(AGENTS.iter().map(|(s, _)| *s))
-        .collect()
-}
-
 fn agent_services() -> Vec<&'static str> {
     AGENTS.iter().map(|(s, _)| *s).collect()
 }
@@ -62,10 +54,18 @@ fn apply_default_policy(endpoints: &str) {
     sovctl(endpoints, &["policy", "apply", bundle.to_str().unwrap()]).assert_ok();
 }
 
-/// A deployment of the tiny model server listening on the agents' one model-server port, on
-/// every address of its container (so the host reaches it through the published port).
-fn write_tiny_spec(dir: &Path, name: &str, replicas: u32, extra: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
+/// Applies a deployment of the tiny model server listening on the agents' one model-server
+/// port, on every address of its container (so the host reaches it through the published
+/// port), with `extra` spec lines; waits until its replicas run and returns them.
+fn deploy_tiny(
+    tl: &Timeline,
+    endpoints: &str,
+    name: &str,
+    replicas: u32,
+    extra: &str,
+) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
@@ -76,7 +76,8 @@ fn write_tiny_spec(dir: &Path, name: &str, replicas: u32, extra: &str) -> PathBu
         ),
     )
     .expect("cannot write spec");
-    path
+    apply(endpoints, &path);
+    wait_running(tl, endpoints, name, replicas as usize, |_| true)
 }
 
 fn apply(endpoints: &str, spec: &Path) {
@@ -192,6 +193,20 @@ fn wait_model_servers(tl: &Timeline, compose: &Compose, service: &str, want: usi
     took
 }
 
+/// The three schedulers and `agents` (entries of [`AGENTS`]) up, with the default policy in
+/// force and the agents' nodes ready; and the schedulers' endpoints.
+fn cluster_with(session: &Session, tl: Timeline, agents: &[(&str, &str)]) -> (Compose, String) {
+    let mut services = SCHEDULERS.to_vec();
+    services.extend(agents.iter().map(|(service, _)| *service));
+    let compose = Compose::up(session, tl, &services);
+    compose.wait_formed(&[1, 2, 3]);
+    let endpoints = compose.endpoints();
+    apply_default_policy(&endpoints);
+    let nodes: Vec<&str> = agents.iter().map(|(_, node)| *node).collect();
+    wait_nodes(&tl, &endpoints, &nodes, "ready", WAIT);
+    (compose, endpoints)
+}
+
 fn each_scheduler(compose: &Compose) -> Vec<String> {
     (1..=3).map(|i| compose.endpoint(i)).collect()
 }
@@ -303,22 +318,15 @@ fn killed_agent(test: &str, expect_replacement: bool) {
         return;
     };
     let tl = Timeline::new();
-    let compose = Compose::up(&session, tl, &all_services());
-    compose.wait_formed(&[1, 2, 3]);
-    let endpoints = compose.endpoints();
-    apply_default_policy(&endpoints);
-    let all_nodes: Vec<&str> = AGENTS.iter().map(|(_, n)| *n).collect();
-    wait_nodes(&tl, &endpoints, &all_nodes, "ready", WAIT);
+    let (compose, endpoints) = cluster_with(&session, tl, &AGENTS);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = write_tiny_spec(
-        dir.path(),
+    let running = deploy_tiny(
+        &tl,
+        &endpoints,
         "eu-tiny",
         2,
         "[residency]\nallowed = [\"EU27\"]",
     );
-    apply(&endpoints, &spec);
-    let running = wait_running(&tl, &endpoints, "eu-tiny", 2, |_| true);
     for r in &running {
         assert!(
             EU_SOVEREIGN.contains(&node_of(r)),
@@ -427,16 +435,10 @@ fn rolling_restart_of_every_scheduler_keeps_every_acknowledged_write() {
                 }
                 let name = format!("w-{i}");
                 let spec = sov_e2e::write_spec(&dir, &name, "m", 1);
+                let spec = spec.to_str().unwrap();
                 let out = sovctl(
                     &endpoints,
-                    &[
-                        "--timeout",
-                        "5",
-                        "deploy",
-                        "apply",
-                        "-f",
-                        spec.to_str().unwrap(),
-                    ],
+                    &["--timeout", "5", "deploy", "apply", "-f", spec],
                 );
                 if out.success() {
                     acknowledged.lock().unwrap().insert(name);
@@ -501,22 +503,12 @@ fn cut_off_agent_stops_its_fail_closed_model_server_in_time_and_converges_after_
         return;
     };
     let tl = Timeline::new();
-    let compose = Compose::up(&session, tl, &["sched-1", "sched-2", "sched-3", "agent-fr"]);
-    compose.wait_formed(&[1, 2, 3]);
-    let endpoints = compose.endpoints();
-    apply_default_policy(&endpoints);
-    wait_nodes(&tl, &endpoints, &["fr-paris-1"], "ready", WAIT);
+    // agent-fr alone: the deployment may run in France only.
+    let (compose, endpoints) = cluster_with(&session, tl, &AGENTS[..1]);
 
     let bound = Duration::from_secs(5);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = write_tiny_spec(
-        dir.path(),
-        "fenced",
-        1,
-        "stop_after_disconnect = \"5s\"\n[residency]\nallowed = [\"FR\"]",
-    );
-    apply(&endpoints, &spec);
-    let running = wait_running(&tl, &endpoints, "fenced", 1, |_| true);
+    let extra = "stop_after_disconnect = \"5s\"\n[residency]\nallowed = [\"FR\"]";
+    let running = deploy_tiny(&tl, &endpoints, "fenced", 1, extra);
     let reported_at = u64_field(&running[0], "status_at_ms");
     wait_model_servers(&tl, &compose, "agent-fr", 1);
 
@@ -566,12 +558,8 @@ fn whole_cluster_stop_and_start_on_the_same_volumes_keeps_the_state() {
         return;
     };
     let tl = Timeline::new();
-    let compose = Compose::up(&session, tl, &all_services());
-    compose.wait_formed(&[1, 2, 3]);
-    let endpoints = compose.endpoints();
-    apply_default_policy(&endpoints);
+    let (compose, endpoints) = cluster_with(&session, tl, &AGENTS);
     let all_nodes: Vec<&str> = AGENTS.iter().map(|(_, n)| *n).collect();
-    wait_nodes(&tl, &endpoints, &all_nodes, "ready", WAIT);
 
     // The agents registered the facts of their config files.
     let nodes = sovctl(&endpoints, &["node", "list", "-o", "json"]).json();
