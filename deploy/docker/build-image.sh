@@ -12,7 +12,9 @@
 #                   (default: target/release of this repository)
 #   --name NAME     image name (default: sov); tags NAME:<content hash> and NAME:local
 #
-# Prints progress on stderr and the content-hash tag (NAME:<hash>) alone on stdout.
+# Prints progress on stderr and the content-hash tag (NAME:<hash>) alone on stdout. Keeps the
+# three newest NAME:<hash> images and removes older ones (unless a container uses them), so
+# rebuilds after every code change do not fill the disk.
 # Needs: docker, ldd, sha256sum, find, sort, stat.
 set -eu
 
@@ -57,4 +59,10 @@ else
     echo "built image $tag" >&2
 fi
 docker tag "$tag" "$name:local"
+
+# Images are listed newest first; hash tags are 16 hex digits.
+docker images "$name" --format '{{.Tag}}' | grep -E '^[0-9a-f]{16}$' | tail -n +4 |
+    while read -r old; do
+        docker rmi "$name:$old" >/dev/null 2>&1 && echo "removed old image $name:$old" >&2 || true
+    done
 echo "$tag"

@@ -32,11 +32,18 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<ClusterSnapshotChunk, Sta
 
 pub struct ClusterApi {
     replica: Arc<Replica>,
+    /// The state hash of the last `Status`, by revision: every command bumps the revision, so
+    /// an unchanged revision means unchanged state, and a status poll of a quiet cluster does
+    /// not serialize the whole state again (megabytes for a large fleet).
+    hashed: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl ClusterApi {
     pub fn new(replica: Arc<Replica>) -> Self {
-        Self { replica }
+        Self {
+            replica,
+            hashed: std::sync::Mutex::new(None),
+        }
     }
 }
 
@@ -166,10 +173,18 @@ impl ClusterService for ClusterApi {
         // One lock for the id, hash and revision, so the three describe the same state.
         let (cluster_id, (state_sha256, state_revision)) = {
             let applied = self.replica.sm.read();
-            (
-                applied.state.cluster.cluster_id.clone(),
-                state_fingerprint(&applied.state),
-            )
+            let mut hashed = self.hashed.lock().unwrap_or_else(|p| p.into_inner());
+            let fingerprint = match hashed.as_ref() {
+                Some((revision, hash)) if *revision == applied.state.revision => {
+                    (hash.clone(), *revision)
+                }
+                _ => {
+                    let fresh = state_fingerprint(&applied.state);
+                    *hashed = Some((fresh.1, fresh.0.clone()));
+                    fresh
+                }
+            };
+            (applied.state.cluster.cluster_id.clone(), fingerprint)
         };
         let index = |l: &Option<crate::raft::LogId>| l.as_ref().map_or(0, |l| l.index);
         Ok(Response::new(ClusterStatus {
