@@ -257,9 +257,13 @@ fn build_image() -> Result<String, String> {
     let tag = stdout.lines().last().unwrap_or("").trim().to_owned();
     match status {
         Some(s) if s.success() && !tag.is_empty() => {
+            let what = stderr
+                .lines()
+                .find(|l| l.contains("is up to date") || l.starts_with("built image"))
+                .unwrap_or("")
+                .trim();
             loud(&format!(
-                "container tests use image {tag} ({} in {} ms)",
-                stderr.lines().last().unwrap_or("").trim(),
+                "container tests use image {tag} ({what}, {} ms)",
                 started.elapsed().as_millis()
             ));
             Ok(tag)
