@@ -15,8 +15,9 @@ use tracing_subscriber::EnvFilter;
         Run one scheduler of a real cluster (first one bootstraps, the others join):\n    \
         sov-scheduler run --node-id 1 --data-dir /var/lib/sov --bootstrap\n    \
         sov-scheduler run --node-id 2 --data-dir /var/lib/sov --join 10.0.0.1:7400\n\n\
-        Restore a cluster from a backup (`sovctl cluster snapshot save FILE`) into an empty data dir:\n    \
-        sov-scheduler restore --snapshot FILE --node-id 1 --data-dir /var/lib/sov\n\n\
+        Restore a cluster from a backup (`sovctl cluster snapshot save FILE`) into an empty data dir,\n\
+        with the settings (id, data dir, advertised addresses) the scheduler will run with:\n    \
+        sov-scheduler restore --snapshot FILE --config /etc/sov/scheduler.toml\n\n\
         Settings come from flags, then SOV_* environment variables, then a TOML file (--config).\n\
         Logs: human-readable by default, JSON with --log-format json; filter with SOV_LOG (e.g. SOV_LOG=debug)."
 )]

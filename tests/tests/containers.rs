@@ -12,7 +12,9 @@
 //! - an agent cut off from every scheduler: its `stop_after_disconnect` model server stops
 //!   within the bound, and everything converges after the reconnect;
 //! - the whole cluster stopped and started on the same volumes: the same state (hash and
-//!   revision), then agents and model servers back.
+//!   revision), then agents and model servers back;
+//! - the whole cluster lost, volumes included, and restored from a snapshot saved from the
+//!   host (`sov-scheduler restore` in a one-off container, as the operator guide says).
 //!
 //! The state compared is `ClusterStatus.state_sha256` at `state_revision`; the placement
 //! history root joins the comparison when the history lands (issue #6). Without a Docker engine
@@ -653,4 +655,80 @@ fn whole_cluster_stop_and_start_on_the_same_volumes_keeps_the_state() {
         );
     }
     tl.log("agents back: nodes ready, tiny-echo's model servers answer again");
+}
+
+#[test]
+fn a_compose_cluster_is_restored_from_a_snapshot_into_fresh_volumes() {
+    let Some(session) = session("restore_into_fresh_volumes") else {
+        return;
+    };
+    let tl = Timeline::new();
+    let compose = Compose::up(&session, tl, &SCHEDULERS);
+    compose.wait_formed(&[1, 2, 3]);
+    let endpoints = compose.endpoints();
+    apply_default_policy(&endpoints);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["kept-1", "kept-2"] {
+        apply(&endpoints, &sov_e2e::write_spec(dir.path(), name, "m", 1));
+    }
+    let before = wait_same_state(&each_scheduler(&compose), WAIT);
+    let deployments = sovctl(&endpoints, &["-o", "json", "deploy", "list"]).json();
+    let file = dir.path().join("cluster.snap");
+    let saved = sovctl(
+        &endpoints,
+        &[
+            "-o",
+            "json",
+            "cluster",
+            "snapshot",
+            "save",
+            file.to_str().unwrap(),
+        ],
+    )
+    .json();
+    assert_eq!(saved["state_sha256"], before.0.as_str(), "{saved}");
+    tl.log(format_args!(
+        "saved a snapshot from the host: state {before:?}"
+    ));
+
+    // The disaster: every container and volume gone.
+    compose.run(&["down", "-v", "-t", "2"]);
+    tl.log("compose down -v: containers and volumes removed");
+
+    // The operator guide's recipe: seed sched-1's new volume, then bring the cluster up.
+    let mount = format!("{}:/tmp/cluster.snap:ro", file.display());
+    let out = compose.run(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "-v",
+        &mount,
+        "sched-1",
+        "sov-scheduler",
+        "restore",
+        "--snapshot",
+        "/tmp/cluster.snap",
+        "--node-id",
+        "1",
+        "--api-advertise",
+        "sched-1:7400",
+        "--raft-advertise",
+        "sched-1-raft:7401",
+    ]);
+    tl.log(format_args!(
+        "restored into sched-1's volume: {}",
+        out.lines().next().unwrap_or("")
+    ));
+    compose.run(&["up", "-d", "sched-1", "sched-2", "sched-3"]);
+    compose.wait_formed(&[1, 2, 3]);
+    assert_eq!(
+        wait_same_state(&each_scheduler(&compose), WAIT),
+        before,
+        "the restored cluster's state"
+    );
+    assert_eq!(
+        sovctl(&endpoints, &["-o", "json", "deploy", "list"]).json(),
+        deployments
+    );
+    tl.log("the new cluster (sched-2 and sched-3 joined with empty volumes) holds the saved state");
 }
