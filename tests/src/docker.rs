@@ -435,14 +435,32 @@ impl Compose {
         status
     }
 
-    /// The id of `service`'s container (running or not).
-    pub fn container(&self, service: &str) -> String {
+    /// The ids of `service`'s containers (running or not; one-off `compose run` containers
+    /// left out).
+    fn containers(&self, service: &str) -> Result<Vec<String>, String> {
         let project = format!("label=com.docker.compose.project={}", self.project);
         let svc = format!("label=com.docker.compose.service={service}");
-        let out = docker_ok(&["ps", "-aq", "--filter", &project, "--filter", &svc]);
-        let ids: Vec<&str> = out.split_whitespace().collect();
+        let args = [
+            "ps",
+            "-aq",
+            "--filter",
+            &project,
+            "--filter",
+            &svc,
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
+        ];
+        Ok(docker(&args)?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// The id of `service`'s container (running or not).
+    pub fn container(&self, service: &str) -> String {
+        let ids = self.containers(service).unwrap_or_else(|e| panic!("{e}"));
         match ids.as_slice() {
-            [id] => (*id).to_owned(),
+            [id] => id.clone(),
             other => panic!(
                 "{} containers for service {service}: {other:?}",
                 other.len()
@@ -593,11 +611,7 @@ impl Drop for Compose {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for service in SCHEDULERS.iter().chain(AGENTS.iter().map(|(s, _)| s)) {
-                let project = format!("label=com.docker.compose.project={}", self.project);
-                let svc = format!("label=com.docker.compose.service={service}");
-                if docker(&["ps", "-aq", "--filter", &project, "--filter", &svc])
-                    .is_ok_and(|ids| !ids.trim().is_empty())
-                {
+                if !self.containers(service).unwrap_or_default().is_empty() {
                     eprintln!(
                         "\n----- {service} of {}: last {LOG_TAIL_LINES} log lines -----\n{}",
                         self.project,
