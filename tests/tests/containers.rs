@@ -195,8 +195,8 @@ fn wait_model_servers(tl: &Timeline, compose: &Compose, service: &str, want: usi
     took
 }
 
-/// The three schedulers and `agents` (entries of [`AGENTS`]) up, with the default policy in
-/// force and the agents' nodes ready; and the schedulers' endpoints.
+/// The three schedulers and `agents` (entries of [`AGENTS`], maybe none) up, with the default
+/// policy in force and the agents' nodes ready; and the schedulers' endpoints.
 fn cluster_with(session: &Session, tl: Timeline, agents: &[(&str, &str)]) -> (Compose, String) {
     let mut services = SCHEDULERS.to_vec();
     services.extend(agents.iter().map(|(service, _)| *service));
@@ -219,9 +219,8 @@ fn partitioned_leader_commits_nothing_and_the_majority_keeps_every_acknowledged_
         return;
     };
     let tl = Timeline::new();
-    let compose = Compose::up(&session, tl, &SCHEDULERS);
+    let (compose, endpoints) = cluster_with(&session, tl, &[]);
     let status = compose.wait_formed(&[1, 2, 3]);
-    let endpoints = compose.endpoints();
     let old = u64_field(&status, "leader_id") as usize;
     let majority: Vec<usize> = (1..=3).filter(|i| *i != old).collect();
     let majority_endpoints = majority
@@ -417,9 +416,7 @@ fn rolling_restart_of_every_scheduler_keeps_every_acknowledged_write() {
         return;
     };
     let tl = Timeline::new();
-    let compose = Compose::up(&session, tl, &SCHEDULERS);
-    compose.wait_formed(&[1, 2, 3]);
-    let endpoints = compose.endpoints();
+    let (compose, endpoints) = cluster_with(&session, tl, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
 
     // A client applies deployments one after another for the whole test, through all three
@@ -663,10 +660,7 @@ fn a_compose_cluster_is_restored_from_a_snapshot_into_fresh_volumes() {
         return;
     };
     let tl = Timeline::new();
-    let compose = Compose::up(&session, tl, &SCHEDULERS);
-    compose.wait_formed(&[1, 2, 3]);
-    let endpoints = compose.endpoints();
-    apply_default_policy(&endpoints);
+    let (compose, endpoints) = cluster_with(&session, tl, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     for name in ["kept-1", "kept-2"] {
         apply(&endpoints, &sov_e2e::write_spec(dir.path(), name, "m", 1));
