@@ -592,8 +592,8 @@ mod tests {
     use sov_proto::v1::cluster_service_client::ClusterServiceClient;
     use sov_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
     use sov_proto::v1::{
-        ClusterStatus, ClusterStatusRequest, JoinRequest, MembersRequest, MembersResponse,
-        RemoveRequest,
+        ClusterSnapshotChunk, ClusterSnapshotRequest, ClusterStatus, ClusterStatusRequest,
+        JoinRequest, MembersRequest, MembersResponse, RemoveRequest,
     };
     use tonic::metadata::MetadataMap;
 
@@ -912,6 +912,14 @@ mod tests {
 
     #[tonic::async_trait]
     impl ClusterService for Fake {
+        type SnapshotStream = tokio_stream::Empty<Result<ClusterSnapshotChunk, Status>>;
+
+        async fn snapshot(
+            &self,
+            _: tonic::Request<ClusterSnapshotRequest>,
+        ) -> Result<tonic::Response<Self::SnapshotStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn status(
             &self,
             _: tonic::Request<ClusterStatusRequest>,

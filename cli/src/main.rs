@@ -166,6 +166,36 @@ enum ClusterCommand {
     ///
     /// Example: sovctl cluster remove 4
     Remove(RemoveArgs),
+
+    /// Back up the cluster's state to a file (restore it with `sov-scheduler restore`).
+    ///
+    /// Example: sovctl cluster snapshot save /var/backups/sov/sov-2026-06-30.snap
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Save a snapshot of the replicated state to FILE, atomically.
+    ///
+    /// The scheduler that answers builds a Raft snapshot holding every write acknowledged
+    /// before the call (with --stale: whatever it has applied, which works on a cluster that
+    /// lost its quorum) and streams it. sovctl checks its length and SHA-256, writes FILE.partial
+    /// next to FILE, syncs it to disk and renames it to FILE, so FILE is always either the old
+    /// file or a complete new one. Progress is shown on a terminal. Prints the log index and
+    /// the checksums; `sov-scheduler restore --snapshot FILE` seeds a new cluster from it.
+    ///
+    /// Example: sovctl cluster snapshot save sov.snap --endpoint 10.0.0.2:7400
+    Save(SnapshotSaveArgs),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotSaveArgs {
+    /// Where to write the snapshot (replaced atomically if it exists).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    #[command(flatten)]
+    read: ReadArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -707,6 +737,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             ClusterCommand::Remove(a) => {
                 let id = a.id.or(a.id_flag).expect("clap requires ID or --id");
                 cluster::remove(&mut client, format, id).await.map(done)
+            }
+            ClusterCommand::Snapshot(SnapshotCommand::Save(a)) => {
+                cluster::snapshot_save(&mut client, format, &a.file, a.read.stale)
+                    .await
+                    .map(done)
             }
         },
         Command::Deploy(cmd) => match cmd {

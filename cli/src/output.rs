@@ -120,6 +120,9 @@ pub struct ClusterStatusView {
     pub snapshot_index: u64,
     pub purged_index: u64,
     pub members: Vec<MemberView>,
+    /// SHA-256 of the replicated state on the answering node, and that state's revision.
+    pub state_sha256: String,
+    pub state_revision: u64,
 }
 
 impl From<pb::ClusterStatus> for ClusterStatusView {
@@ -137,6 +140,8 @@ impl From<pb::ClusterStatus> for ClusterStatusView {
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
             members: s.members.into_iter().map(MemberView::from).collect(),
+            state_sha256: s.state_sha256,
+            state_revision: s.state_revision,
         }
     }
 }
@@ -693,6 +698,14 @@ pub fn status_text(s: &ClusterStatusView) -> String {
         ("Applied index", s.applied_index.to_string()),
         ("Snapshot index", s.snapshot_index.to_string()),
         ("Purged index", s.purged_index.to_string()),
+        (
+            "State",
+            format!(
+                "revision {}, sha256 {}",
+                s.state_revision,
+                dash_if_empty(&s.state_sha256)
+            ),
+        ),
     ]);
     format!("{block}\n{}", members_table(&s.members, s.leader_id))
 }
@@ -1334,6 +1347,8 @@ mod tests {
             snapshot_index: 4,
             purged_index: 3,
             members: vec![member(1, true, None)],
+            state_sha256: "ab12".into(),
+            state_revision: 8,
         };
         let text = status_text(&s);
         assert!(
@@ -1344,7 +1359,11 @@ mod tests {
             text.contains("Leader:           1 at 10.0.0.1:7400\n"),
             "{text}"
         );
-        assert!(text.contains("Purged index:     3\n\nID "), "{text}");
+        assert!(text.contains("Purged index:     3\n"), "{text}");
+        assert!(
+            text.contains("State:            revision 8, sha256 ab12\n\nID "),
+            "{text}"
+        );
         assert!(text.contains("\n1 *"), "{text}");
     }
 
@@ -1363,6 +1382,8 @@ mod tests {
             snapshot_index: 0,
             purged_index: 0,
             members: vec![],
+            state_sha256: String::new(),
+            state_revision: 0,
         };
         let text = status_text(&s);
         assert!(text.contains("Cluster ID:       -\n"), "{text}");

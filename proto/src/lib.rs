@@ -6,6 +6,11 @@
 //!   `PolicyService`, `HistoryService`) used by `sovctl` and other clients on port 7400;
 //! - the agent channel (`AgentService`), also on port 7400;
 //! - the Raft peer service (`RaftPeer`) between schedulers on port 7401.
+//!
+//! Also the one file format sov writes: [`snapshot_file`], a backup made of the `Snapshot`
+//! stream, written by `sovctl` and read by `sov-scheduler restore`.
+
+pub mod snapshot_file;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

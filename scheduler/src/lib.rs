@@ -8,7 +8,8 @@
 //!   does next (stops, replacements, missing replicas).
 //! - shell: [`raft`] (openraft glue: redb storage, tonic peer network, forwarding to the leader),
 //!   [`api`] (the public gRPC services), [`web`] (health, readiness, metrics), [`server`] (wires
-//!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher).
+//!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher),
+//!   [`restore`] (seeding a data dir from a backup).
 //!
 //! To follow one write: `api::deployments` validates the request, `raft::Replica::propose`
 //! stamps it and hands it to openraft (or forwards it to the leader), `raft::log_store` makes it
@@ -22,6 +23,7 @@ pub mod placement;
 pub mod policy;
 pub mod raft;
 pub mod reconcile;
+pub mod restore;
 pub mod server;
 pub mod state;
 pub mod web;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use sov_scheduler::config::{LogFormat, RunArgs};
-use sov_scheduler::{dev, server};
+use sov_scheduler::{dev, restore, server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -15,6 +15,9 @@ use tracing_subscriber::EnvFilter;
         Run one scheduler of a real cluster (first one bootstraps, the others join):\n    \
         sov-scheduler run --node-id 1 --data-dir /var/lib/sov --bootstrap\n    \
         sov-scheduler run --node-id 2 --data-dir /var/lib/sov --join 10.0.0.1:7400\n\n\
+        Restore a cluster from a backup (`sovctl cluster snapshot save FILE`) into an empty data dir,\n\
+        with the settings (id, data dir, advertised addresses) the scheduler will run with:\n    \
+        sov-scheduler restore --snapshot FILE --config /etc/sov/scheduler.toml\n\n\
         Settings come from flags, then SOV_* environment variables, then a TOML file (--config).\n\
         Logs: human-readable by default, JSON with --log-format json; filter with SOV_LOG (e.g. SOV_LOG=debug)."
 )]
@@ -29,6 +32,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Start a local cluster: N scheduler processes on loopback; data is kept between runs.
     Dev(dev::DevArgs),
+    /// Seed an empty data dir from a snapshot file; a scheduler run on it leads a new cluster
+    /// with the saved state. Takes the same settings as `run` (--bootstrap and --join aside).
+    Restore(Box<restore::RestoreArgs>),
 }
 
 fn init_logging(format: LogFormat) {
@@ -56,6 +62,10 @@ async fn main() {
             Err(e) => Err(e),
         },
         Command::Dev(args) => dev::run(args).await,
+        Command::Restore(args) => {
+            init_logging(LogFormat::Text);
+            restore::run(*args).await
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests that start the real `sov-scheduler` and `sovctl` binaries on
-//! loopback (DESIGN.md, testing layer 3: kill -9, restart, data-dir reuse).
+//! loopback (DESIGN.md, testing layer 3: kill -9, restart, data-dir reuse); [`agent`] adds
+//! node agents, [`docker`] containers on private networks (layer 4).
 //!
 //! Owns: finding the built binaries, handing out loopback ports, starting schedulers as child
 //! processes (and killing them whatever happens to the test), running `sovctl`, and waiting for
@@ -15,6 +16,7 @@
 //! fail with the last reason the condition gave.
 
 pub mod agent;
+pub mod docker;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Display;
@@ -83,6 +85,13 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A path inside the repository (`deploy/policies`, `deploy/compose.yaml`, ...).
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 /// Ports handed out by this test process, so two schedulers of one test never get the same one
@@ -318,22 +327,20 @@ impl Display for SovctlOutput {
     }
 }
 
-/// Runs `sovctl --endpoint ENDPOINTS ARGS...` to completion.
-pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
-    let mut all = vec!["--endpoint".to_owned(), endpoints.to_owned()];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    let start = Instant::now();
-    let mut cmd = Command::new(bin("sovctl"));
-    cmd.args(&all)
-        .env_remove("SOV_ENDPOINT")
-        .stdin(Stdio::null())
+/// Runs `cmd` to completion with piped stdout and stderr, killing it after `limit`: the exit
+/// status (`None` when it was killed) and both outputs.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<ExitStatus>, String, String) {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().expect("cannot start sovctl");
+    die_with_parent(cmd);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
     let mut stdout_pipe = child.stdout.take().expect("piped stdout");
     let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-    // Read both pipes while waiting, so a large listing cannot block the child on a full pipe.
+    // Read both pipes while waiting, so a large output cannot block the child on a full pipe.
     let stdout_reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stdout_pipe.read_to_string(&mut s);
@@ -345,24 +352,42 @@ pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
         s
     });
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for sovctl") {
-            break status;
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break Some(status);
         }
-        if start.elapsed() > SOVCTL_WALL_MAX {
+        if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "`sovctl {}` hung for more than {SOVCTL_WALL_MAX:?}",
-                all.join(" ")
-            );
+            break None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    };
+    (
+        status,
+        stdout_reader.join().unwrap_or_default(),
+        stderr_reader.join().unwrap_or_default(),
+    )
+}
+
+/// Runs `sovctl --endpoint ENDPOINTS ARGS...` to completion.
+pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
+    let mut all = vec!["--endpoint".to_owned(), endpoints.to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    let start = Instant::now();
+    let mut cmd = Command::new(bin("sovctl"));
+    cmd.args(&all).env_remove("SOV_ENDPOINT");
+    let (status, stdout, stderr) = run_bounded(&mut cmd, SOVCTL_WALL_MAX);
+    let Some(status) = status else {
+        panic!(
+            "`sovctl {}` hung for more than {SOVCTL_WALL_MAX:?}",
+            all.join(" ")
+        );
     };
     SovctlOutput {
         args: all,
         status,
-        stdout: stdout_reader.join().unwrap_or_default(),
-        stderr: stderr_reader.join().unwrap_or_default(),
+        stdout,
+        stderr,
         elapsed: start.elapsed(),
     }
 }
@@ -377,6 +402,32 @@ pub fn cluster_status(endpoints: &str) -> Result<Value, String> {
         return Err(out.stderr.trim().to_owned());
     }
     serde_json::from_str(&out.stdout).map_err(|e| format!("bad JSON ({e}): {}", out.stdout))
+}
+
+/// (state SHA-256, state revision) as one scheduler reports them in `cluster status`: equal
+/// pairs mean equal replicated state (invariant I3).
+pub fn state_fingerprint(endpoint: &str) -> Result<(String, u64), String> {
+    let s = cluster_status(endpoint)?;
+    Ok((
+        s["state_sha256"].as_str().unwrap_or("").to_owned(),
+        u64_field(&s, "state_revision"),
+    ))
+}
+
+/// Waits until every endpoint reports the same state fingerprint, and returns it.
+pub fn wait_same_state(endpoints: &[String], timeout: Duration) -> (String, u64) {
+    let (fingerprint, _) = wait_until("every scheduler at the same state", timeout, || {
+        let all: Vec<_> = endpoints
+            .iter()
+            .map(|e| state_fingerprint(e).map_err(|why| format!("{e}: {why}")))
+            .collect::<Result<_, _>>()?;
+        if all.windows(2).all(|w| w[0] == w[1]) {
+            Ok(all[0].clone())
+        } else {
+            Err(format!("{all:?}"))
+        }
+    });
+    fingerprint
 }
 
 /// An unsigned field of a JSON object (0 when missing or not a number).
@@ -453,10 +504,18 @@ impl Scheduler {
 
     /// Like [`Scheduler::start`], with extra `sov-scheduler run` flags (kept for restarts).
     pub fn start_with(id: u64, root: &Path, start: Start, extra_args: &[&str]) -> Scheduler {
+        let mut s = Self::prepare(id, root, start, extra_args);
+        s.spawn();
+        s
+    }
+
+    /// Everything [`Scheduler::start_with`] sets up (ports, directories), without starting the
+    /// process: for a test that seeds the data dir first. [`Scheduler::restart`] starts it.
+    pub fn prepare(id: u64, root: &Path, start: Start, extra_args: &[&str]) -> Scheduler {
         let ports = free_ports(3);
         let dir = root.join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).expect("cannot create node dir");
-        let mut s = Scheduler {
+        Scheduler {
             id,
             api_port: ports[0],
             raft_port: ports[1],
@@ -467,9 +526,16 @@ impl Scheduler {
             child: None,
             starts: 0,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        s.spawn();
-        s
+        }
+    }
+
+    /// `--raft-listen` / `--http-listen` as given to this scheduler.
+    pub fn raft_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.raft_port)
+    }
+
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
     }
 
     fn spawn(&mut self) {
@@ -492,8 +558,8 @@ impl Scheduler {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--api-listen", &self.api_addr()])
-            .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft_port)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)]);
+            .args(["--raft-listen", &self.raft_addr()])
+            .args(["--http-listen", &self.http_addr()]);
         match &self.start {
             Start::Bootstrap => {
                 cmd.arg("--bootstrap");

@@ -130,6 +130,12 @@ fn decode_body(data: &[u8]) -> io::Result<SnapshotBody> {
     serde_json::from_slice(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The state a snapshot's data holds: how a backup is checked before anything is restored
+/// from it (`crate::restore`) and how its header's state hash is computed.
+pub fn snapshot_state(data: &[u8]) -> io::Result<State> {
+    decode_body(data).map(|body| body.state)
+}
+
 fn read_snapshot(db: &Database) -> io::Result<Option<Snapshot>> {
     let txn = db.begin_read().map_err(io_err)?;
     let table = txn.open_table(SNAPSHOT).map_err(io_err)?;
