@@ -7,9 +7,13 @@
 //! - the agent channel (`AgentService`), also on port 7400;
 //! - the Raft peer service (`RaftPeer`) between schedulers on port 7401.
 //!
-//! Also the one file format sov writes: [`snapshot_file`], a backup made of the `Snapshot`
-//! stream, written by `sovctl` and read by `sov-scheduler restore`.
+//! Also the file formats and proofs sov's programs share: [`snapshot_file`], a backup made of the
+//! `Snapshot` stream, written by `sovctl` and read by `sov-scheduler restore`; [`merkle`], the
+//! RFC 9162 tree of the placement history; and [`evidence`], signed checkpoints and the export
+//! file that `sovctl audit verify` checks offline.
 
+pub mod evidence;
+pub mod merkle;
 pub mod snapshot_file;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
