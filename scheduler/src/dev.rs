@@ -468,7 +468,18 @@ impl DevArgs {
     }
 }
 
-fn spawn(exe: &Path, args: &DevArgs, id: u16) -> anyhow::Result<DevNode> {
+/// The dev cluster's signing key (`<dir>/keys/cluster.key`), made on the first run and kept
+/// with the data: checkpoints and exports of one dev cluster verify with one public key.
+fn signing_key(dir: &Path) -> anyhow::Result<PathBuf> {
+    let keys = dir.join("keys");
+    let secret = keys.join("cluster.key");
+    if !secret.exists() {
+        crate::keygen::generate(&keys)?;
+    }
+    Ok(std::path::absolute(secret)?)
+}
+
+fn spawn(exe: &Path, args: &DevArgs, id: u16, key: &Path) -> anyhow::Result<DevNode> {
     let api = format!("127.0.0.1:{}", args.port(id, 0)?);
     let raft = format!("127.0.0.1:{}", args.port(id, 1)?);
     let http = format!("127.0.0.1:{}", args.port(id, 2)?);
@@ -492,6 +503,8 @@ fn spawn(exe: &Path, args: &DevArgs, id: u16) -> anyhow::Result<DevNode> {
             "--http-listen",
             &http,
         ])
+        .arg("--signing-key")
+        .arg(key)
         .env_remove("SOV_CONFIG")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -630,10 +643,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ""
         }
     );
+    let key = signing_key(&args.dir)?;
     let mut nodes = Vec::new();
     let mut result = Ok(());
     for id in 1..=args.nodes {
-        match spawn(&exe, &args, id) {
+        match spawn(&exe, &args, id, &key) {
             Ok(node) => nodes.push(node),
             Err(e) => {
                 result = Err(e);
@@ -719,6 +733,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  cargo run -q --bin sovctl -- node list");
     println!("  cargo run -q --bin sovctl -- deploy apply -f deploy/examples/mistral-7b.toml");
     println!("  cargo run -q --bin sovctl -- explain mistral-7b");
+    println!("  cargo run -q --bin sovctl -- history query --deployment tiny-echo");
+    println!(
+        "  cargo run -q --bin sovctl -- history export -f evidence.jsonl && cargo run -q --bin sovctl -- audit verify evidence.jsonl --key {}",
+        key.with_extension("pub").display()
+    );
     println!("  curl -s http://{}/metrics | grep sov_raft", nodes[0].http);
     println!("  grpcurl -plaintext {} list", nodes[0].api);
     println!(

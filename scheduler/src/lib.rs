@@ -5,7 +5,8 @@
 //! - core: [`state`] — replicated state, commands, the pure `apply` (with
 //!   `state::compliance`: rules re-checked in the entry that changes them); [`policy`] — Cedar
 //!   bundles and decisions; [`placement`] — where replicas go; [`reconcile`] — what the leader
-//!   does next (stops, replacements, missing replicas).
+//!   does next (stops, replacements, missing replicas); [`history`] — the events of the
+//!   tamper-evident placement history and the head of their Merkle tree.
 //! - shell: [`raft`] (openraft glue: redb storage, tonic peer network, forwarding to the leader),
 //!   [`api`] (the public gRPC services), [`web`] (health, readiness, metrics), [`server`] (wires
 //!   one scheduler process together), [`config`] and [`dev`] (the local cluster launcher),
@@ -18,6 +19,8 @@
 pub mod api;
 pub mod config;
 pub mod dev;
+pub mod history;
+pub mod keygen;
 pub mod leader;
 pub mod placement;
 pub mod policy;

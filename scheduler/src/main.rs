@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use sov_scheduler::config::{LogFormat, RunArgs};
-use sov_scheduler::{dev, restore, server};
+use sov_scheduler::{dev, keygen, restore, server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -18,6 +18,8 @@ use tracing_subscriber::EnvFilter;
         Restore a cluster from a backup (`sovctl cluster snapshot save FILE`) into an empty data dir,\n\
         with the settings (id, data dir, advertised addresses) the scheduler will run with:\n    \
         sov-scheduler restore --snapshot FILE --config /etc/sov/scheduler.toml\n\n\
+        Make the cluster's signing key (history checkpoints and exports), once, for every scheduler:\n    \
+        sov-scheduler keygen --out /etc/sov\n\n\
         Settings come from flags, then SOV_* environment variables, then a TOML file (--config).\n\
         Logs: human-readable by default, JSON with --log-format json; filter with SOV_LOG (e.g. SOV_LOG=debug)."
 )]
@@ -35,6 +37,9 @@ enum Command {
     /// Seed an empty data dir from a snapshot file; a scheduler run on it leads a new cluster
     /// with the saved state. Takes the same settings as `run` (--bootstrap and --join aside).
     Restore(Box<restore::RestoreArgs>),
+    /// Make the cluster's Ed25519 signing key (history checkpoints and exports) and its public
+    /// half for reviewers. Example: sov-scheduler keygen --out /etc/sov
+    Keygen(keygen::KeygenArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -66,6 +71,7 @@ async fn main() {
             init_logging(LogFormat::Text);
             restore::run(*args).await
         }
+        Command::Keygen(args) => keygen::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -32,7 +32,7 @@ use crate::raft::state_machine::{StateMachineStore, snapshot_state};
 use crate::raft::{NodeId, SnapshotMeta, SovNode, StoredMembership, Vote, now_ms};
 
 /// The files a scheduler keeps in its data dir (see `crate::raft`).
-const DATA_FILES: [&str; 2] = ["raft-log.redb", "raft-state.redb"];
+const DATA_FILES: [&str; 3] = ["history.redb", "raft-log.redb", "raft-state.redb"];
 /// Entries a freshly made file system puts in its root; a data dir holding only these is empty.
 const IGNORED_ENTRIES: [&str; 1] = ["lost+found"];
 
@@ -270,24 +270,39 @@ mod tests {
     use sov_proto::v1::ClusterSnapshotHeader;
     use std::time::Duration;
 
-    /// A state with a cluster id and a revision, as a backup would hold it.
-    fn sample_state() -> State {
-        let mut state = State::default();
-        let init = Command {
+    /// The one command of the sample state: it also records one history event.
+    fn init() -> Command {
+        Command {
             at_ms: 1,
             proposal: Proposal::InitCluster {
                 cluster_id: "sov-restore-test".into(),
             },
-        };
-        state::apply(&mut state, 41, &init);
+        }
+    }
+
+    /// A state with a cluster id and a revision, as a backup would hold it.
+    fn sample_state() -> State {
+        let mut state = State::default();
+        state::apply(&mut state, 41, &init());
         state
     }
 
     /// A snapshot file as `sovctl cluster snapshot save` writes it, of `state` at log index 41,
-    /// term 3, taken from a three-scheduler cluster.
+    /// term 3, taken from a three-scheduler cluster: the state, and the history events it counts
+    /// (those of the sample state's one command).
     fn snapshot_file_of(state: &State) -> Vec<u8> {
+        let mut replayed = State::default();
+        state::apply(&mut replayed, 41, &init());
+        let history: Vec<String> = replayed
+            .journal
+            .sealed
+            .iter()
+            .map(|r| r.json.clone())
+            .collect();
+        assert_eq!(history.len() as u64, state.history.size);
         // The state machine's snapshot body; `snapshot_state` reading it back checks the shape.
-        let data = serde_json::to_vec(&serde_json::json!({ "state": state })).unwrap();
+        let data =
+            serde_json::to_vec(&serde_json::json!({ "state": state, "history": history })).unwrap();
         assert_eq!(&snapshot_state(&data).unwrap(), state);
         let log_id = crate::raft::LogId::new(
             openraft::vote::leader_id_adv::LeaderId {

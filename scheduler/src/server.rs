@@ -15,6 +15,7 @@ use sov_proto::v1::agent_service_server::AgentServiceServer;
 use sov_proto::v1::cluster_service_client::ClusterServiceClient;
 use sov_proto::v1::cluster_service_server::ClusterServiceServer;
 use sov_proto::v1::deployment_service_server::DeploymentServiceServer;
+use sov_proto::v1::history_service_server::HistoryServiceServer;
 use sov_proto::v1::node_service_server::NodeServiceServer;
 use sov_proto::v1::policy_service_server::PolicyServiceServer;
 use sov_proto::v1::raft_peer_server::RaftPeerServer;
@@ -23,7 +24,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::{AgentApi, ClusterApi, DeploymentApi, NodeApi, PolicyApi, REQUEST_BYTES_MAX};
+use crate::api::{
+    AgentApi, ClusterApi, DeploymentApi, HistoryApi, NodeApi, PolicyApi, REQUEST_BYTES_MAX,
+};
 use crate::config::Config;
 use crate::leader;
 use crate::raft::network::PEER_MESSAGE_BYTES_MAX;
@@ -94,6 +97,10 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             .clone()
             .unwrap_or_else(|| api_addr.to_string()),
     };
+    let signing_key = match &config.signing_key {
+        None => None,
+        Some(path) => Some(Arc::new(load_signing_key(path)?)),
+    };
     let replica = Replica::open(config.node_id, node.clone(), &config.data_dir, &config.raft)
         .await
         .with_context(|| format!("cannot open the data dir {}", config.data_dir.display()))?;
@@ -123,6 +130,9 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health.set_serving::<PolicyServiceServer<PolicyApi>>().await;
+    health
+        .set_serving::<HistoryServiceServer<HistoryApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -158,6 +168,10 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             PolicyServiceServer::new(PolicyApi::new(replica.clone()))
                 .max_decoding_message_size(REQUEST_BYTES_MAX),
         )
+        .add_service(
+            HistoryServiceServer::new(HistoryApi::new(replica.clone(), signing_key.clone()))
+                .max_decoding_message_size(REQUEST_BYTES_MAX),
+        )
         .serve_with_incoming_shutdown(nodelay(listeners.api), stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = api_server.await {
@@ -165,8 +179,16 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         }
     }));
 
-    let web = axum::serve(listeners.http, crate::web::router(replica.clone()))
-        .with_graceful_shutdown(stopped(shutdown_rx.clone()));
+    let web = axum::serve(
+        listeners.http,
+        crate::web::router(
+            replica.clone(),
+            signing_key
+                .as_ref()
+                .map(|k| sov_proto::evidence::key_id(&k.verifying_key())),
+        ),
+    )
+    .with_graceful_shutdown(stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = web.await {
             tracing::error!(error = %e, "HTTP server failed");
@@ -196,6 +218,17 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         replica.clone(),
         shutdown_rx.clone(),
     )));
+    match &signing_key {
+        Some(key) => tasks.push(tokio::spawn(crate::api::history::checkpoint_loop(
+            replica.clone(),
+            key.clone(),
+            Duration::from_millis(config.checkpoint_interval_ms),
+            shutdown_rx.clone(),
+        ))),
+        None => tracing::warn!(
+            "no signing key configured (signing_key / --signing-key): history checkpoints and exports are refused; create one with `sov-scheduler keygen --out DIR`"
+        ),
+    }
     if let Some(target) = config.join.clone() {
         tasks.push(tokio::spawn(join_cluster(
             replica.clone(),
@@ -323,4 +356,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     scheduler.shutdown().await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// Reads the cluster's signing key, saying what to do when it cannot.
+pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the signing key {}; create one with `sov-scheduler keygen --out DIR`",
+            path.display()
+        )
+    })?;
+    sov_proto::evidence::parse_secret_key(&text)
+        .with_context(|| format!("signing key {}", path.display()))
 }

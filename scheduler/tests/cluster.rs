@@ -86,6 +86,19 @@ impl Node {
     fn state_bytes(&self) -> Vec<u8> {
         state::encode(&self.sched().replica.sm.read().state)
     }
+
+    /// The history as this node holds it: (events in the state's head, the head's root, events
+    /// in the store, the root the store's tree gives, every stored event's bytes).
+    fn history(&self) -> (u64, [u8; 32], u64, [u8; 32], Vec<String>) {
+        let sm = &self.sched().replica.sm;
+        let head = sm.read().state.history.clone();
+        let store = sm.history();
+        let reader = store.reader().unwrap();
+        let stored = reader.size().unwrap();
+        let root = sov_proto::merkle::root_at(&reader, stored).unwrap();
+        let events = store.events_up_to(stored).unwrap();
+        (head.size, head.root(), stored, root, events)
+    }
 }
 
 struct Cluster {
@@ -417,6 +430,50 @@ async fn a_node_behind_the_purged_log_is_sent_a_snapshot() {
         cluster.node(lagging).state_bytes(),
         cluster.node(leader).state_bytes()
     );
+
+    // The placement history came with the snapshot: the same events, the same root, on every
+    // node, and the store agrees with the head in the replicated state (issue #6, I3).
+    let (size, root, stored, stored_root, events) = cluster.node(leader).history();
+    assert!(
+        size >= 80,
+        "80 deployment writes recorded, history has {size}"
+    );
+    assert_eq!((stored, stored_root), (size, root));
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.node(id).history(),
+            (size, root, stored, stored_root, events.clone()),
+            "node {id}'s history differs from the leader's"
+        );
+    }
+
+    // And again after every node restarts: the store is cut back to the snapshot and the log
+    // re-applied, which must write the same bytes.
+    for id in 1..=3 {
+        cluster.node_mut(id).stop().await;
+    }
+    for id in 1..=3 {
+        cluster.node_mut(id).start().await;
+    }
+    let leader = cluster.wait_for_leader(CONVERGE).await;
+    apply(cluster.node(leader).api(), "after-restart", 1)
+        .await
+        .unwrap();
+    let commit = cluster
+        .node(leader)
+        .sched()
+        .replica
+        .metrics()
+        .local_committed
+        .unwrap()
+        .index;
+    cluster.wait_applied(commit).await;
+    let after = cluster.node(leader).history();
+    assert_eq!(after.0, size + 1, "one more event: after-restart created");
+    assert_eq!(after.4[..events.len()], events[..], "history rewritten");
+    for id in 1..=3 {
+        assert_eq!(cluster.node(id).history(), after, "node {id} after restart");
+    }
     for mut node in cluster.nodes {
         node.stop().await;
     }

@@ -171,8 +171,9 @@ impl ClusterService for ClusterApi {
         let m = self.replica.metrics();
         let leader = self.replica.leader();
         // One lock for the id, hash and revision, so the three describe the same state.
-        let (cluster_id, (state_sha256, state_revision)) = {
+        let (cluster_id, (state_sha256, state_revision), history) = {
             let applied = self.replica.sm.read();
+            let history = applied.state.history.clone();
             let mut hashed = self.hashed.lock().unwrap_or_else(|p| p.into_inner());
             let fingerprint = match hashed.as_ref() {
                 Some((revision, hash)) if *revision == applied.state.revision => {
@@ -184,7 +185,11 @@ impl ClusterService for ClusterApi {
                     fresh
                 }
             };
-            (applied.state.cluster.cluster_id.clone(), fingerprint)
+            (
+                applied.state.cluster.cluster_id.clone(),
+                fingerprint,
+                history,
+            )
         };
         let index = |l: &Option<crate::raft::LogId>| l.as_ref().map_or(0, |l| l.index);
         Ok(Response::new(ClusterStatus {
@@ -202,6 +207,8 @@ impl ClusterService for ClusterApi {
             members: members(&m),
             state_sha256,
             state_revision,
+            history_size: history.size,
+            history_root: hex::encode(history.root()),
         }))
     }
 

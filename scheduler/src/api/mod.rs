@@ -14,8 +14,10 @@
 pub mod agents;
 pub mod cluster;
 pub mod deployments;
+pub mod history;
 pub mod nodes;
 pub mod policies;
+pub mod reports;
 
 use std::sync::Arc;
 
@@ -29,6 +31,7 @@ use crate::state::{self, Outcome, Proposal, Rejection, ValidationError};
 pub use agents::AgentApi;
 pub use cluster::ClusterApi;
 pub use deployments::DeploymentApi;
+pub use history::HistoryApi;
 pub use nodes::NodeApi;
 pub use policies::PolicyApi;
 

@@ -26,11 +26,7 @@ fn trust_from_pb(value: &str) -> Result<LocationTrust, Status> {
 }
 
 pub fn trust_name(trust: LocationTrust) -> &'static str {
-    match trust {
-        LocationTrust::SelfReported => "self-reported",
-        LocationTrust::OperatorCertificate => "operator-certificate",
-        LocationTrust::HardwareAttested => "hardware-attested",
-    }
+    trust.as_str()
 }
 
 fn port(field: &str, value: u32) -> Result<u16, Status> {

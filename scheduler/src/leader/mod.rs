@@ -98,6 +98,7 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
     // Revision at which a round found nothing to do, and the earliest move deadline it saw: no
     // new round until the state moves past it or that deadline passes.
     let mut quiet: Option<(u64, Option<i64>)> = None;
+    let mut disrupted = false;
     loop {
         if replica.is_leader() {
             let started = std::time::Instant::now();
@@ -105,6 +106,21 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
             let (snapshot, new_day) = {
                 let applied = replica.sm.read();
                 let state = &applied.state;
+                if state.disrupted() != disrupted {
+                    disrupted = state.disrupted();
+                    if disrupted {
+                        tracing::warn!(
+                            down = state.nodes_down,
+                            nodes = state.nodes.len(),
+                            "disruption: more than half of the nodes are down; their replicas are neither stopped nor replaced until fewer are (check the network and the schedulers first)"
+                        );
+                    } else {
+                        tracing::info!(
+                            down = state.nodes_down,
+                            "disruption over: replicas of down nodes are replaced again"
+                        );
+                    }
+                }
                 let new_day = now.div_euclid(DAY_MS) > state.day && !state.policies.is_empty();
                 let still_quiet = quiet.is_some_and(|(revision, deadline)| {
                     revision == state.revision && deadline.is_none_or(|d| now < d)

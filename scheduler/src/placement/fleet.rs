@@ -56,6 +56,7 @@ impl<'s> Fleet<'s> {
             .collect();
         let mut placed: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut running: HashMap<&str, u32> = HashMap::new();
+        let disrupted = state.disrupted();
         for a in state.allocations.values() {
             if a.desired != Desired::Run {
                 continue;
@@ -68,7 +69,7 @@ impl<'s> Fleet<'s> {
             free[i].charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
             // `compliance::counted`, with the node found through the index; only a migrating
             // allocation needs the slower look at its replacement.
-            let counts = nodes[i].status != NodeStatus::Down
+            let counts = (nodes[i].status != NodeStatus::Down || disrupted)
                 && (!a.standing.is_migrating() || compliance::live_replacement(state, a).is_none());
             if counts {
                 *running.entry(a.deployment.as_str()).or_default() += 1;

@@ -11,7 +11,7 @@ use crate::state::Resources;
 
 /// Weight of one replica of the same deployment already on the node: larger than any packing
 /// score difference, so spreading wins over packing.
-const SAME_DEPLOYMENT_PENALTY: i64 = 1_000_000;
+pub const SAME_DEPLOYMENT_PENALTY: i64 = 1_000_000;
 
 /// Bonus of a node in a preferred country or site: more than any packing difference, less than
 /// one replica of spreading, so preferences pick among equally spread choices.

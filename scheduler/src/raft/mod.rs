@@ -10,6 +10,7 @@
 //! [`network`] (outgoing peer RPCs, one cached channel per peer), [`peer_service`] (incoming
 //! peer RPCs).
 
+pub mod history_store;
 pub mod log_store;
 pub mod network;
 pub mod peer_service;

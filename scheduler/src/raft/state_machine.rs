@@ -7,7 +7,11 @@
 //! entries and on demand). On start the latest snapshot is loaded and openraft re-applies the
 //! committed entries after it, so a restart lands on exactly the pre-crash state.
 //!
-//! Applying is delegated to the pure [`crate::state::apply`]; this module only moves bytes.
+//! Applying is delegated to the pure [`crate::state::apply`]; this module only moves bytes. The
+//! events each apply records go to the history store (`history_store.rs`) after every batch;
+//! it is flushed before a snapshot that counts them is written, cut back to the snapshot's
+//! count on start, and travels with a snapshot sent to a follower (the stored snapshot holds
+//! the state only: the events are already in the store).
 
 use std::io;
 use std::path::Path;
@@ -19,10 +23,14 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::history_store::HistoryStore;
 use super::{CommandResponse, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::state::{self, Outcome, State};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// Applies that take at least this long are logged (with the command), so an operator can see
+/// what holds the state machine's lock.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 const KEY_META: &str = "meta";
 const KEY_DATA: &str = "data";
 
@@ -34,15 +42,20 @@ pub struct Applied {
     pub state: State,
 }
 
-/// Snapshot payload: the state at `meta.last_log_id`. The membership travels in the meta.
+/// Snapshot payload: the state at `meta.last_log_id` and, in a snapshot sent to a follower or
+/// saved as a backup, the history events it counts (their canonical JSON, in order). The
+/// membership travels in the meta.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     state: State,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<String>,
 }
 
 struct Inner {
     applied: RwLock<Applied>,
     db: Database,
+    history: HistoryStore,
     /// The state revision after the last apply, for watchers (assignment streams) that must
     /// not poll.
     revision: tokio::sync::watch::Sender<u64>,
@@ -65,6 +78,7 @@ impl StateMachineStore {
         let txn = db.begin_write().map_err(io_err)?;
         txn.open_table(SNAPSHOT).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
+        let history = HistoryStore::open(dir)?;
         let mut applied = Applied::default();
         if let Some(snapshot) = read_snapshot(&db)? {
             let body: SnapshotBody = decode_body(&snapshot.snapshot)?;
@@ -74,14 +88,33 @@ impl StateMachineStore {
                 state: body.state,
             };
         }
+        // Events past the snapshot are written again as openraft re-applies the log after it.
+        let counted = applied.state.history.size;
+        history.truncate(counted)?;
+        let stored = history.size()?;
+        if stored < counted {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the history store ({}) holds {stored} events but the snapshot counts {counted}: it was lost or replaced; restore the data dir from a backup, or start this scheduler with an empty data dir so it receives a snapshot with the history",
+                    dir.join("history.redb").display()
+                ),
+            ));
+        }
         let (revision, _) = tokio::sync::watch::channel(applied.state.revision);
         Ok(Self {
             inner: Arc::new(Inner {
                 applied: RwLock::new(applied),
                 db,
+                history,
                 revision,
             }),
         })
+    }
+
+    /// The placement history on disk (reads: queries, proofs, exports).
+    pub fn history(&self) -> &HistoryStore {
+        &self.inner.history
     }
 
     /// A handle that tells when every clone of this store has been dropped (the file is closed).
@@ -166,12 +199,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             let body = SnapshotBody {
                 state: applied.state.clone(),
+                history: Vec::new(),
             };
             (meta, body)
         };
         let this = self.clone();
         let m = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
+            // Every event the snapshot counts must survive a crash before the snapshot does.
+            this.inner.history.flush()?;
             let data = serde_json::to_vec(&body).map_err(io_err)?;
             this.write_snapshot(&m, &data)?;
             Ok::<_, io::Error>(data)
@@ -199,29 +235,61 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        while let Some((entry, responder)) = entries.try_next().await? {
-            let index = entry.log_id.index;
-            let outcome = {
-                let mut applied = self
-                    .inner
-                    .applied
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner());
-                applied.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => Outcome::Noop,
-                    EntryPayload::Normal(ref command) => {
-                        state::apply(&mut applied.state, index, command)
-                    }
-                    EntryPayload::Membership(ref membership) => {
-                        applied.last_membership =
-                            StoredMembership::new(Some(entry.log_id), membership.clone());
-                        Outcome::Noop
-                    }
-                }
-            };
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        // Applying is synchronous and can take a while (a plan of 5,000 placements over
+        // 100,000 allocations): on the blocking pool, so the async workers keep answering Raft
+        // heartbeats and votes meanwhile, and a busy apply never costs the cluster its leader.
+        let this = self.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut recorded = Vec::new();
+            let answered = batch
+                .into_iter()
+                .map(|(entry, responder)| {
+                    // Taken per entry, so readers get a turn between entries.
+                    let mut applied = this
+                        .inner
+                        .applied
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let index = entry.log_id.index;
+                    applied.last_applied = Some(entry.log_id);
+                    let outcome = match entry.payload {
+                        EntryPayload::Blank => Outcome::Noop,
+                        EntryPayload::Normal(ref command) => {
+                            let started = std::time::Instant::now();
+                            let outcome = state::apply(&mut applied.state, index, command);
+                            recorded.append(&mut applied.state.journal.sealed);
+                            let took = started.elapsed();
+                            if took >= SLOW_APPLY {
+                                tracing::info!(
+                                    index,
+                                    command = %command,
+                                    apply_ms = took.as_millis() as u64,
+                                    "slow apply"
+                                );
+                            }
+                            outcome
+                        }
+                        EntryPayload::Membership(ref membership) => {
+                            applied.last_membership =
+                                StoredMembership::new(Some(entry.log_id), membership.clone());
+                            Outcome::Noop
+                        }
+                    };
+                    (responder, CommandResponse { index, outcome })
+                })
+                .collect::<Vec<_>>();
+            this.inner.history.append(&recorded)?;
+            Ok::<_, io::Error>(answered)
+        })
+        .await
+        .map_err(io_err)??;
+        for (responder, response) in answered {
             if let Some(responder) = responder {
-                responder.send(CommandResponse { index, outcome });
+                responder.send(response);
             }
         }
         self.publish_revision();
@@ -237,12 +305,37 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let body = decode_body(&snapshot)?;
+        let mut body = decode_body(&snapshot)?;
         let this = self.clone();
         let m = meta.clone();
-        tokio::task::spawn_blocking(move || this.write_snapshot(&m, &snapshot))
-            .await
-            .map_err(io_err)??;
+        let history = std::mem::take(&mut body.history);
+        let head = body.state.history.clone();
+        let state_only = serde_json::to_vec(&body).map_err(io_err)?;
+        tokio::task::spawn_blocking(move || {
+            // The events first, checked against the root the state holds; then the snapshot,
+            // kept without them (they are in the store).
+            if history.len() as u64 != head.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the snapshot counts {} history events but carries {}",
+                        head.size,
+                        history.len()
+                    ),
+                ));
+            }
+            let root = this.inner.history.replace_all(&history)?;
+            if root != head.root() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the snapshot's history events do not make the root its state holds",
+                ));
+            }
+            this.inner.history.flush()?;
+            this.write_snapshot(&m, &state_only)
+        })
+        .await
+        .map_err(io_err)??;
         let mut applied = self
             .inner
             .applied
@@ -259,10 +352,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// The stored snapshot, with the history events it counts added: what a follower installs
+    /// and a backup saves.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || read_snapshot(&this.inner.db))
-            .await
-            .map_err(io_err)?
+        tokio::task::spawn_blocking(move || {
+            let Some(mut snapshot) = read_snapshot(&this.inner.db)? else {
+                return Ok(None);
+            };
+            let mut body = decode_body(&snapshot.snapshot)?;
+            if body.state.history.size > 0 {
+                body.history = this.inner.history.events_up_to(body.state.history.size)?;
+                snapshot.snapshot = serde_json::to_vec(&body).map_err(io_err)?;
+            }
+            Ok(Some(snapshot))
+        })
+        .await
+        .map_err(io_err)?
     }
 }

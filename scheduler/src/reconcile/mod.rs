@@ -29,10 +29,10 @@
 //! Every round is bounded (`Limits`): at most so many placements and stops in one entry; the
 //! rest waits for the next round, which starts as soon as this one commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::placement::{self, Placement, PolicyOracle, Want};
-use crate::state::compliance::{PlannedStop, StopWhy, live, live_replacement};
+use crate::state::compliance::{NodesUp, PlannedStop, StopWhy, live_replacement};
 use crate::state::node::NodeStatus;
 use crate::state::{AllocStatus, Allocation, Desired, Standing, State};
 
@@ -116,9 +116,10 @@ pub fn outlook(
 /// and how many of the others (missing, moving, stopped) some node could take now, ignoring
 /// `max_parallel`. What `sovctl policy plan` reports as "would become unplaceable or degraded".
 pub fn shortfall(state: &State, policy: &mut impl PolicyOracle) -> BTreeMap<String, Shortfall> {
-    let mut kept: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut kept: HashMap<&str, u32> = HashMap::new();
+    let up = NodesUp::of(state);
     for a in state.allocations.values() {
-        if !a.standing.is_migrating() && crate::state::compliance::counted(state, a) {
+        if !a.standing.is_migrating() && up.live(a) {
             *kept.entry(a.deployment.as_str()).or_default() += 1;
         }
     }
@@ -182,12 +183,13 @@ pub struct Outlook {
 /// both to one deployment.
 fn decide<'s>(state: &'s State, now_ms: i64, only: Option<&str>) -> (Vec<Want<'s>>, Round) {
     let mut out = Round::default();
-    let mut by_deployment: BTreeMap<&str, Vec<&Allocation>> = BTreeMap::new();
+    let up = NodesUp::of(state);
+    let mut by_deployment: HashMap<&str, Vec<&Allocation>> = HashMap::new();
     for a in state.allocations.values() {
         if a.desired != Desired::Run || only.is_some_and(|d| d != a.deployment) {
             continue;
         }
-        if !live(state, a) {
+        if !up.live(a) {
             if state
                 .nodes
                 .get(&a.node)

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Outlook;
-use crate::state::compliance::live;
+use crate::state::compliance::NodesUp;
 use crate::state::{AllocStatus, Desired, Standing, State};
 
 /// The compliance states of a deployment, from the most to the least pressing: a deployment
@@ -151,11 +151,12 @@ pub fn deployments(
             )
         })
         .collect();
+    let up = NodesUp::of(state);
     for a in state.allocations.values() {
         let Some(s) = out.get_mut(&a.deployment) else {
             continue;
         };
-        let is_live = live(state, a);
+        let is_live = up.live(a);
         if a.desired == Desired::Stop {
             let node_up = state
                 .nodes
@@ -174,7 +175,7 @@ pub fn deployments(
         if a.status == AllocStatus::Running {
             s.running += 1;
         }
-        if crate::state::compliance::counted(state, a) {
+        if crate::state::compliance::live_replacement(state, a).is_none() {
             s.counted += 1;
             if a.status != AllocStatus::Running {
                 s.starting += 1;

@@ -765,6 +765,44 @@ fn replicas_on_a_down_node_are_replaced_where_policy_permits() {
 }
 
 #[test]
+fn a_disruption_of_most_nodes_moves_nothing() {
+    let mut sim = Sim::new();
+    sim.register(node("fr", "FR", "FR", 2));
+    sim.register(node("de", "DE", "DE", 2));
+    sim.register(node("pl", "PL", "PL", 2));
+    sim.policy(&[]);
+    let mut spec = deployment("svc", 2, "EAR99", &[]);
+    spec.placement.prefer_countries = vec!["FR".into(), "DE".into()];
+    sim.deploy(spec);
+    sim.converge();
+    let before = sim.state.allocations.clone();
+    assert_eq!(
+        sim.nodes_of("svc"),
+        BTreeSet::from(["de".into(), "fr".into()])
+    );
+    // Two of three nodes silent at once: more likely a partition than two machines failing.
+    sim.exec(Proposal::SetNodeStatus {
+        names: vec!["fr".into(), "de".into()],
+        status: NodeStatus::Down,
+    });
+    assert!(sim.state.disrupted());
+    assert!(sim.round().is_none(), "nothing stopped, nothing replaced");
+    assert_eq!(sim.state.allocations, before);
+    // One comes back: one of three down is an ordinary failure, its replica moves.
+    sim.exec(Proposal::SetNodeStatus {
+        names: vec!["fr".into()],
+        status: NodeStatus::Ready,
+    });
+    assert!(!sim.state.disrupted());
+    sim.converge();
+    assert_eq!(
+        sim.nodes_of("svc"),
+        BTreeSet::from(["fr".into(), "pl".into()])
+    );
+    assert_eq!(sim.state.nodes_down, 1);
+}
+
+#[test]
 fn max_parallel_bounds_the_replacements_in_flight() {
     let mut sim = Sim::new();
     sim.register(node("ie", "IE", "US", 4));

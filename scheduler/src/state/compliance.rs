@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::node::NodeStatus;
 use super::plan::{PolicyGate, day_of};
 use super::{Allocation, Desired, Standing, State};
+use crate::history;
 use crate::placement::{Forbid, PolicyOracle};
 use crate::policy::OnChange;
 
@@ -143,13 +144,39 @@ pub struct RejectedStop {
     pub reason: String,
 }
 
-/// Whether an allocation takes part in serving: it should run and its node is not down.
+/// Whether an allocation takes part in serving: it should run and its node is not down, or
+/// the cluster is disrupted ([`State::disrupted`]: then down nodes keep their replicas).
 pub fn live(state: &State, a: &Allocation) -> bool {
     a.desired == Desired::Run
         && state
             .nodes
             .get(&a.node)
-            .is_some_and(|n| n.status != NodeStatus::Down)
+            .is_some_and(|n| n.status != NodeStatus::Down || state.disrupted())
+}
+
+/// Which nodes' allocations are live ([`live`]), looked up by hashing the node's name instead of
+/// searching the state's node map: the passes over every allocation (apply of a plan,
+/// reconcile, statuses) ask once per allocation, 100,000 times in a large cluster.
+pub struct NodesUp<'s> {
+    up: HashMap<&'s str, bool>,
+}
+
+impl<'s> NodesUp<'s> {
+    pub fn of(state: &'s State) -> Self {
+        let disrupted = state.disrupted();
+        NodesUp {
+            up: state
+                .nodes
+                .values()
+                .map(|n| (n.name.as_str(), n.status != NodeStatus::Down || disrupted))
+                .collect(),
+        }
+    }
+
+    /// [`live`], from the precomputed node states.
+    pub fn live(&self, a: &Allocation) -> bool {
+        a.desired == Desired::Run && self.up.get(a.node.as_str()).copied().unwrap_or(false)
+    }
 }
 
 /// The live, not itself migrating, allocation that took over from `a`, if any.
@@ -185,11 +212,11 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, state: &State, a: &Allocation) {
+    pub fn add(&mut self, state: &State, up: &NodesUp, a: &Allocation) {
         if a.desired == Desired::Run && a.status == super::AllocStatus::Running {
             self.running += 1;
         }
-        if !live(state, a) {
+        if !up.live(a) {
             return;
         }
         match live_replacement(state, a) {
@@ -200,18 +227,6 @@ impl Tally {
             Some(r) => self.inflight += u32::from(r.status != super::AllocStatus::Running),
         }
     }
-
-    /// Tallies of every deployment, in one pass over the allocations.
-    pub fn all(state: &State) -> BTreeMap<&str, Tally> {
-        let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
-        for a in state.allocations.values() {
-            tallies
-                .entry(a.deployment.as_str())
-                .or_default()
-                .add(state, a);
-        }
-        tallies
-    }
 }
 
 /// Called first by every `apply`: moves the state's policy day forward to the command's, and
@@ -220,6 +235,30 @@ pub(super) fn enter_day(state: &mut State, index: u64, at_ms: i64) {
     let day = at_ms.div_euclid(DAY_MS);
     if day <= state.day {
         return;
+    }
+    if state.day > 0 {
+        // Certifications valid until a day now past: on record before what they cause.
+        let (from, to) = (day_of(state.day * DAY_MS), day_of(day * DAY_MS));
+        let expired: Vec<history::What> = state
+            .nodes
+            .values()
+            .flat_map(|n| {
+                n.facts
+                    .certifications
+                    .iter()
+                    .filter(|(_, until)| {
+                        from.as_str() <= until.as_str() && until.as_str() < to.as_str()
+                    })
+                    .map(|(name, until)| history::What::CertificationExpired {
+                        node: n.name.clone(),
+                        certification: name.clone(),
+                        valid_until: until.clone(),
+                    })
+            })
+            .collect();
+        for e in expired {
+            history::record(state, e);
+        }
     }
     state.day = day;
     recheck(state, index, at_ms, Scope::All);
@@ -418,8 +457,29 @@ pub(super) fn enact(state: &mut State, index: u64, decided: &[Decided]) {
     let mut touched: Vec<String> = Vec::new();
     for d in decided {
         let id = &d.change.allocation;
+        let c = &d.change;
+        let allocation = history::AllocationRef {
+            allocation: c.allocation.clone(),
+            deployment: c.deployment.clone(),
+            node: c.node.clone(),
+        };
+        // A replica stopped at once is recorded by its stop (`allocation.stop-ordered`, with
+        // the rules and the reason): one event, not a violation and a stop.
+        let event = match c.action {
+            Action::Cleared => Some(history::What::ViolationCleared(allocation)),
+            _ if d.standing.is_none() => None,
+            action => Some(history::What::ViolationDetected {
+                allocation,
+                rules: c.rules.clone(),
+                action: action.as_str().into(),
+                drain: c.drain,
+            }),
+        };
+        if let Some(event) = event {
+            history::record(state, event);
+        }
         match &d.standing {
-            None => stop(state, index, id, &d.stop_reason),
+            None => stop(state, index, id, &d.stop_reason, &d.change.rules),
             Some(standing) => {
                 let Some(a) = state.allocations.get_mut(id) else {
                     continue;
@@ -442,9 +502,25 @@ pub(super) fn enact(state: &mut State, index: u64, decided: &[Decided]) {
     settle_moves(state, touched);
 }
 
-/// Tells an allocation to stop, with the reason users will read, and tells its node's agent.
-/// A migrating allocation that stops has finished its move.
-pub(super) fn stop(state: &mut State, index: u64, id: &str, reason: &str) {
+/// Tells an allocation to stop, with the reason users will read (and the rules behind it, for
+/// the history), and tells its node's agent. A migrating allocation that stops has finished
+/// its move.
+pub(super) fn stop(state: &mut State, index: u64, id: &str, reason: &str, rules: &[String]) {
+    stop_recording(state, index, id, reason, |a| history::What::StopOrdered {
+        allocation: history::alloc_ref(a),
+        reason: reason.to_string(),
+        rules: rules.to_vec(),
+    });
+}
+
+/// [`stop`], recording `event` (made from the allocation) as what happened.
+fn stop_recording(
+    state: &mut State,
+    index: u64,
+    id: &str,
+    reason: &str,
+    event: impl FnOnce(&Allocation) -> history::What,
+) {
     let Some(a) = state.allocations.get_mut(id) else {
         return;
     };
@@ -454,6 +530,11 @@ pub(super) fn stop(state: &mut State, index: u64, id: &str, reason: &str) {
     a.desired = Desired::Stop;
     a.stop_reason = reason.to_string();
     a.revision = index;
+    let event = event(a);
+    history::record(state, event);
+    let Some(a) = state.allocations.get(id) else {
+        return;
+    };
     let (node, deployment, moving) = (
         a.node.clone(),
         a.deployment.clone(),
@@ -524,9 +605,11 @@ pub(super) fn apply_stops(
         }
     }
     if !surplus.is_empty() {
+        let up = NodesUp::of(state);
         for a in state.allocations.values() {
             if let Some(n) = surplus.get_mut(a.deployment.as_str())
-                && counted(state, a)
+                && up.live(a)
+                && live_replacement(state, a).is_none()
             {
                 *n += 1;
             }
@@ -546,7 +629,26 @@ pub(super) fn apply_stops(
                 if let Some(a) = state.allocations.get(&s.allocation) {
                     touched.push(a.deployment.clone());
                 }
-                stop(state, index, &s.allocation, &reason);
+                match &s.why {
+                    // A move's end is recorded as the move (it implies the stop order).
+                    StopWhy::Replaced { by } => {
+                        let to_node = state
+                            .allocations
+                            .get(by)
+                            .map(|r| r.node.clone())
+                            .unwrap_or_default();
+                        stop_recording(state, index, &s.allocation, &reason, |a| {
+                            history::What::AllocationMigrated {
+                                allocation: a.id.clone(),
+                                deployment: a.deployment.clone(),
+                                from_node: a.node.clone(),
+                                to_node,
+                                replacement: by.clone(),
+                            }
+                        });
+                    }
+                    _ => stop(state, index, &s.allocation, &reason, &[]),
+                }
                 stopped.push(s.allocation.clone());
             }
             Err(reason) => rejected.push(RejectedStop {
@@ -597,7 +699,7 @@ fn stop_verdict(
         },
         StopWhy::NodeDown => {
             if live(state, a) {
-                Err("its node is not down".into())
+                Err("its node is not down (or most nodes are: a disruption moves nothing)".into())
             } else {
                 Ok(format!("node {} is down; replaced elsewhere", a.node))
             }

@@ -25,10 +25,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history;
 pub use validate::{
-    MAX_DEPLOYMENTS, MOVE_DEADLINE_MS_MAX, PLAN_STOPS_MAX, REPORTS_MAX, STATUS_BATCH_MAX,
-    ValidationError, is_certification_name, is_date, is_group_name, validate_deployment_name,
-    validate_node, validate_proposal, validate_spec,
+    MAX_DEPLOYMENTS, MOVE_DEADLINE_MS_MAX, PLAN_STOPS_MAX, REPORT_NODES_MAX, REPORTS_MAX,
+    REPORTS_TOTAL_MAX, STATUS_BATCH_MAX, ValidationError, is_certification_name, is_date,
+    is_group_name, validate_deployment_name, validate_node, validate_node_reports,
+    validate_proposal, validate_spec,
 };
 
 /// Resources one replica of a deployment needs.
@@ -363,8 +365,31 @@ pub struct State {
     /// stamp applied, so it never goes back when a new leader's clock is a little behind.
     /// Certifications are in force by day; when it moves, every allocation is checked again.
     pub day: i64,
+    /// Registered nodes whose status is `down` (kept by the two commands that change a node's
+    /// status), for [`State::disrupted`].
+    pub nodes_down: u32,
+    /// The head of the placement history's Merkle tree (`crate::history`).
+    pub history: crate::history::Head,
+    /// The events of the command applied last, for the state machine to store.
+    #[serde(skip)]
+    pub journal: crate::history::Journal,
     #[serde(skip)]
     pub policy_cache: policies::PolicyCache,
+}
+
+/// Down nodes at or above which a disruption may be declared (with more than half down).
+pub const DISRUPTION_NODES_MIN: u32 = 2;
+
+impl State {
+    /// More than half of the registered nodes are down (and at least
+    /// [`DISRUPTION_NODES_MIN`]): a disruption that is far more likely the network or the
+    /// schedulers themselves (a partition, a starved leader) than that many machines failing
+    /// at once. While it lasts, replicas on down nodes are neither stopped nor replaced
+    /// (Kubernetes' node controller stops evicting in a full zone disruption for the same
+    /// reason): moving most of the fleet's work on a guess would do more harm than waiting.
+    pub fn disrupted(&self) -> bool {
+        self.nodes_down >= DISRUPTION_NODES_MIN && self.nodes_down as usize * 2 > self.nodes.len()
+    }
 }
 
 /// A request to change state, as validated by the API and before the leader stamps it.
@@ -417,6 +442,12 @@ pub enum Proposal {
         node: String,
         reports: Vec<AllocReport>,
     },
+    /// The reports of many nodes in one entry: what the API commits when agents report at once
+    /// (a rule change stops replicas on thousands of nodes), so thousands of reports cost one
+    /// Raft commit instead of one each. Each node's reports apply as `ReportAllocations` would.
+    ReportMany {
+        nodes: Vec<NodeReports>,
+    },
     /// Liveness transitions decided by the leader from heartbeats: nodes that missed their TTL
     /// go `down` together in one command; nodes heard from again go back to `ready`.
     SetNodeStatus {
@@ -427,6 +458,13 @@ pub enum Proposal {
     /// since: applying any command on a new day re-checks every allocation against the policy
     /// for that day (certifications expire by day), and this one does nothing else.
     CheckCompliance {},
+}
+
+/// One node's reports inside [`Proposal::ReportMany`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReports {
+    pub node: String,
+    pub reports: Vec<AllocReport>,
 }
 
 /// What a node agent reports about its node.
@@ -470,6 +508,7 @@ impl fmt::Display for Command {
             Proposal::ReportAllocations { node, reports } => {
                 write!(f, "report-allocations({node}, {} reports)", reports.len())
             }
+            Proposal::ReportMany { nodes } => write!(f, "report-many({} nodes)", nodes.len()),
             Proposal::SetNodeStatus { names, status } => {
                 write!(f, "set-node-status({} nodes, {status:?})", names.len())
             }
@@ -559,6 +598,10 @@ pub enum Outcome {
         /// Nodes whose status actually changed.
         changed: Vec<String>,
     },
+    /// What each node's reports of a `ReportMany` did, in its order.
+    ReportsApplied {
+        per_node: Vec<Outcome>,
+    },
     Rejected(Rejection),
 }
 
@@ -567,7 +610,15 @@ pub enum Outcome {
 pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
     debug_assert!(index > state.revision, "log indexes only grow");
     state.revision = index;
+    state.journal.sealed.clear();
     compliance::enter_day(state, index, command.at_ms);
+    let outcome = apply_proposal(state, index, command);
+    // Whatever the command did is in the history, numbered and hashed, in this same entry.
+    crate::history::seal(state, index, command.at_ms);
+    outcome
+}
+
+fn apply_proposal(state: &mut State, index: u64, command: &Command) -> Outcome {
     match &command.proposal {
         Proposal::InitCluster { cluster_id } => {
             if state.cluster.cluster_id.is_empty() {
@@ -575,6 +626,12 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
                     cluster_id: cluster_id.clone(),
                     created_at_ms: command.at_ms,
                 };
+                history::record(
+                    state,
+                    history::What::ClusterInitialized {
+                        cluster_id: cluster_id.clone(),
+                    },
+                );
             }
             Outcome::Noop
         }
@@ -584,6 +641,12 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
         } => apply_deployment(state, index, command.at_ms, spec, *expected_generation),
         Proposal::DeleteDeployment { name } => match state.deployments.remove(name) {
             Some(_) => {
+                history::record(
+                    state,
+                    history::What::DeploymentDeleted {
+                        deployment: name.clone(),
+                    },
+                );
                 // The allocations stay, marked to stop, until their agents confirm the processes
                 // are gone: the record of what still runs stays true (reserved resources are
                 // released at once: only desired-running allocations count against a node).
@@ -594,7 +657,7 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
                     .map(|a| a.id.clone())
                     .collect();
                 for id in stopping {
-                    compliance::stop(state, index, &id, "deployment deleted");
+                    compliance::stop(state, index, &id, "deployment deleted", &[]);
                 }
                 Outcome::DeploymentDeleted { name: name.clone() }
             }
@@ -622,6 +685,12 @@ pub fn apply(state: &mut State, index: u64, command: &Command) -> Outcome {
         Proposal::ReportAllocations { node, reports } => {
             nodes::report_allocations(state, command.at_ms, node, reports)
         }
+        Proposal::ReportMany { nodes } => Outcome::ReportsApplied {
+            per_node: nodes
+                .iter()
+                .map(|n| nodes::report_allocations(state, command.at_ms, &n.node, &n.reports))
+                .collect(),
+        },
         Proposal::SetNodeStatus { names, status } => {
             nodes::set_status(state, index, command.at_ms, names, *status)
         }
@@ -684,6 +753,15 @@ fn apply_deployment(
         }
     };
     let created = current.is_none();
+    let facts = history::DeploymentFacts::of(spec, deployment.generation);
+    history::record(
+        state,
+        if created {
+            history::What::DeploymentCreated(facts)
+        } else {
+            history::What::DeploymentChanged(facts)
+        },
+    );
     state
         .deployments
         .insert(spec.name.clone(), deployment.clone());

@@ -27,6 +27,16 @@ impl LocationTrust {
     pub fn level(self) -> u8 {
         self as u8
     }
+
+    /// "self-reported", "operator-certificate" or "hardware-attested", as the API and the
+    /// history write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocationTrust::SelfReported => "self-reported",
+            LocationTrust::OperatorCertificate => "operator-certificate",
+            LocationTrust::HardwareAttested => "hardware-attested",
+        }
+    }
 }
 
 /// Where a node is and who operates it. Countries are ISO 3166-1 alpha-2 codes.

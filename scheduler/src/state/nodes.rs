@@ -5,6 +5,7 @@ use super::compliance::{self, Scope};
 use super::node::{Node, NodeStatus};
 use super::validate::{MAX_NODES, validate_node};
 use super::{AllocReport, AllocStatus, Desired, NodeRegistration, Outcome, Rejection, State};
+use crate::history;
 
 pub(super) fn register(
     state: &mut State,
@@ -47,7 +48,36 @@ pub(super) fn register(
         revision: index,
         assignments_revision: existing.map_or(0, |n| n.assignments_revision),
     };
+    let was_down = existing.is_some_and(|n| n.status == NodeStatus::Down);
+    let today = compliance::today(state);
+    let facts = history::Facts::of(&reg.facts, &today);
     state.nodes.insert(node.name.clone(), node.clone());
+    if was_down {
+        state.nodes_down -= 1;
+        history::record(
+            state,
+            history::What::NodeReady {
+                node: reg.name.clone(),
+            },
+        );
+    }
+    if created {
+        history::record(
+            state,
+            history::What::NodeRegistered {
+                node: reg.name.clone(),
+                facts,
+            },
+        );
+    } else if facts_changed {
+        history::record(
+            state,
+            history::What::NodeFactsChanged {
+                node: reg.name.clone(),
+                facts,
+            },
+        );
+    }
     if facts_changed {
         compliance::recheck(state, index, at_ms, Scope::Node(&reg.name));
     }
@@ -84,6 +114,18 @@ pub(super) fn set_draining(
         node.drain_deadline_ms = new_deadline;
         node.updated_at_ms = at_ms;
         node.revision = index;
+        let node = name.to_string();
+        history::record(
+            state,
+            if draining {
+                history::What::NodeDrained {
+                    node,
+                    deadline_ms: new_deadline,
+                }
+            } else {
+                history::What::NodeUndrained { node }
+            },
+        );
         compliance::recheck(state, index, at_ms, Scope::Node(name));
     }
     Outcome::NodeUpdated {
@@ -118,10 +160,29 @@ pub(super) fn report_allocations(
             ignored.push(r.id.clone());
             continue;
         };
+        // A new status is a fact for the history; restarts and reasons alone are not.
+        let transition = (alloc.status != r.status).then(|| {
+            let allocation = history::alloc_ref(alloc);
+            match r.status {
+                AllocStatus::Starting => history::What::AllocationStarted(allocation),
+                AllocStatus::Running => history::What::AllocationHealthy(allocation),
+                AllocStatus::Failed => history::What::AllocationFailed {
+                    allocation,
+                    reason: r.reason.clone(),
+                    exit_code: r.exit_code,
+                },
+                AllocStatus::Stopped | AllocStatus::Pending => {
+                    history::What::AllocationStopped(allocation)
+                }
+            }
+        });
         // Stopped on purpose and confirmed: nothing runs any more, so the record can go.
         if alloc.desired == Desired::Stop && r.status == AllocStatus::Stopped {
             state.allocations.remove(&r.id);
             removed += 1;
+            if let Some(event) = transition {
+                history::record(state, event);
+            }
             continue;
         }
         let unchanged = alloc.status == r.status
@@ -137,6 +198,9 @@ pub(super) fn report_allocations(
         alloc.restarts = r.restarts;
         alloc.status_at_ms = at_ms;
         updated += 1;
+        if let Some(event) = transition {
+            history::record(state, event);
+        }
     }
     Outcome::AllocationsReported {
         updated,
@@ -163,6 +227,18 @@ pub(super) fn set_status(
             node.updated_at_ms = at_ms;
             node.revision = index;
             changed.push(name.clone());
+            let node = name.clone();
+            let event = match status {
+                NodeStatus::Down => {
+                    state.nodes_down += 1;
+                    history::What::NodeDown { node }
+                }
+                NodeStatus::Ready => {
+                    state.nodes_down -= 1;
+                    history::What::NodeReady { node }
+                }
+            };
+            history::record(state, event);
         }
     }
     Outcome::NodeStatusSet { changed }

@@ -3,11 +3,11 @@
 //! can never land a replica where the policy now forbids it (invariant I1) or over-commit a node
 //! (invariant I6). Stale parts are rejected; the leader re-plans them.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::compliance::{self, PlannedStop, Tally};
+use super::compliance::{self, NodesUp, PlannedStop, Tally};
 use super::{Allocation, Desired, Outcome, Standing, State};
 use crate::placement::feasibility::{Reason, check};
 use crate::placement::fit::{Free, verify};
@@ -15,11 +15,13 @@ use crate::placement::{Forbid, Placement, PolicyOracle};
 use crate::policy::{CompiledPolicy, Evaluator};
 
 /// Most placements one plan may carry: bounds one Raft entry (141 bytes of JSON per placement
-/// in the benchmark fleet, a few hundred with 8 GPU ids, so at most about 2 MiB) and one
+/// in the benchmark fleet, a few hundred with 8 GPU ids, so at most about 8 MiB) and one
 /// apply (about 5 ms per thousand with a warm evaluator).
 /// Large enough that the fixed cost of a round (a copy of the state, the fleet view, one
-/// commit) is shared by many placements: docs/benchmarks.md, Placement.
-pub const PLAN_PLACEMENTS_MAX: usize = 5_000;
+/// commit: half a second in a busy 100,000-allocation cluster) is shared by many placements,
+/// so a rule change that moves 20,000 replicas places their replacements in one round
+/// (docs/benchmarks.md, Placement and Rule changes).
+pub const PLAN_PLACEMENTS_MAX: usize = 20_000;
 
 /// A placement the apply refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,8 +206,10 @@ pub(super) fn apply_plan(
 
     // Free capacity of the nodes this plan touches and the tallies of the deployments it
     // places, computed in one pass over allocations; then charged as placements are accepted.
-    let mut free: BTreeMap<&str, Free<'_>> = BTreeMap::new();
-    let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
+    // Hash maps: one lookup per allocation of the state, and plans touch thousands of nodes.
+    let mut free: HashMap<&str, Free<'_>> = HashMap::new();
+    let mut tallies: HashMap<&str, Tally> = HashMap::new();
+    let up = NodesUp::of(state);
     for p in placements {
         if let Some(node) = state.nodes.get(&p.node) {
             free.entry(node.name.as_str())
@@ -223,7 +227,7 @@ pub(super) fn apply_plan(
             f.charge(&a.gpu_uuids, a.cpu_millis, a.memory_mib, a.port);
         }
         if let Some(t) = tallies.get_mut(a.deployment.as_str()) {
-            t.add(state, a);
+            t.add(state, &up, a);
         }
     }
     // Decided against the state as of this index, then stored once every placement is judged
@@ -317,9 +321,15 @@ pub(super) fn apply_plan(
         });
     }
     drop(free);
+    drop(up);
     drop(gate);
+    let today = compliance::today(state);
     let mut placed = Vec::with_capacity(accepted.len());
     for allocation in accepted {
+        if let Some(node) = state.nodes.get(&allocation.node) {
+            let event = crate::history::placed(&allocation, node, &today, policy_version);
+            crate::history::record(state, event);
+        }
         super::nodes::touch_assignments(state, &allocation.node, index);
         placed.push(allocation.id.clone());
         state.allocations.insert(allocation.id.clone(), allocation);

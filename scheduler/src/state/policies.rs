@@ -176,6 +176,21 @@ pub(super) fn apply_policy(
         revision: index,
     });
     state.policy_cache.slots().compiled = Some((version, compiled));
+    let count =
+        |a: compliance::Action| impact.changes.iter().filter(|c| c.action == a).count() as u32;
+    crate::history::record(
+        state,
+        crate::history::What::PolicyActivated {
+            version,
+            bundle_hash: hash.clone(),
+            author: bundle.author.clone(),
+            comment: bundle.comment.clone(),
+            stopped: count(compliance::Action::StopNow),
+            migrating: count(compliance::Action::Migrate),
+            violations: count(compliance::Action::Audit),
+            cleared: count(compliance::Action::Cleared),
+        },
+    );
     compliance::enact(state, index, &decided);
     Outcome::PolicyApplied {
         version,

@@ -555,6 +555,56 @@ fn status_reports_update_the_allocation_and_ignore_strangers() {
 }
 
 #[test]
+fn many_nodes_reports_in_one_entry_apply_node_by_node() {
+    let mut state = state_with_allocation();
+    let reports = |node: &str, status| NodeReports {
+        node: node.into(),
+        reports: vec![AllocReport {
+            id: "d-1-0".into(),
+            status,
+            ..Default::default()
+        }],
+    };
+    let out = apply(
+        &mut state,
+        2,
+        &cmd(
+            700,
+            Proposal::ReportMany {
+                nodes: vec![
+                    reports("gone", AllocStatus::Running),
+                    reports("n", AllocStatus::Running),
+                ],
+            },
+        ),
+    );
+    // The unknown node is refused on its own; the other node's report is applied.
+    assert_eq!(
+        out,
+        Outcome::ReportsApplied {
+            per_node: vec![
+                Outcome::Rejected(Rejection::NodeNotFound("gone".into())),
+                Outcome::AllocationsReported {
+                    updated: 1,
+                    removed: 0,
+                    ignored: vec![]
+                },
+            ]
+        }
+    );
+    assert_eq!(state.allocations["d-1-0"].status, AllocStatus::Running);
+    // Bounded and validated like single-node reports.
+    let too_many = Proposal::ReportMany {
+        nodes: vec![reports("n", AllocStatus::Running); REPORT_NODES_MAX + 1],
+    };
+    assert_eq!(validate_proposal(&too_many).unwrap_err().field, "nodes");
+    let bad = Proposal::ReportMany {
+        nodes: vec![reports("Not_A_Name", AllocStatus::Running)],
+    };
+    assert_eq!(validate_proposal(&bad).unwrap_err().field, "node");
+}
+
+#[test]
 fn deleting_a_deployment_stops_its_allocations_until_the_agent_confirms() {
     let mut state = state_with_allocation();
     apply(

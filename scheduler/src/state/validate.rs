@@ -43,6 +43,10 @@ pub const GROUP_NAME_LEN_MAX: usize = 64;
 pub const CERTIFICATIONS_MAX: usize = 32;
 /// Status reports one command may carry; an agent sends transitions, rarely more than a few.
 pub const REPORTS_MAX: usize = 256;
+/// Nodes one `ReportMany` may carry, and reports in all: bounds one Raft entry (about 100 bytes
+/// a report) and one apply.
+pub const REPORT_NODES_MAX: usize = 4_096;
+pub const REPORTS_TOTAL_MAX: usize = 32_768;
 /// Model servers never get privileged ports.
 pub const PORT_MIN: u16 = 1_024;
 /// Nodes one liveness command may change (the leader splits bigger batches).
@@ -53,9 +57,9 @@ pub const ALLOCATION_ID_LEN_MAX: usize = 128;
 pub const CERTIFICATION_LEN_MAX: usize = 64;
 /// Longest a replica may keep running after it was told to move (a migrate rule, a drain).
 pub const MOVE_DEADLINE_MS_MAX: u64 = 30 * 24 * 3_600_000;
-/// Stops one reconcile round may carry: bounds one Raft entry and one apply, like
-/// `plan::PLAN_PLACEMENTS_MAX`.
-pub const PLAN_STOPS_MAX: usize = 5_000;
+/// Stops one reconcile round may carry: bounds one Raft entry (about 100 bytes a stop) and one
+/// apply, like `plan::PLAN_PLACEMENTS_MAX`.
+pub const PLAN_STOPS_MAX: usize = 20_000;
 /// A plan hash is hex SHA-256.
 pub const PLAN_HASH_LEN: usize = 64;
 
@@ -629,17 +633,13 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
             check_max("deadline_ms", *deadline_ms, MOVE_DEADLINE_MS_MAX)
         }
         Proposal::CheckCompliance {} => Ok(()),
-        Proposal::ReportAllocations { node, reports } => {
-            validate_deployment_name(node).map_err(|e| invalid("node", e.message))?;
-            check_max("reports", reports.len(), REPORTS_MAX)?;
-            for r in reports {
-                if r.id.is_empty() || r.id.len() > ALLOCATION_ID_LEN_MAX {
-                    return Err(invalid(
-                        "allocation_id",
-                        format!("must be 1-{ALLOCATION_ID_LEN_MAX} characters"),
-                    ));
-                }
-                validate_text("reason", &r.reason, REASON_LEN_MAX)?;
+        Proposal::ReportAllocations { node, reports } => validate_reports(node, reports),
+        Proposal::ReportMany { nodes } => {
+            check_max("nodes", nodes.len(), REPORT_NODES_MAX)?;
+            let total: usize = nodes.iter().map(|n| n.reports.len()).sum();
+            check_max("reports", total, REPORTS_TOTAL_MAX)?;
+            for n in nodes {
+                validate_reports(&n.node, &n.reports)?;
             }
             Ok(())
         }
@@ -651,4 +651,25 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
             Ok(())
         }
     }
+}
+
+/// One node's status reports, as an agent sends them.
+pub fn validate_node_reports(n: &super::NodeReports) -> Result<(), ValidationError> {
+    validate_reports(&n.node, &n.reports)
+}
+
+/// One node's status reports: its name, how many, and each report's fields.
+fn validate_reports(node: &str, reports: &[super::AllocReport]) -> Result<(), ValidationError> {
+    validate_deployment_name(node).map_err(|e| invalid("node", e.message))?;
+    check_max("reports", reports.len(), REPORTS_MAX)?;
+    for r in reports {
+        if r.id.is_empty() || r.id.len() > ALLOCATION_ID_LEN_MAX {
+            return Err(invalid(
+                "allocation_id",
+                format!("must be 1-{ALLOCATION_ID_LEN_MAX} characters"),
+            ));
+        }
+        validate_text("reason", &r.reason, REASON_LEN_MAX)?;
+    }
+    Ok(())
 }

@@ -1,9 +1,13 @@
 //! HTTP endpoints on port 7402 for operators and their monitoring: `/healthz` (the process is up
 //! and its Raft core runs), `/readyz` (it can serve linearizable requests: a leader is known and
-//! this replica has applied what was committed), and Prometheus `/metrics`.
+//! this replica has applied what was committed), and Prometheus `/metrics`; and the reviewer
+//! pages (issue #6): `/` (deployments and their compliance), `/deployments/{name}` (placement
+//! timeline), `/violations`, `/policies`, `/policies/{v}` (rules and diff), `/checkpoint`.
+//! Any other path answers a 404 page.
 //!
-//! Owns: rendering; it reads Raft metrics and state and never writes. Reviewer pages
-//! (issue #6) will live here too.
+//! Owns: rendering; it reads Raft metrics, the state and the history store and never writes.
+//! The reviewer pages show this scheduler's applied state (no read barrier: a reviewer can
+//! read a follower while the cluster has no leader), and say which index that is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,6 +22,11 @@ use axum::routing::get;
 
 use crate::raft::Replica;
 
+mod diff;
+mod pages;
+mod policies;
+mod timeline;
+
 /// How old the deployments' compliance counts in `/metrics` may be. Counting them plans the
 /// whole fleet (hundreds of milliseconds at 100,000 allocations), too much for every scrape of
 /// a busy exporter; every other gauge is read fresh.
@@ -30,13 +39,16 @@ type ComplianceSample = (Instant, BTreeMap<&'static str, u64>);
 #[derive(Clone)]
 pub struct Web {
     replica: Arc<Replica>,
+    /// The id of the key this scheduler signs history checkpoints with, if it has one.
+    key_id: Option<String>,
     compliance: Arc<Mutex<Option<ComplianceSample>>>,
 }
 
 impl Web {
-    pub fn new(replica: Arc<Replica>) -> Self {
+    pub fn new(replica: Arc<Replica>, key_id: Option<String>) -> Self {
         Web {
             replica,
+            key_id,
             compliance: Arc::default(),
         }
     }
@@ -60,12 +72,22 @@ impl Web {
     }
 }
 
-pub fn router(replica: Arc<Replica>) -> Router {
+/// The HTTP routes; `key_id` is the signing key's id (`None` without a key), for the
+/// checkpoint page.
+pub fn router(replica: Arc<Replica>, key_id: Option<String>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(Web::new(replica))
+        .route("/", get(pages::index))
+        .route("/deployments", get(pages::index))
+        .route("/deployments/{name}", get(pages::deployment))
+        .route("/violations", get(pages::violations))
+        .route("/policies", get(policies::list))
+        .route("/policies/{version}", get(policies::version))
+        .route("/checkpoint", get(pages::checkpoint))
+        .fallback(pages::fallback)
+        .with_state(Web::new(replica, key_id))
 }
 
 async fn healthz(State(web): State<Web>) -> impl IntoResponse {
@@ -128,7 +150,17 @@ pub fn render_metrics(web: &Web) -> String {
     let membership = m.membership_config.membership();
     let voters = membership.voter_ids().count();
     let learners = membership.learner_ids().count();
-    let (deployments, nodes_ready, nodes_down, by_status, placed, by_standing, stopping) = {
+    let (
+        deployments,
+        nodes_ready,
+        nodes_down,
+        disrupted,
+        by_status,
+        placed,
+        by_standing,
+        stopping,
+        unreplaced,
+    ) = {
         let applied = replica.sm.read();
         let s = &applied.state;
         let down = s
@@ -139,13 +171,18 @@ pub fn render_metrics(web: &Web) -> String {
         // One pass over the allocations for every count (cheap enough for each scrape).
         let mut by_status = BTreeMap::new();
         let mut by_standing = BTreeMap::new();
-        let (mut placed, mut stopping) = (0u64, 0u64);
+        let (mut placed, mut stopping, mut unreplaced) = (0u64, 0u64, 0u64);
         for a in s.allocations.values() {
             *by_status.entry(a.status.as_str()).or_insert(0u64) += 1;
             match a.desired {
                 crate::state::Desired::Run => {
                     placed += 1;
                     *by_standing.entry(a.standing.as_str()).or_insert(0u64) += 1;
+                    if a.standing.is_migrating()
+                        && crate::state::compliance::live_replacement(s, a).is_none()
+                    {
+                        unreplaced += 1;
+                    }
                 }
                 crate::state::Desired::Stop => stopping += 1,
             }
@@ -154,10 +191,12 @@ pub fn render_metrics(web: &Web) -> String {
             s.deployments.len(),
             s.nodes.len() - down,
             down,
+            s.disrupted(),
             by_status,
             placed,
             by_standing,
             stopping,
+            unreplaced,
         )
     };
     let mut out = String::new();
@@ -239,6 +278,11 @@ pub fn render_metrics(web: &Web) -> String {
         nodes_down as u64,
     );
     gauge(
+        "sov_disrupted",
+        "1 while more than half of the nodes are down: their replicas are neither stopped nor replaced.",
+        u64::from(disrupted),
+    );
+    gauge(
         "sov_ready",
         "1 if /readyz would answer 200.",
         u64::from(not_ready_reason(replica).is_none()),
@@ -279,6 +323,12 @@ pub fn render_metrics(web: &Web) -> String {
         "sov_allocations_stopping",
         "Allocations told to stop whose agent has not confirmed it yet.",
         stopping,
+    );
+    gauge_line(
+        &mut out,
+        "sov_allocations_moving_unreplaced",
+        "Migrating allocations with no replacement placed yet (no node can take one, or max_parallel is reached).",
+        unreplaced,
     );
     let flushes = replica
         .log_flushes
