@@ -3,7 +3,7 @@
 //! prints the answer; routing and retries belong to `client`, rendering to `output`, the
 //! snapshot file's layout to `sov_proto::snapshot_file`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use sov_proto::v1::{
 };
 use tonic::Status;
 
+use crate::atomic_file::AtomicFile;
 use crate::client::{CallOpts, Client, read_consistency};
 use crate::output::{self, ClusterStatusView, Format, MembersView};
 
@@ -164,33 +165,20 @@ async fn receive_snapshot(
     Ok((header, data))
 }
 
-/// Writes `FILE.partial`, syncs it, renames it over `file` and syncs the directory, so `file`
-/// is never a partial snapshot, even after a crash.
+/// Writes the snapshot file through `AtomicFile`, so `file` is never a partial snapshot, even
+/// after a crash.
 fn write_atomically(
     file: &Path,
     header: &ClusterSnapshotHeader,
     data: &[u8],
 ) -> anyhow::Result<()> {
-    let mut partial = file.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
     let write = || -> std::io::Result<()> {
-        let mut out = std::fs::File::create(&partial)?;
+        let mut out = AtomicFile::create(file)?;
         out.write_all(&snapshot_file::encode_prefix(header))?;
         out.write_all(data)?;
-        out.sync_all()?;
-        std::fs::rename(&partial, file)?;
-        let dir = match file.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)?.sync_all()
+        out.commit()
     };
-    write()
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&partial);
-        })
-        .with_context(|| format!("cannot write the snapshot to {}", file.display()))
+    write().with_context(|| format!("cannot write the snapshot to {}", file.display()))
 }
 
 pub async fn snapshot_save(

@@ -4,22 +4,27 @@
 //! to the command modules; it also decides exit codes: 0 on success, 1 when the cluster refused
 //! or could not be reached (or a watch timed out), 2 for bad input (flags, endpoints, spec
 //! files), 130 when the user stops a watch with Ctrl-C, except for the three commands whose exit
-//! code answers a question (`ExitCodes`). The work lives in `cluster`, `deploy`, `node` and
-//! `policy` (one function per command), `client` (where calls go, retries), `output` (tables and
-//! JSON), `watch` (`--watch` and `--wait`), `spec` (deployment spec files), `bundle` (policy
-//! bundle files), `duration` (durations in flags and specs) and `diff` (comparing policy
-//! versions).
+//! code answers a question (`ExitCodes`). The work lives in `cluster`, `deploy`, `node`,
+//! `policy`, `history` and `audit` (one function per command), `client` (where calls go,
+//! retries), `output` (tables and JSON), `watch` (`--watch` and `--wait`), `spec` (deployment
+//! spec files), `bundle` (policy bundle files), `duration` (durations in flags and specs),
+//! `timestamp` (instants in history flags), `diff` (comparing policy versions) and
+//! `atomic_file` (files written whole or not at all).
 
+mod atomic_file;
+mod audit;
 mod bundle;
 mod client;
 mod cluster;
 mod deploy;
 mod diff;
 mod duration;
+mod history;
 mod node;
 mod output;
 mod policy;
 mod spec;
+mod timestamp;
 mod watch;
 
 use std::path::PathBuf;
@@ -27,7 +32,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sov_proto::v1::JoinRequest;
+use sov_proto::v1::{ExportRequest, HistoryQuery, JoinRequest};
 
 use crate::client::Client;
 use crate::node::DrainReplicas;
@@ -129,6 +134,26 @@ enum Command {
     /// Example: sovctl policy list
     #[command(subcommand)]
     Policy(PolicyCommand),
+
+    /// Query the placement history, and export it as evidence that verifies offline.
+    ///
+    /// Every decision the cluster takes (placements, stops, moves, policy versions, violations,
+    /// node changes) is an event in an append-only Merkle tree, stamped with the leader's time
+    /// and the policy version in force. `query` answers questions about it; `export` writes
+    /// the events with proofs and a signed seal, which `sovctl audit verify` checks offline.
+    ///
+    /// Example: sovctl history query --deployment open-eu --as-of 2026-06-12T18:00:00Z
+    #[command(subcommand)]
+    History(HistoryCommand),
+
+    /// Verify exported evidence offline, and get signed checkpoints of the history.
+    ///
+    /// The cluster signs its history with an Ed25519 key (`sov-scheduler keygen` makes it);
+    /// reviewers hold the public half, cluster.pub, and need nothing else to check an export.
+    ///
+    /// Example: sovctl audit verify june.jsonl --key cluster.pub
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -397,6 +422,194 @@ enum PolicyCommand {
     ///
     /// Example: sovctl policy diff 3 4
     Diff(PolicyDiffArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum HistoryCommand {
+    /// List history events, oldest first; or, with --as-of, where a deployment ran at an instant.
+    ///
+    /// Filters combine (all must match): --deployment, --node, --country (of the node, as
+    /// recorded with the event), --policy-version (in force when the event was recorded),
+    /// --rule (named by a violation, stop or move), --kind, and a time range: --since
+    /// (inclusive) and --until (exclusive), leader time. TIME is RFC 3339 with a time zone
+    /// (2026-06-12T18:00:00Z, 2026-06-12T20:00:00.250+02:00) or `now`; relative times such as
+    /// -1h are refused, so a query quoted in a report means the same thing when run again.
+    ///
+    /// Prints SEQ (the event's leaf in the Merkle tree, what `audit verify` names), TIME (UTC),
+    /// KIND, DEPLOYMENT, NODE, POLICY (version in force) and a one-line DETAIL. Pages are
+    /// followed up to --limit events; stderr says when more follow. With -o json: the events as
+    /// recorded (the JSON each Merkle leaf hashes), with the tree size and root they belong to.
+    ///
+    /// With --as-of TIME (and --deployment): the policy version and bundle hash in force at
+    /// that instant, and every replica placed and not yet confirmed stopped by then: its node,
+    /// the node's facts as they were evaluated when it was placed (country, operator, ultimate
+    /// parent's HQ, location trust, certifications), the policy version it was placed under,
+    /// its status (pending, starting, running, failed, or stopping: ordered to stop, not yet
+    /// confirmed by its agent) and standing, and why the node was eligible. A deployment that
+    /// did not exist then is said so (exit 0).
+    ///
+    /// Example: sovctl history query --deployment open-eu --as-of 2026-06-12T18:00:00Z
+    ///
+    /// Example: sovctl history query --kind allocation.stop-ordered --since 2026-06-12T00:00:00Z
+    ///
+    /// Example: sovctl history query --rule eu-sovereign-operator --policy-version 3 -o json
+    Query(HistoryQueryArgs),
+
+    /// Write evidence of the history that anyone can verify offline: JSON lines.
+    ///
+    /// The file holds a header, each event selected (all of them unless filtered) with its
+    /// inclusion proof, and a seal: a checkpoint of the whole history (tree size, root, time)
+    /// signed with the cluster key, with the list of leaves exported. Removing, reordering,
+    /// altering or adding a line breaks a proof or the seal, and `sovctl audit verify` names
+    /// the first such line.
+    ///
+    /// --previous OLD.jsonl adds a proof that this history extends the one OLD was sealed
+    /// with, so a series of exports (one a month, say) verifies as one append-only history.
+    ///
+    /// Writes to stdout, or with -f to FILE: first FILE.partial, renamed to FILE once the seal
+    /// arrived, so FILE is never a partial export; an existing FILE is kept unless --force.
+    /// Progress is shown on a terminal; the last stderr line says what was written: events,
+    /// leaves, tree size and root. With -o json and -f, that is also printed on stdout as JSON.
+    ///
+    /// Example: sovctl history export --since 2026-06-01T00:00:00Z --until 2026-07-01T00:00:00Z -f june.jsonl
+    ///
+    /// Example: sovctl history export --previous may.jsonl -f june.jsonl (then: sovctl audit verify june.jsonl --key cluster.pub --previous may.jsonl)
+    Export(HistoryExportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an export offline: every event's proof, the signed seal, and (with --previous)
+    /// that it extends an earlier export. Never connects to the cluster.
+    ///
+    /// Prints `OK: ...`: how many events, which leaves, which cluster and key, and the tree
+    /// size, root and time of the signed checkpoint. When anything was altered, removed,
+    /// reordered, inserted or cut off, prints `error: FAILED: ...` naming the first line or
+    /// leaf that does not verify. -o json prints {"verified": true|false, ...} either way.
+    ///
+    /// Exit codes: 0 = verified; 1 = it does not verify; 2 = the files cannot be used (missing,
+    /// unreadable, not a public key file).
+    ///
+    /// Example: sovctl audit verify june.jsonl --key cluster.pub
+    ///
+    /// Example: sovctl audit verify june.jsonl --key cluster.pub --previous may.jsonl
+    Verify(AuditVerifyArgs),
+
+    /// Ask the cluster for a signed checkpoint of its history now: tree size, root, time.
+    ///
+    /// A kept or published checkpoint pins the past down: the history is append-only, so every
+    /// later history of the cluster must extend one of that size with that root. With --key,
+    /// the signature is checked here too (exit 1 when it does not hold). --out writes the
+    /// checkpoint as JSON (an existing file is kept unless --force). A scheduler without a
+    /// signing key refuses (failed precondition).
+    ///
+    /// Example: sovctl audit checkpoint --key cluster.pub --out checkpoint-2026-06-30.json
+    Checkpoint(AuditCheckpointArgs),
+}
+
+/// The value name of `--since`, `--until` and `--as-of`: RFC 3339 or `now` (`timestamp`). Those
+/// flags allow hyphen values so that `--since -1h` gets the parser's explanation of what a TIME
+/// is, not clap's "unexpected argument".
+const TIME_VALUE_NAME: &str = "TIME";
+
+#[derive(Debug, Args)]
+struct HistoryQueryArgs {
+    /// Only events about this deployment.
+    #[arg(long, value_name = "NAME")]
+    deployment: Option<String>,
+    /// Only events about this node.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Only events about nodes in this country (ISO 3166-1 alpha-2, e.g. IE).
+    #[arg(long, value_name = "CC")]
+    country: Option<String>,
+    /// Only events recorded while this policy version was in force.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    policy_version: Option<u64>,
+    /// Only events naming this policy rule (violations, stops, moves).
+    #[arg(long, value_name = "RULE")]
+    rule: Option<String>,
+    /// Only events of this kind.
+    #[arg(long, value_name = "KIND", value_parser = clap::builder::PossibleValuesParser::new(history::KINDS))]
+    kind: Option<String>,
+    /// Only events at or after TIME (RFC 3339, e.g. 2026-06-12T18:00:00Z, or now).
+    #[arg(long, value_name = TIME_VALUE_NAME, value_parser = timestamp::parse, allow_hyphen_values = true)]
+    since: Option<i64>,
+    /// Only events before TIME (RFC 3339, e.g. 2026-06-13T00:00:00Z, or now).
+    #[arg(long, value_name = TIME_VALUE_NAME, value_parser = timestamp::parse, allow_hyphen_values = true)]
+    until: Option<i64>,
+    /// List at most N events.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(history::QUERY_LIMIT_MAX))
+    )]
+    limit: u32,
+    /// Instead of events: where every replica of --deployment ran at TIME, under which policy.
+    #[arg(
+        long,
+        value_name = TIME_VALUE_NAME,
+        value_parser = timestamp::parse,
+        allow_hyphen_values = true,
+        requires = "deployment",
+        conflicts_with_all = ["node", "country", "policy_version", "rule", "kind", "since", "until", "limit"]
+    )]
+    as_of: Option<i64>,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+#[derive(Debug, Args)]
+struct HistoryExportArgs {
+    /// Only events at or after TIME (RFC 3339, e.g. 2026-06-01T00:00:00Z, or now).
+    #[arg(long, value_name = TIME_VALUE_NAME, value_parser = timestamp::parse, allow_hyphen_values = true)]
+    since: Option<i64>,
+    /// Only events before TIME (RFC 3339, e.g. 2026-07-01T00:00:00Z, or now).
+    #[arg(long, value_name = TIME_VALUE_NAME, value_parser = timestamp::parse, allow_hyphen_values = true)]
+    until: Option<i64>,
+    /// Only events about this deployment.
+    #[arg(long, value_name = "NAME")]
+    deployment: Option<String>,
+    /// Only events about this node.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// An earlier export of this cluster: add a proof that this history extends the one it
+    /// was sealed with (its last line's tree size).
+    #[arg(long, value_name = "OLD.jsonl")]
+    previous: Option<PathBuf>,
+    /// Write to FILE (atomically) instead of stdout.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long, requires = "file")]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct AuditVerifyArgs {
+    /// The export to verify (from `sovctl history export`).
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The cluster's public key file (cluster.pub, from `sov-scheduler keygen`).
+    #[arg(long, value_name = "cluster.pub")]
+    key: PathBuf,
+    /// An earlier export of the same cluster that FILE must extend (verified first).
+    #[arg(long, value_name = "OLD.jsonl")]
+    previous: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AuditCheckpointArgs {
+    /// Check the signature with this public key file (cluster.pub).
+    #[arg(long, value_name = "cluster.pub")]
+    key: Option<PathBuf>,
+    /// Also write the checkpoint to FILE as JSON (atomically).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long, requires = "out")]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -715,6 +928,11 @@ fn error_report(err: &anyhow::Error) -> String {
 /// Runs the command; the `Ok` value is the exit code, 0 unless the command answers a question
 /// with it (`ExitCodes`).
 async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Offline: no endpoint is parsed, no connection made, whatever --endpoint says.
+    if let Command::Audit(AuditCommand::Verify(a)) = &cli.command {
+        audit::verify(cli.global.output, &a.file, &a.key, a.previous.as_deref())?;
+        return Ok(0);
+    }
     let endpoints = client::parse_endpoints(&cli.global.endpoint)?;
     let mut client = Client::new(endpoints, Duration::from_secs(cli.global.timeout));
     let format = cli.global.output;
@@ -818,6 +1036,72 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 Ok(u8::from(differ))
             }
         },
+        Command::History(HistoryCommand::Query(a)) => match a.as_of {
+            Some(at_ms) => {
+                let deployment = a
+                    .deployment
+                    .expect("clap requires --deployment with --as-of");
+                history::as_of(&mut client, format, deployment, at_ms, a.read.stale)
+                    .await
+                    .map(done)
+            }
+            None => {
+                check_time_range(a.since, a.until)?;
+                let filter = HistoryQuery {
+                    deployment: a.deployment.unwrap_or_default(),
+                    node: a.node.unwrap_or_default(),
+                    country: a.country.unwrap_or_default(),
+                    policy_version: a.policy_version.unwrap_or(0),
+                    rule: a.rule.unwrap_or_default(),
+                    kind: a.kind.unwrap_or_default(),
+                    since_ms: a.since.unwrap_or(0),
+                    until_ms: a.until.unwrap_or(0),
+                    consistency: client::read_consistency(a.read.stale),
+                    ..Default::default()
+                };
+                history::query(&mut client, format, filter, a.limit)
+                    .await
+                    .map(done)
+            }
+        },
+        Command::History(HistoryCommand::Export(a)) => {
+            check_time_range(a.since, a.until)?;
+            let req = ExportRequest {
+                since_ms: a.since.unwrap_or(0),
+                until_ms: a.until.unwrap_or(0),
+                deployment: a.deployment.unwrap_or_default(),
+                node: a.node.unwrap_or_default(),
+                previous_size: 0,
+            };
+            let req =
+                history::prepare_export(req, a.previous.as_deref(), a.file.as_deref(), a.force)?;
+            history::export(&mut client, format, req, a.file)
+                .await
+                .map(done)
+        }
+        Command::Audit(AuditCommand::Verify(_)) => unreachable!("verified offline above"),
+        Command::Audit(AuditCommand::Checkpoint(a)) => audit::checkpoint(
+            &mut client,
+            format,
+            a.key.as_deref(),
+            a.out.as_deref(),
+            a.force,
+        )
+        .await
+        .map(done),
+    }
+}
+
+/// `--since` must come before `--until`: the range is since (inclusive) to until (exclusive).
+fn check_time_range(since: Option<i64>, until: Option<i64>) -> Result<(), UsageError> {
+    match (since, until) {
+        (Some(s), Some(u)) if u <= s => Err(UsageError(format!(
+            "--until {} is not after --since {}; the range is since (inclusive) to until \
+             (exclusive)",
+            output::rfc3339_utc(u),
+            output::rfc3339_utc(s)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -906,6 +1190,9 @@ mod tests {
             &["sovctl", "policy", "apply", "dir"],
             &["sovctl", "explain", "x"],
             &["sovctl", "node", "drain", "n"],
+            // Evidence that does not verify is a failure (1); files it cannot read, bad input.
+            &["sovctl", "audit", "verify", "e.jsonl", "--key", "k.pub"],
+            &["sovctl", "history", "export", "-f", "e.jsonl"],
         ] {
             let c = codes(ordinary);
             assert_eq!(
@@ -1123,6 +1410,124 @@ mod tests {
             panic!("parsed as {:?}", cli.command)
         };
         assert_eq!(a.path, PathBuf::from("deploy/policies"));
+    }
+
+    #[test]
+    fn history_and_audit_commands_parse_their_flags() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        let Ok(Command::History(HistoryCommand::Query(q))) = parse(&[
+            "sovctl",
+            "history",
+            "query",
+            "--deployment",
+            "open-eu",
+            "--as-of",
+            "2026-06-12T18:00:00Z",
+        ]) else {
+            panic!("as-of did not parse")
+        };
+        assert_eq!(
+            (q.deployment.as_deref(), q.as_of, q.limit),
+            (Some("open-eu"), Some(1_781_287_200_000), 100)
+        );
+        let Ok(Command::History(HistoryCommand::Export(e))) = parse(&[
+            "sovctl",
+            "history",
+            "export",
+            "--previous",
+            "may.jsonl",
+            "-f",
+            "june.jsonl",
+            "--force",
+        ]) else {
+            panic!("export did not parse")
+        };
+        assert_eq!(
+            (e.previous, e.file, e.force),
+            (
+                Some(PathBuf::from("may.jsonl")),
+                Some(PathBuf::from("june.jsonl")),
+                true
+            )
+        );
+        let Ok(Command::Audit(AuditCommand::Verify(v))) = parse(&[
+            "sovctl",
+            "audit",
+            "verify",
+            "june.jsonl",
+            "--key",
+            "cluster.pub",
+        ]) else {
+            panic!("verify did not parse")
+        };
+        assert_eq!(
+            (v.file, v.key, v.previous),
+            (
+                PathBuf::from("june.jsonl"),
+                PathBuf::from("cluster.pub"),
+                None
+            )
+        );
+
+        let kind = |args: &[&str]| parse(args).map(|_| ()).unwrap_err().kind();
+        use clap::error::ErrorKind;
+        // A relative time reaches the time parser, which says how to write one.
+        assert_eq!(
+            kind(&["sovctl", "history", "query", "--since", "-1h"]),
+            ErrorKind::ValueValidation
+        );
+        for limit in ["0", "100001"] {
+            assert_eq!(
+                kind(&["sovctl", "history", "query", "--limit", limit]),
+                ErrorKind::ValueValidation
+            );
+        }
+        assert_eq!(
+            kind(&[
+                "sovctl",
+                "history",
+                "query",
+                "--kind",
+                "allocation.teleported"
+            ]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(&["sovctl", "history", "query", "--as-of", "now"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&[
+                "sovctl",
+                "history",
+                "query",
+                "--deployment",
+                "d",
+                "--as-of",
+                "now",
+                "--limit",
+                "5"
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+        // --force says which file may be replaced, so it needs one.
+        assert_eq!(
+            kind(&["sovctl", "history", "export", "--force"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            kind(&["sovctl", "audit", "checkpoint", "--force"]),
+            ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn a_time_range_must_run_forwards() {
+        assert!(check_time_range(Some(1000), Some(2000)).is_ok());
+        assert!(check_time_range(None, Some(2000)).is_ok());
+        assert!(check_time_range(Some(2000), None).is_ok());
+        assert!(check_time_range(Some(2000), Some(2000)).is_err());
+        assert!(check_time_range(Some(2000), Some(1000)).is_err());
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! stable between runs. Everything here is pure except `emit`, which writes.
 //!
 //! This file holds the shared pieces (tables, key/value blocks, times) and the cluster and
-//! deployment shapes; `node`, `policy` and `plan` (deploy plan and explain) hold theirs, and
-//! `watch` the live views of `--watch` and `--wait`. Renderers that show a time relative to now
-//! take `now_ms` as an argument, so they stay pure.
+//! deployment shapes; `node`, `policy`, `plan` (deploy plan and explain) and `history` (history
+//! and audit) hold theirs, and `watch` the live views of `--watch` and `--wait`. Renderers that
+//! show a time relative to now take `now_ms` as an argument, so they stay pure.
 
+pub mod history;
 pub mod node;
 pub mod plan;
 pub mod policy;
@@ -123,6 +124,9 @@ pub struct ClusterStatusView {
     /// SHA-256 of the replicated state on the answering node, and that state's revision.
     pub state_sha256: String,
     pub state_revision: u64,
+    /// Events in the placement history at that revision, and their Merkle root (hex).
+    pub history_size: u64,
+    pub history_root: String,
 }
 
 impl From<pb::ClusterStatus> for ClusterStatusView {
@@ -142,6 +146,8 @@ impl From<pb::ClusterStatus> for ClusterStatusView {
             members: s.members.into_iter().map(MemberView::from).collect(),
             state_sha256: s.state_sha256,
             state_revision: s.state_revision,
+            history_size: s.history_size,
+            history_root: s.history_root,
         }
     }
 }
@@ -704,6 +710,14 @@ pub fn status_text(s: &ClusterStatusView) -> String {
                 "revision {}, sha256 {}",
                 s.state_revision,
                 dash_if_empty(&s.state_sha256)
+            ),
+        ),
+        (
+            "History",
+            format!(
+                "{} events, root {}",
+                s.history_size,
+                dash_if_empty(&s.history_root)
             ),
         ),
     ]);
@@ -1349,6 +1363,8 @@ mod tests {
             members: vec![member(1, true, None)],
             state_sha256: "ab12".into(),
             state_revision: 8,
+            history_size: 42,
+            history_root: "cd34".into(),
         };
         let text = status_text(&s);
         assert!(
@@ -1361,7 +1377,11 @@ mod tests {
         );
         assert!(text.contains("Purged index:     3\n"), "{text}");
         assert!(
-            text.contains("State:            revision 8, sha256 ab12\n\nID "),
+            text.contains("State:            revision 8, sha256 ab12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("History:          42 events, root cd34\n\nID "),
             "{text}"
         );
         assert!(text.contains("\n1 *"), "{text}");
@@ -1384,6 +1404,8 @@ mod tests {
             members: vec![],
             state_sha256: String::new(),
             state_revision: 0,
+            history_size: 0,
+            history_root: String::new(),
         };
         let text = status_text(&s);
         assert!(text.contains("Cluster ID:       -\n"), "{text}");
