@@ -12,8 +12,8 @@
 #     and node loss (tests/tests/containers.rs; SKIPPED where no Docker engine answers),
 #   - the systemd units of deploy/systemd (systemd-analyze verify and security).
 # Needs the Rust toolchain: protoc is vendored, redb is pure Rust. The container suite also
-# needs Docker Compose and `ps`, the unit checks systemd-analyze: on Debian, as root, this script
-# installs whichever is missing.
+# needs Docker Compose and `ps`, the unit checks systemd-analyze, the reviewer pages' browser test
+# Chromium: on Debian, as root, this script installs whichever is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +29,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
-step "test prerequisites: Docker, Compose, ps, systemd-analyze"
+step "test prerequisites: Docker, Compose, ps, systemd-analyze, Chromium"
 missing=()
 if docker info >/dev/null 2>&1; then
     echo "Docker engine $(docker info --format '{{.ServerVersion}}'): the container suite runs"
@@ -41,6 +41,9 @@ else
     echo "no Docker engine reachable: the container suite will print SKIPPED and not run"
 fi
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# Headless Chromium renders the reviewer pages (tests/tests/reviewer_pages.rs: DOM and screenshot
+# of the placement timeline).
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing ${missing[*]}"
@@ -48,6 +51,9 @@ if ((${#missing[@]})); then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     else
         echo "missing: ${missing[*]} (sudo apt-get install -y ${missing[*]}); tests that need them fail or skip"
+        if [[ " ${missing[*]} " == *" chromium "* ]]; then
+            echo "without chromium the browser half of tests/tests/reviewer_pages.rs prints SKIPPED"
+        fi
     fi
 fi
 

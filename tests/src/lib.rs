@@ -16,6 +16,7 @@
 //! fail with the last reason the condition gave.
 
 pub mod agent;
+pub mod bench;
 pub mod docker;
 
 use std::collections::{BTreeSet, HashSet};
@@ -68,6 +69,28 @@ impl Timeline {
     pub fn log(&self, what: impl Display) {
         eprintln!("[{:>6} ms] {what}", self.elapsed_ms());
     }
+}
+
+/// RFC 3339 (UTC, milliseconds) of a Unix time in ms, without a date crate.
+pub fn rfc3339(ms: i64) -> String {
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000
+    )
 }
 
 /// Path of a binary built by `cargo build --workspace --bins`, next to this test's `deps/` dir.
@@ -712,6 +735,22 @@ impl Cluster {
             .prefix("sov-e2e-")
             .tempdir()
             .expect("cannot create temp dir");
+        // Every cluster signs its history, with a key made by the real `keygen`.
+        let keys = root.path().join("keys");
+        let (status, out, err) = run_bounded(
+            Command::new(bin("sov-scheduler"))
+                .args(["keygen", "--out"])
+                .arg(&keys),
+            Duration::from_secs(30),
+        );
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "sov-scheduler keygen failed: {out}{err}"
+        );
+        let key = keys.join("cluster.key").to_string_lossy().into_owned();
+        let mut extra_args = extra_args.to_vec();
+        extra_args.extend(["--signing-key", key.as_str()]);
+        let extra_args = extra_args.as_slice();
         let mut cluster = Cluster {
             nodes: Vec::new(),
             root,
@@ -789,6 +828,12 @@ impl Cluster {
 
     pub fn node(&mut self, id: u64) -> &mut Scheduler {
         &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// The public half of the key every scheduler of this cluster signs its history with
+    /// (`sovctl audit verify --key`).
+    pub fn public_key(&self) -> PathBuf {
+        self.root.path().join("keys").join("cluster.pub")
     }
 
     /// A directory for spec files and other test inputs.

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sov_e2e::agent::{Agent, Facts, alive, model_servers};
-use sov_e2e::{Cluster, Timeline, bin, cluster_status, http_get, sovctl, u64_field, wait_until};
+use sov_e2e::{
+    Cluster, Timeline, bin, cluster_status, http_get, rfc3339, sovctl, u64_field, wait_until,
+};
 
 /// A short TTL so a killed leader's successor is found quickly, and agents are not marked
 /// down while the machine is busy.
@@ -467,6 +469,165 @@ fn the_june_2026_directive_stops_and_moves_only_what_the_rules_forbid() {
     for d in list["deployments"].as_array().unwrap() {
         assert_eq!(d["compliance"]["state"], "compliant", "{d}");
     }
+
+    history_records_the_directive(&tl, &cluster, &stopped_id, &old_eu, &id, node);
+}
+
+/// `sovctl history query` with `filter` flags, as JSON events.
+fn history(endpoints: &str, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["history", "query", "--limit", "10000", "-o", "json"];
+    args.extend_from_slice(filter);
+    let out = sovctl(endpoints, &args);
+    out.assert_ok();
+    out.json()["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// The one event of `kind` about allocation `id` in `events`.
+fn event_of<'a>(events: &'a [Value], kind: &str, id: &str) -> &'a Value {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == kind && e["allocation"] == id)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} of {id} in {events:#?}");
+    found[0]
+}
+
+/// `sovctl history query --deployment D --as-of T` (T in ms): allocation -> replica.
+fn as_of(endpoints: &str, deployment: &str, at_ms: i64) -> BTreeMap<String, Value> {
+    let at = rfc3339(at_ms);
+    let out = sovctl(
+        endpoints,
+        &[
+            "history",
+            "query",
+            "--deployment",
+            deployment,
+            "--as-of",
+            &at,
+            "-o",
+            "json",
+        ],
+    );
+    out.assert_ok();
+    let answer = out.json();
+    assert_eq!(answer["at_ms"], at_ms, "{answer}");
+    answer["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["allocation"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+/// The history of the directive scenario (issues #5 and #6): each step recorded with the policy
+/// version in force, as-of answers before, during and after the migration, and an export that
+/// verifies offline with the cluster's public key.
+fn history_records_the_directive(
+    tl: &Timeline,
+    cluster: &Cluster,
+    stopped: &str,
+    old_eu: &str,
+    new_eu: &str,
+    new_node: &str,
+) {
+    let endpoints = cluster.endpoints();
+    let policies = history(&endpoints, &["--kind", "policy.activated"]);
+    let versions: Vec<u64> = policies
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions.len(), 3, "{policies:#?}");
+    for e in &policies {
+        assert_eq!(e["policy_version"], e["version"], "{e}");
+    }
+    let (v2, v3) = (versions[1], versions[2]);
+    assert_eq!(policies[1]["stopped"], 1, "v2 stopped one replica");
+    assert_eq!(policies[2]["migrating"], 1, "v3 moved one replica");
+
+    // The directive's stop: ordered, naming the rule, in the entry that activated v2, then
+    // confirmed by the agent; the replacement placed under v2 on the US node, with its facts.
+    let frontier = history(&endpoints, &["--deployment", "frontier"]);
+    let ordered = event_of(&frontier, "allocation.stop-ordered", stopped);
+    assert_eq!(ordered["rules"][0], "directive-4e091-us-only");
+    assert_eq!(ordered["policy_version"], v2, "{ordered}");
+    assert_eq!(
+        ordered["raft_index"], policies[1]["raft_index"],
+        "same entry: {ordered}"
+    );
+    let by_rule = history(&endpoints, &["--rule", "directive-4e091-us-only"]);
+    assert_eq!(
+        by_rule.len(),
+        1,
+        "one stop under the directive: {by_rule:#?}"
+    );
+    let confirmed = event_of(&frontier, "allocation.stopped", stopped);
+    assert!(confirmed["seq"].as_u64() > ordered["seq"].as_u64());
+    let replacement: Vec<&Value> = frontier
+        .iter()
+        .filter(|e| e["kind"] == "allocation.placed" && e["policy_version"] == v2)
+        .collect();
+    assert_eq!(replacement.len(), 1, "{frontier:#?}");
+    assert_eq!(replacement[0]["facts"]["country"], "US");
+    assert_eq!(replacement[0]["facts"]["ultimate_parent_hq"], "US");
+
+    // The move: detected under v3, the replacement placed (replaces = the old one), healthy,
+    // then the old one migrated to it and stopped.
+    let eu = history(&endpoints, &["--deployment", "open-eu"]);
+    let detected = event_of(&eu, "violation.detected", old_eu);
+    assert_eq!(detected["action"], "migrate");
+    assert_eq!(detected["rules"][0], "eu-sovereign-operator");
+    assert_eq!(detected["policy_version"], v3);
+    let placed = event_of(&eu, "allocation.placed", new_eu);
+    assert_eq!(placed["replaces"], old_eu);
+    assert_eq!(placed["node"], new_node);
+    assert_eq!(
+        placed["facts"]["ultimate_parent_hq"],
+        placed["facts"]["country"]
+    );
+    let healthy = event_of(&eu, "allocation.healthy", new_eu);
+    let migrated = event_of(&eu, "allocation.migrated", old_eu);
+    assert_eq!(migrated["to_node"], new_node);
+    assert_eq!(migrated["replacement"], new_eu);
+    let gone = event_of(&eu, "allocation.stopped", old_eu);
+    let seq = |e: &Value| e["seq"].as_u64().unwrap();
+    assert!(seq(detected) < seq(placed) && seq(placed) < seq(healthy));
+    assert!(seq(healthy) < seq(migrated) && seq(migrated) < seq(gone));
+    tl.log("history: v1..v3, the stop and the move, each with its policy version");
+
+    // As of instants before, during and after the move.
+    let at = |e: &Value| e["at_ms"].as_i64().unwrap();
+    let before = as_of(&endpoints, "open-eu", at(detected) - 1);
+    assert_eq!(before.keys().collect::<Vec<_>>(), [old_eu], "{before:?}");
+    assert_eq!(before[old_eu]["country"], "IE");
+    assert_eq!(before[old_eu]["ultimate_parent_hq"], "US");
+    assert_eq!(before[old_eu]["standing"], "compliant");
+    let during = as_of(&endpoints, "open-eu", at(healthy));
+    assert_eq!(during.len(), 2, "{during:?}");
+    assert!(
+        during[old_eu]["standing"]
+            .as_str()
+            .unwrap()
+            .starts_with("migrate"),
+        "{during:?}"
+    );
+    assert_eq!(during[new_eu]["node"], new_node);
+    assert_eq!(during[new_eu]["status"], "running");
+    let after = as_of(&endpoints, "open-eu", at(gone));
+    assert_eq!(after.keys().collect::<Vec<_>>(), [new_eu], "{after:?}");
+    assert_eq!(after[new_eu]["placed_under_policy"], v3);
+    tl.log("as-of before, during and after the move: IE, IE + replacement, replacement");
+
+    // Everything exported verifies offline against the signed checkpoint.
+    let file = cluster.scratch().join("evidence.jsonl");
+    let file = file.to_str().unwrap();
+    sovctl(&endpoints, &["history", "export", "-f", file]).assert_ok();
+    let key = cluster.public_key();
+    let out = sovctl(
+        "http://127.0.0.1:1",
+        &["audit", "verify", file, "--key", key.to_str().unwrap()],
+    );
+    out.assert_ok();
+    tl.log(format_args!("audit verify: {}", out.stdout.trim()));
 }
 
 #[test]

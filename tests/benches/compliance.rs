@@ -1,0 +1,161 @@
+//! Rule-change reaction (issue #5): how fast a policy change that forbids 20 % of 100,000
+//! running allocations is carried out through a real three-scheduler cluster and 10,000
+//! virtual agents.
+//!
+//! Set-up, all real processes on this machine: three `sov-scheduler run` (release when run
+//! through `cargo bench`) and `sov-agent fleet` with `SOV_BENCH_NODES` virtual nodes (default
+//! 10,000) that register, heartbeat every second and acknowledge their assignments like real
+//! agents (one `ReportStatuses` call per assignment event). The nodes are ten groups of equal
+//! size, `site-0` to `site-9`, every node 64 cores; `SOV_BENCH_DEPLOYMENTS` deployments
+//! (default 1,000) of `SOV_BENCH_REPLICAS` replicas each (default 100) at 4 cores a replica
+//! fill them. Once every replica is acknowledged running, a bundle with one more rule is
+//! applied through `PolicyService.Apply`: it forbids every deployment on `site-8` and
+//! `site-9`, a fifth of the nodes, as `stop-now` or (second variant) as `migrate`
+//! (`max_parallel` = the replica count, so every move may start at once).
+//!
+//! Figures, from the moment the apply is sent:
+//! - (a) the plan committed: stop-now, the answer to the apply (the stops are in the entry
+//!   that activates the rule); migrate, the leader's `sov_allocations_moving_unreplaced` back
+//!   at 0 (every forbidden replica has its replacement placed);
+//! - (b) every virtual agent acknowledged its stops: the leader's `sov_allocations_stopping`
+//!   back at 0 and, for migrate, no allocation left migrating.
+//!
+//! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench compliance`
+//! (`SOV_BENCH_VARIANTS=stop-now,migrate`, `SOV_BENCH_RUNS` per variant, default 3). Results
+//! go to docs/benchmarks.md by hand. Without `--bench` it does nothing.
+
+use std::time::{Duration, Instant};
+
+use sov_e2e::bench::{Extra, Loaded, env_usize, metric};
+use sov_e2e::{Timeline, cpu_seconds, sovctl};
+
+struct Row {
+    allocations: u64,
+    forbidden: u64,
+    committed_s: f64,
+    acknowledged_s: f64,
+    leader_cpu: f64,
+}
+
+fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
+    let tl = Timeline::new();
+    let mut loaded = Loaded::start(tl, nodes, deployments, replicas);
+    let (http, leader_pid, total) = (loaded.http, loaded.leader_pid, loaded.replicas_total());
+    std::thread::sleep(Duration::from_secs(3));
+
+    let cpu0 = cpu_seconds(leader_pid);
+    let t0 = Instant::now();
+    let version = loaded.apply_policy(Extra::Sites(variant));
+    let answered = t0.elapsed();
+    let forbidden = version.impact.len() as u64;
+    tl.log(format_args!(
+        "rule applied as version {} in {:.3} s: {forbidden} allocations affected",
+        version.version,
+        answered.as_secs_f64()
+    ));
+    let committed = if variant == "stop-now" {
+        answered
+    } else {
+        loop {
+            let unreplaced = metric(http, "sov_allocations_moving_unreplaced").unwrap_or(u64::MAX);
+            if unreplaced == 0 {
+                break t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(300),
+                "{unreplaced} replacements not placed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let acknowledged = loop {
+        let stopping = metric(http, "sov_allocations_stopping").unwrap_or(u64::MAX);
+        let migrating =
+            metric(http, "sov_allocations_by_standing{standing=\"migrating\"}").unwrap_or(u64::MAX);
+        if stopping == 0 && migrating == 0 {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "stops not acknowledged: {stopping} stopping, {migrating} migrating"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let leader_cpu = (cpu_seconds(leader_pid) - cpu0) / acknowledged.as_secs_f64().max(1e-3);
+    let log = std::fs::read_to_string(&loaded.leader_log).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("reconcile round applied"))
+        .rev()
+        .take(12)
+    {
+        let fields: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| {
+                [
+                    "proposed=",
+                    "placed=",
+                    "stops=",
+                    "stopped=",
+                    "copy_ms=",
+                    "plan_ms=",
+                    "commit_ms=",
+                ]
+                .iter()
+                .any(|k| w.starts_with(k))
+            })
+            .collect();
+        tl.log(format_args!(
+            "leader round (newest first): {}",
+            fields.join(" ")
+        ));
+    }
+    let _ = sovctl(&loaded.endpoints, &["cluster", "status"]);
+    Row {
+        allocations: total,
+        forbidden,
+        committed_s: committed.as_secs_f64(),
+        acknowledged_s: acknowledged.as_secs_f64(),
+        leader_cpu,
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("compliance (e2e): run with `cargo bench -p sov-e2e --bench compliance`; skipped");
+        return;
+    }
+    let nodes = env_usize("SOV_BENCH_NODES", 10_000);
+    let deployments = env_usize("SOV_BENCH_DEPLOYMENTS", 1_000);
+    let replicas = env_usize("SOV_BENCH_REPLICAS", 100) as u32;
+    let runs = env_usize("SOV_BENCH_RUNS", 3);
+    let variants = std::env::var("SOV_BENCH_VARIANTS").unwrap_or("stop-now,migrate".into());
+    for variant in variants.split(',') {
+        assert!(
+            ["stop-now", "migrate"].contains(&variant),
+            "SOV_BENCH_VARIANTS: {variant:?} is not stop-now or migrate"
+        );
+        println!(
+            "rule change ({variant}) through a 3-scheduler cluster: {nodes} virtual nodes, {deployments} deployments x {replicas} replicas, {runs} runs"
+        );
+        let mut rows: Vec<Row> = (0..runs)
+            .map(|_| {
+                let row = run(variant, nodes, deployments, replicas);
+                println!(
+                    "run: {} of {} allocations forbidden; (a) plan committed {:.3} s, (b) every stop acknowledged {:.3} s after the apply was sent; leader CPU {:.2} cores",
+                    row.forbidden, row.allocations, row.committed_s, row.acknowledged_s, row.leader_cpu
+                );
+                row
+            })
+            .collect();
+        rows.sort_by(|a, b| a.acknowledged_s.total_cmp(&b.acknowledged_s));
+        let median = &rows[rows.len() / 2];
+        let mut committed: Vec<f64> = rows.iter().map(|r| r.committed_s).collect();
+        committed.sort_by(f64::total_cmp);
+        println!(
+            "median ({variant}): (a) {:.3} s, (b) {:.3} s",
+            committed[committed.len() / 2],
+            median.acknowledged_s
+        );
+    }
+}
