@@ -28,7 +28,7 @@ use sov_e2e::{Timeline, cluster_status, cpu_seconds, rfc3339, sovctl, u64_field}
 use sov_proto::v1 as pb;
 use sov_proto::v1::history_service_client::HistoryServiceClient;
 
-/// (state revision, history size) on the scheduler at `endpoint`.
+/// The number of history events the scheduler at `endpoint` has stored.
 fn history_size(endpoint: &str) -> u64 {
     u64_field(&cluster_status(endpoint).expect("status"), "history_size")
 }
