@@ -112,6 +112,9 @@ impl Drop for Loaded {
     }
 }
 
+/// Deployment applies a benchmark keeps in flight at once.
+pub const APPLY_IN_FLIGHT: usize = 16;
+
 impl Loaded {
     /// Starts everything and places `deployments` × `replicas` (4 cores each): deployments
     /// applied under a bundle that forbids everything, then the shipped bundle, so the replicas
@@ -205,34 +208,43 @@ impl Loaded {
             .into_inner()
     }
 
-    /// Applies every deployment (`bench-0000`, ...) with `replicas` replicas.
+    /// Applies every deployment (`bench-0000`, ...) with `replicas` replicas, up to
+    /// [`APPLY_IN_FLIGHT`] at a time, as many clients would: the leader's reconcile rounds then
+    /// see many changed deployments at once rather than one per round.
     pub fn apply_deployments(&mut self, replicas: u32) {
         self.replicas = replicas;
-        let (deploy, n) = (&mut self.deploy, self.deployments);
+        let (deploy, n) = (&self.deploy, self.deployments);
         self.runtime.block_on(async {
-            for i in 0..n {
-                deploy
-                    .apply(pb::ApplyDeploymentRequest {
-                        spec: Some(pb::DeploymentSpec {
-                            name: format!("bench-{i:04}"),
-                            model: format!("lab/model-{}", i % 50),
-                            replicas,
-                            resources: Some(pb::Resources {
-                                cpu_millis: 4_000,
-                                memory_mib: 8_192,
-                                ..Default::default()
-                            }),
-                            command: vec!["sov-model-server".into()],
-                            migration: Some(pb::Migration {
-                                max_parallel: replicas,
-                                deadline_ms: Some(600_000),
-                            }),
-                            ..Default::default()
-                        }),
-                        expected_generation: 0,
-                    })
-                    .await
-                    .unwrap_or_else(|s| panic!("apply deployment {i}: {}", s.message()));
+            let specs: Vec<usize> = (0..n).collect();
+            for chunk in specs.chunks(APPLY_IN_FLIGHT) {
+                let calls = chunk.iter().map(|&i| {
+                    let mut deploy = deploy.clone();
+                    async move {
+                        deploy
+                            .apply(pb::ApplyDeploymentRequest {
+                                spec: Some(pb::DeploymentSpec {
+                                    name: format!("bench-{i:04}"),
+                                    model: format!("lab/model-{}", i % 50),
+                                    replicas,
+                                    resources: Some(pb::Resources {
+                                        cpu_millis: 4_000,
+                                        memory_mib: 8_192,
+                                        ..Default::default()
+                                    }),
+                                    command: vec!["sov-model-server".into()],
+                                    migration: Some(pb::Migration {
+                                        max_parallel: replicas,
+                                        deadline_ms: Some(600_000),
+                                    }),
+                                    ..Default::default()
+                                }),
+                                expected_generation: 0,
+                            })
+                            .await
+                            .unwrap_or_else(|s| panic!("apply deployment {i}: {}", s.message()));
+                    }
+                });
+                futures::future::join_all(calls).await;
             }
         });
     }
