@@ -13,8 +13,10 @@
 //! file that `sovctl audit verify` checks offline.
 
 pub mod evidence;
+pub mod identity;
 pub mod merkle;
 pub mod snapshot_file;
+pub mod tls;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
