@@ -55,6 +55,31 @@ pub struct Config {
     pub signing_key: Option<PathBuf>,
     /// How often a scheduler with a signing key stores a signed checkpoint of the history.
     pub checkpoint_interval_ms: u64,
+    /// Mutual TLS on the API and Raft ports: this scheduler's certificate (role `scheduler`),
+    /// its key and the cluster CA. `sov-scheduler run` refuses to start without it.
+    pub tls: Option<TlsConfig>,
+    /// Whether auditors may also activate policy bundles (operators always may).
+    pub auditor_applies_policy: bool,
+}
+
+/// The `[tls]` table: three PEM files, made by `sovctl ca init` and `sovctl ca issue --role
+/// scheduler`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn files(&self) -> sov_proto::tls::TlsFiles {
+        sov_proto::tls::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -75,6 +100,8 @@ impl Default for Config {
             liveness: Default::default(),
             signing_key: None,
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+            tls: None,
+            auditor_applies_policy: false,
         }
     }
 }
@@ -135,6 +162,18 @@ pub struct RunArgs {
     /// [default: 3600000, one hour; at least 1000]
     #[arg(long, env = "SOV_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// The cluster CA's certificate (PEM), trusted for clients, agents and peers
+    #[arg(long, env = "SOV_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This scheduler's certificate (PEM; `sovctl ca issue --role scheduler`)
+    #[arg(long, env = "SOV_TLS_CERT", value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This scheduler's private key (PEM)
+    #[arg(long, env = "SOV_TLS_KEY", value_name = "FILE", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Let auditors activate policy bundles too (operators always may)
+    #[arg(long, env = "SOV_AUDITOR_APPLIES_POLICY")]
+    pub auditor_applies_policy: bool,
 }
 
 impl RunArgs {
@@ -179,7 +218,26 @@ impl RunArgs {
         if let Some(every) = self.checkpoint_interval_ms {
             config.checkpoint_interval_ms = every;
         }
+        if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        config.auditor_applies_policy |= self.auditor_applies_policy;
         config.check()?;
+        Ok(config)
+    }
+
+    /// [`RunArgs::resolve`] for a scheduler that will serve: certificates are required.
+    pub fn resolve_to_serve(&self) -> anyhow::Result<Config> {
+        let config = self.resolve()?;
+        if config.tls.is_none() {
+            bail!(
+                "no certificates: a scheduler serves only mutual TLS. Set [tls] ca, cert and key in the config file (or --tls-ca, --tls-cert, --tls-key); make them with `sovctl ca init` and `sovctl ca issue --role scheduler` (docs/security.md). For a throwaway local cluster, `sov-scheduler dev` makes its own CA"
+            );
+        }
         Ok(config)
     }
 }
@@ -263,7 +321,16 @@ mod tests {
             node_id: Some(4),
             ..Default::default()
         };
-        let c = args.resolve().unwrap();
+        let err = args.resolve_to_serve().unwrap_err().to_string();
+        assert!(err.contains("no certificates"), "{err}");
+        let args = RunArgs {
+            tls_ca: Some("ca.crt".into()),
+            tls_cert: Some("s.crt".into()),
+            tls_key: Some("s.key".into()),
+            ..args
+        };
+        let c = args.resolve_to_serve().unwrap();
+        assert_eq!(c.tls.as_ref().unwrap().cert, PathBuf::from("s.crt"));
         assert_eq!(c.node_id, 4, "flag beats file");
         assert_eq!(c.api_listen.port(), 9000, "file beats default");
         assert_eq!(c.raft.snapshot_logs_since_last, 50);

@@ -93,12 +93,10 @@ struct FleetFile {
 /// Applies the default policy bundle if none is in force; returns what it did, for the summary.
 /// A missing bundle (the launcher runs outside the repo) is skipped with a note rather than
 /// failing the cluster.
-async fn seed(args: &DevArgs, endpoint: &str) -> anyhow::Result<Vec<String>> {
+async fn seed(tls: &DevTls, args: &DevArgs, endpoint: &str) -> anyhow::Result<Vec<String>> {
     use sov_proto::v1 as pb;
     let mut done = Vec::new();
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-        .connect()
-        .await?;
+    let channel = tls.channel(endpoint).await?;
     let mut policies = pb::policy_service_client::PolicyServiceClient::new(channel);
     let active = policies
         .get(pb::GetPolicyRequest {
@@ -229,6 +227,7 @@ fn agent_config(
     index: u16,
     endpoints: &[String],
     data_dir: &Path,
+    tls: &sov_proto::tls::TlsFiles,
 ) -> anyhow::Result<String> {
     use toml::{Table, Value};
     let mut location = Table::new();
@@ -275,6 +274,14 @@ fn agent_config(
         Value::Integer(i64::from(first + DEV_PORTS_PER_AGENT - 1)),
     );
     config.insert("resources".into(), Value::Table(resources));
+    let mut tls_table = Table::new();
+    for (key, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+        tls_table.insert(
+            key.into(),
+            Value::String(path.to_string_lossy().into_owned()),
+        );
+    }
+    config.insert("tls".into(), Value::Table(tls_table));
     if n.gpus > 0 {
         let mut gpus = Table::new();
         gpus.insert("model".into(), Value::String(n.gpu_model.clone()));
@@ -297,6 +304,7 @@ fn agent_config(
 
 /// Starts one `sov-agent run` per node of the fleet file (none if the file is missing).
 fn spawn_agents(
+    tls: &DevTls,
     bin_dir: &Path,
     args: &DevArgs,
     endpoints: &[String],
@@ -333,7 +341,7 @@ fn spawn_agents(
         let config_path = dir.join("agent.toml");
         std::fs::write(
             &config_path,
-            agent_config(n, index, endpoints, &dir.join("data"))?,
+            agent_config(n, index, endpoints, &dir.join("data"), &tls.agent(n)?)?,
         )?;
         let log = dir.join("agent.log");
         let log_file = std::fs::OpenOptions::new()
@@ -394,7 +402,11 @@ async fn stop_agents(agents: &mut [DevAgent]) {
 }
 
 /// Waits until every agent's node is registered and ready, printing progress.
-async fn wait_for_agents(endpoint: &str, agents: &mut [DevAgent]) -> anyhow::Result<()> {
+async fn wait_for_agents(
+    tls: &DevTls,
+    endpoint: &str,
+    agents: &mut [DevAgent],
+) -> anyhow::Result<()> {
     use sov_proto::v1 as pb;
     let deadline = Instant::now() + START_TIMEOUT;
     let mut last = String::new();
@@ -411,9 +423,7 @@ async fn wait_for_agents(endpoint: &str, agents: &mut [DevAgent]) -> anyhow::Res
         }
         let ready = async {
             let mut client =
-                pb::node_service_client::NodeServiceClient::connect(endpoint.to_string())
-                    .await
-                    .ok()?;
+                pb::node_service_client::NodeServiceClient::new(tls.channel(endpoint).await.ok()?);
             let nodes = client
                 .list(pb::ListNodesRequest { consistency: 0 })
                 .await
@@ -450,6 +460,154 @@ async fn wait_for_agents(endpoint: &str, agents: &mut [DevAgent]) -> anyhow::Res
     }
 }
 
+/// How long the dev CA's certificates last; a dev cluster started again after that reissues
+/// them.
+const DEV_CERT_DAYS: u64 = 30;
+
+/// The dev cluster's **throwaway** certificate authority and what it issued, under
+/// `<dir>/tls`: one certificate per scheduler, one per demo agent (with its node's location
+/// claims, so the demo nodes are `operator-certificate` trusted), and three client identities
+/// (operator, deployer, auditor) for sovctl in `<dir>/tls/client`.
+struct DevTls {
+    ca: sov_proto::tls::Ca,
+    root: PathBuf,
+    /// sovctl's directory: `ca.crt` plus the three client identities.
+    client_dir: PathBuf,
+    /// The operator identity, which this launcher uses itself (policy, status).
+    operator: sov_proto::tls::TlsMaterial,
+}
+
+impl DevTls {
+    fn open(dir: &Path) -> anyhow::Result<DevTls> {
+        use sov_proto::identity::{Identity, Role};
+        let root = std::path::absolute(dir.join("tls"))?;
+        let ca_dir = root.join("ca");
+        let ca = if ca_dir.join(sov_proto::tls::CA_CERT_FILE).exists() {
+            sov_proto::tls::Ca::load(&ca_dir)?
+        } else {
+            sov_proto::tls::Ca::init(&ca_dir, "sov dev cluster CA (throwaway)")?
+        };
+        let client_dir = root.join("client");
+        let mut tls = DevTls {
+            ca,
+            root,
+            operator: sov_proto::tls::TlsMaterial {
+                ca_pem: String::new(),
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                files: sov_proto::tls::TlsFiles::in_dir(&client_dir, "operator"),
+            },
+            client_dir: client_dir.clone(),
+        };
+        for role in [Role::Operator, Role::Deployer, Role::Auditor] {
+            tls.ensure(&Identity::new(role, role.as_str())?, &client_dir)?;
+        }
+        tls.operator = sov_proto::tls::TlsFiles::in_dir(&client_dir, "operator").load()?;
+        Ok(tls)
+    }
+
+    /// The files of `identity` in `out`, issued now unless a valid certificate for exactly that
+    /// identity is there already.
+    fn ensure(
+        &self,
+        identity: &sov_proto::identity::Identity,
+        out: &Path,
+    ) -> anyhow::Result<sov_proto::tls::TlsFiles> {
+        let name = identity.name.as_str();
+        let files = sov_proto::tls::TlsFiles::in_dir(out, name);
+        let current = files.load().ok().and_then(|m| {
+            let (id, not_after) = m.own_identity().ok()?;
+            let fresh = not_after
+                .duration_since(std::time::SystemTime::now())
+                .is_ok_and(|left| left > Duration::from_secs(86_400));
+            (fresh && id == *identity && m.ca_pem == self.ca.cert_pem()).then_some(())
+        });
+        if current.is_none() {
+            for stale in [&files.cert, &files.key] {
+                let _ = std::fs::remove_file(stale);
+            }
+            self.ca.issue(
+                identity,
+                sov_proto::tls::valid_for_days(DEV_CERT_DAYS),
+                &[],
+                out,
+            )?;
+        }
+        Ok(files)
+    }
+
+    fn scheduler(&self, id: u16) -> anyhow::Result<sov_proto::tls::TlsFiles> {
+        use sov_proto::identity::{Identity, Role};
+        let name = format!("scheduler-{id}");
+        self.ensure(
+            &Identity::new(Role::Scheduler, &name)?,
+            &self.root.join(&name),
+        )
+    }
+
+    fn agent(&self, n: &FleetNode) -> anyhow::Result<sov_proto::tls::TlsFiles> {
+        use sov_proto::identity::{Identity, Role};
+        let mut identity = Identity::new(Role::Agent, &n.name)?;
+        for (fact, value) in [
+            ("country", &n.country),
+            ("subdivision", &n.subdivision),
+            ("site", &n.site),
+            ("operator", &n.operator),
+            ("operator_hq", &n.operator_hq),
+            ("ultimate_parent_hq", &n.ultimate_parent_hq),
+        ] {
+            if !value.is_empty() {
+                identity = identity.with_location(fact, value)?;
+            }
+        }
+        self.ensure(&identity, &self.root.join("agents"))
+    }
+
+    /// A channel to `endpoint` as the dev operator.
+    async fn channel(&self, endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+        let address = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://{address}"))?
+                .tls_config(self.operator.client())?
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await?,
+        )
+    }
+
+    /// Points sovctl's default credentials (`~/.config/sov/tls`) at the dev client identities
+    /// when nothing else is there, so `sovctl` works with no flags; returns what to tell the
+    /// user.
+    fn link_default(&self) -> String {
+        let export = format!("export SOV_TLS_DIR={}", self.client_dir.display());
+        let Some(config) = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        else {
+            return export;
+        };
+        let default = config.join("sov").join("tls");
+        let ours =
+            std::fs::read_link(&default).is_ok_and(|t| t.starts_with(&self.root) || !t.exists());
+        if std::fs::symlink_metadata(&default).is_ok() && !ours {
+            return format!(
+                "{export}    # {} holds other credentials; left alone",
+                default.display()
+            );
+        }
+        let _ = std::fs::remove_file(&default);
+        let linked = std::fs::create_dir_all(config.join("sov"))
+            .and_then(|()| std::os::unix::fs::symlink(&self.client_dir, &default));
+        match linked {
+            Ok(()) => format!(
+                "sovctl uses {} (a link to the dev identities; or {export})",
+                default.display()
+            ),
+            Err(_) => export,
+        }
+    }
+}
+
 struct DevNode {
     id: u16,
     api: String,
@@ -479,7 +637,13 @@ fn signing_key(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(secret)?)
 }
 
-fn spawn(exe: &Path, args: &DevArgs, id: u16, key: &Path) -> anyhow::Result<DevNode> {
+fn spawn(
+    exe: &Path,
+    args: &DevArgs,
+    id: u16,
+    key: &Path,
+    tls: &sov_proto::tls::TlsFiles,
+) -> anyhow::Result<DevNode> {
     let api = format!("127.0.0.1:{}", args.port(id, 0)?);
     let raft = format!("127.0.0.1:{}", args.port(id, 1)?);
     let http = format!("127.0.0.1:{}", args.port(id, 2)?);
@@ -505,6 +669,12 @@ fn spawn(exe: &Path, args: &DevArgs, id: u16, key: &Path) -> anyhow::Result<DevN
         ])
         .arg("--signing-key")
         .arg(key)
+        .arg("--tls-ca")
+        .arg(&tls.ca)
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
         .env_remove("SOV_CONFIG")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -548,7 +718,11 @@ fn log_tail(path: &Path) -> String {
 
 /// Polls the first scheduler until it reports `voters` voters and a leader, or fails with the
 /// reason (including a crashed child's log).
-async fn wait_for_cluster(nodes: &mut [DevNode], voters: usize) -> anyhow::Result<()> {
+async fn wait_for_cluster(
+    tls: &DevTls,
+    nodes: &mut [DevNode],
+    voters: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     let endpoint = format!("http://{}", nodes[0].api);
     let mut last_report = String::new();
@@ -564,7 +738,7 @@ async fn wait_for_cluster(nodes: &mut [DevNode], voters: usize) -> anyhow::Resul
             }
         }
         let status = async {
-            let mut client = ClusterServiceClient::connect(endpoint.clone()).await.ok()?;
+            let mut client = ClusterServiceClient::new(tls.channel(&endpoint).await.ok()?);
             client
                 .status(ClusterStatusRequest {})
                 .await
@@ -644,10 +818,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     );
     let key = signing_key(&args.dir)?;
+    let tls = DevTls::open(&args.dir)?;
+    eprintln!(
+        "DEV MODE: a throwaway local certificate authority in {} issued every certificate of this cluster. It is for this machine only: never use it, or anything it signed, in production (docs/security.md)",
+        tls.root.join("ca").display()
+    );
     let mut nodes = Vec::new();
     let mut result = Ok(());
     for id in 1..=args.nodes {
-        match spawn(&exe, &args, id, &key) {
+        match tls
+            .scheduler(id)
+            .and_then(|files| spawn(&exe, &args, id, &key, &files))
+        {
             Ok(node) => nodes.push(node),
             Err(e) => {
                 result = Err(e);
@@ -656,7 +838,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     if result.is_ok() {
-        result = wait_for_cluster(&mut nodes, args.nodes as usize).await;
+        result = wait_for_cluster(&tls, &mut nodes, args.nodes as usize).await;
     }
     if let Err(e) = result {
         stop_all(&mut nodes).await;
@@ -669,9 +851,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Vec::new()
     } else {
         let started = async {
-            let mut done = seed(&args, &endpoints[0]).await?;
+            let mut done = seed(&tls, &args, &endpoints[0]).await?;
             let bin_dir = agent_binaries(&exe)?;
-            let (spawned, note) = spawn_agents(&bin_dir, &args, &endpoints)?;
+            let (spawned, note) = spawn_agents(&tls, &bin_dir, &args, &endpoints)?;
             agents = spawned;
             done.extend(note);
             if !agents.is_empty() {
@@ -679,7 +861,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                     "  started {} agents; waiting for them to register",
                     agents.len()
                 );
-                wait_for_agents(&endpoints[0], &mut agents).await?;
+                wait_for_agents(&tls, &endpoints[0], &mut agents).await?;
                 done.push(format!(
                     "{} agents running (SIMULATED GPUs, real model-server processes), from {}",
                     agents.len(),
@@ -724,6 +906,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             println!("  {:<22} {:<8} {}", a.name, a.country, a.log.display());
         }
     }
+    println!(
+        "\n  DEV MODE: throwaway CA {}; client identities (operator, deployer, auditor) in {}",
+        tls.root.join("ca").display(),
+        tls.client_dir.display()
+    );
+    println!("  {}", tls.link_default());
     println!("\nTalk to it (in another terminal):");
     println!("  export SOV_ENDPOINT={}", endpoints.join(","));
     println!("  cargo run -q --bin sovctl -- cluster status");
@@ -739,7 +927,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         key.with_extension("pub").display()
     );
     println!("  curl -s http://{}/metrics | grep sov_raft", nodes[0].http);
-    println!("  grpcurl -plaintext {} list", nodes[0].api);
+    println!(
+        "  grpcurl -cacert {c}/ca.crt -cert {c}/operator.crt -key {c}/operator.key -authority sov-scheduler {} list",
+        nodes[0].api,
+        c = tls.client_dir.display()
+    );
     println!(
         "\nData: {} (kept across restarts). Press Ctrl-C to stop.",
         nodes[0].dir.parent().unwrap_or(&args.dir).display()

@@ -59,7 +59,7 @@ fn init_logging(format: LogFormat) {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => match args.resolve() {
+        Command::Run(args) => match args.resolve_to_serve() {
             Ok(config) => {
                 init_logging(config.log_format);
                 server::run(config).await

@@ -376,7 +376,7 @@ mod tests {
             raft_addr: config.raft_advertise().unwrap(),
             api_addr: config.api_advertise().unwrap(),
         };
-        let replica = Replica::open(7, node, &config.data_dir, &RaftTuning::default())
+        let replica = Replica::open(7, node, &config.data_dir, &RaftTuning::default(), None)
             .await
             .unwrap();
         assert_eq!(

@@ -24,6 +24,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use sov_proto::tls::TlsMaterial;
+
+use crate::api::auth::AuthLayer;
 use crate::api::{
     AgentApi, ClusterApi, DeploymentApi, HistoryApi, NodeApi, PolicyApi, REQUEST_BYTES_MAX,
 };
@@ -101,16 +104,38 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
         None => None,
         Some(path) => Some(Arc::new(load_signing_key(path)?)),
     };
-    let replica = Replica::open(config.node_id, node.clone(), &config.data_dir, &config.raft)
-        .await
-        .with_context(|| format!("cannot open the data dir {}", config.data_dir.display()))?;
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => Some(load_tls(tls)?),
+    };
+    let replica = Replica::open(
+        config.node_id,
+        node.clone(),
+        &config.data_dir,
+        &config.raft,
+        tls.as_ref().map(TlsMaterial::client),
+    )
+    .await
+    .with_context(|| format!("cannot open the data dir {}", config.data_dir.display()))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     let peer = RaftPeerServer::new(PeerService::new(replica.clone()))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let raft_server = tonic::transport::Server::builder()
+    let roles = crate::api::auth::Roles {
+        auditor_applies_policy: config.auditor_applies_policy,
+    };
+    let builder = || -> anyhow::Result<tonic::transport::Server<_>> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.server())
+                .context("TLS configuration refused")?;
+        }
+        Ok(builder.layer(AuthLayer { roles }))
+    };
+    let raft_server = builder()?
         .add_service(peer)
         .serve_with_incoming_shutdown(nodelay(listeners.raft), stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
@@ -140,7 +165,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api_server = tonic::transport::Server::builder()
+    let api_server = builder()?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -234,6 +259,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             replica.clone(),
             target,
             node,
+            tls.as_ref().map(TlsMaterial::client),
             shutdown_rx.clone(),
         )));
     }
@@ -258,6 +284,7 @@ async fn join_cluster(
     replica: Arc<Replica>,
     target: String,
     node: SovNode,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -282,15 +309,19 @@ async fn join_cluster(
             api_addr: node.api_addr.clone(),
             learner_only: false,
         };
-        let endpoint = if target.contains("://") {
-            target.clone()
-        } else {
-            format!("http://{target}")
-        };
+        let address = target.split_once("://").map_or(target.as_str(), |(_, a)| a);
         let result = async {
-            let mut client = ClusterServiceClient::connect(endpoint)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let unavailable =
+                |e: tonic::transport::Error| tonic::Status::unavailable(e.to_string());
+            let endpoint = match &tls {
+                Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+                    .and_then(|e| e.tls_config(tls.clone()))
+                    .map_err(unavailable)?,
+                None => tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(unavailable)?,
+            };
+            let mut client =
+                ClusterServiceClient::new(endpoint.connect().await.map_err(unavailable)?);
             client.join(request).await
         }
         .await;
@@ -359,6 +390,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Reads the cluster's signing key, saying what to do when it cannot.
+/// Certificates closer to expiry than this are warned about at start-up.
+const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// Reads this scheduler's TLS files and checks that the certificate is a scheduler's.
+fn load_tls(config: &crate::config::TlsConfig) -> anyhow::Result<TlsMaterial> {
+    let material = config.files().load()?;
+    let (identity, not_after) = material
+        .own_identity()
+        .with_context(|| format!("certificate {}", config.cert.display()))?;
+    anyhow::ensure!(
+        identity.role == sov_proto::identity::Role::Scheduler,
+        "{} is the certificate of {identity}; a scheduler needs one issued with `sovctl ca issue --role scheduler`",
+        config.cert.display()
+    );
+    match not_after.duration_since(std::time::SystemTime::now()) {
+        Err(_) => anyhow::bail!(
+            "{} expired; issue a new one (docs/security.md, rotation)",
+            config.cert.display()
+        ),
+        Ok(left) if left < CERT_EXPIRY_WARNING => tracing::warn!(
+            cert = %config.cert.display(),
+            days_left = left.as_secs() / 86_400,
+            "this scheduler's certificate expires soon; issue a new one (docs/security.md, rotation)"
+        ),
+        Ok(_) => {}
+    }
+    tracing::info!(identity = %identity, "mutual TLS on the API and Raft ports");
+    Ok(material)
+}
+
 pub fn load_signing_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(

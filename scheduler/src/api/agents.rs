@@ -22,6 +22,8 @@ use sov_proto::v1::agent_service_server::AgentService;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
+use super::attest;
+use super::auth::{self, Caller, Permission, caller};
 use super::deployments::{desired_name, health_to_pb};
 use super::nodes::registration_from_pb;
 use super::{invalid, propose, write_error_status};
@@ -49,6 +51,7 @@ pub struct AgentApi {
     shutdown: watch::Receiver<bool>,
     reports: super::reports::ReportBatcher,
     node_index: Arc<NodeIndex>,
+    refusals: attest::RecentRefusals,
 }
 
 impl AgentApi {
@@ -60,6 +63,7 @@ impl AgentApi {
         Self {
             reports: super::reports::ReportBatcher::start(replica.clone()),
             node_index: Arc::default(),
+            refusals: Default::default(),
             replica,
             liveness,
             shutdown,
@@ -274,8 +278,16 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
-        let registration = registration_from_pb(request.into_inner())?;
+        let caller = caller(&request).cloned();
+        let mut registration = registration_from_pb(request.into_inner())?;
         let name = registration.name.clone();
+        if let Some(caller) = &caller {
+            speaks_for(Some(caller), &name)?;
+            match attest::attest(&caller.identity, &mut registration.facts) {
+                Ok(trust) => registration.facts.location_trust = trust,
+                Err(reason) => return Err(self.refuse(caller, &name, reason).await),
+            }
+        }
         match propose(
             &self.replica,
             Proposal::RegisterNode {
@@ -305,6 +317,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        speaks_for(caller(&request), &request.get_ref().name)?;
         let req = request.into_inner();
         node_name("name", &req.name)?;
         if !self.replica.is_leader() {
@@ -337,6 +350,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        speaks_for(caller(&request), &request.get_ref().node)?;
         let req = request.into_inner();
         node_name("node", &req.node)?;
         if req.known.len() > KNOWN_IDS_MAX {
@@ -387,6 +401,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AllocationStatusReport>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        speaks_for(caller(&request), &request.get_ref().node)?;
         let req = request.into_inner();
         let node = req.node.clone();
         self.report(node, vec![req]).await
@@ -396,6 +411,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AllocationStatusBatch>,
     ) -> Result<Response<pb::ReportStatusResponse>, Status> {
+        speaks_for(caller(&request), &request.get_ref().node)?;
         let req = request.into_inner();
         if req.reports.len() > crate::state::REPORTS_MAX {
             return Err(Status::invalid_argument(format!(
@@ -408,7 +424,52 @@ impl AgentService for AgentApi {
     }
 }
 
+/// With mutual TLS, an agent acts only for the node (or the prefix) its certificate names.
+fn speaks_for(caller: Option<&Caller>, node: &str) -> Result<(), Status> {
+    match caller {
+        Some(c) if !c.identity.speaks_for(node) => Err(auth::denied(
+            Permission::Agent,
+            format!(
+                "{} may not act for node {node:?}: an agent's certificate names the node it speaks for",
+                c.identity
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl AgentApi {
+    /// Refuses a registration whose facts disagree with the agent's certificate, recording the
+    /// refusal in history (at most once per node and reason per
+    /// [`attest::REFUSAL_RECORD_INTERVAL`]: agents retry).
+    async fn refuse(&self, caller: &Caller, node: &str, reason: String) -> Status {
+        tracing::warn!(node, %reason, by = caller.opaque_id(), "registration refused");
+        if self.refusals.should_record(node, &reason, Instant::now()) {
+            let recorded = propose(
+                &self.replica,
+                Proposal::RefuseRegistration {
+                    node: node.to_string(),
+                    reason: reason.clone(),
+                    by: caller.opaque_id(),
+                },
+            )
+            .await;
+            if let Err(e) = recorded {
+                tracing::warn!(
+                    node,
+                    error = e.message(),
+                    "the refusal was not recorded in history"
+                );
+            }
+        }
+        auth::denied(
+            Permission::Agent,
+            format!(
+                "registration of node {node:?} refused: {reason}. Fix the agent's [location] or issue it a certificate with the right claims; the refusal is recorded in the history"
+            ),
+        )
+    }
+
     /// Commits status transitions of `node`'s allocations as one `ReportAllocations` command.
     async fn report(
         &self,

@@ -20,6 +20,7 @@ use super::{read_barrier, write_error_status};
 use crate::raft::state_machine::snapshot_state;
 use crate::raft::{RaftMetrics, Replica, Snapshot, SovNode, now_ms};
 use crate::state;
+use crate::state::Proposal;
 
 /// Data bytes per message of the `Snapshot` stream: well under the 4 MiB gRPC default, so no
 /// client needs a raised message limit.
@@ -264,6 +265,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<JoinRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
+        let by = super::auth::caller(&request).map(super::auth::Caller::opaque_id);
         let req = request.into_inner();
         if req.id == 0 {
             return Err(Status::invalid_argument("id: must be greater than 0"));
@@ -275,10 +277,21 @@ impl ClusterService for ClusterApi {
             api_addr: req.api_addr,
         };
         tracing::info!(id = req.id, %node, learner_only = req.learner_only, "adding scheduler");
-        self.replica
+        let change = format!(
+            "scheduler {} added as {} (raft {}, api {})",
+            req.id,
+            if req.learner_only { "learner" } else { "voter" },
+            node.raft_addr,
+            node.api_addr
+        );
+        let added = self
+            .replica
             .add_member(req.id, node, req.learner_only)
-            .await
-            .map_err(write_error_status)?;
+            .await;
+        if added.is_ok() {
+            self.record_membership(change, by).await;
+        }
+        added.map_err(write_error_status)?;
         self.members(Request::new(MembersRequest { consistency: 0 }))
             .await
     }
@@ -287,6 +300,7 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<RemoveRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
+        let by = super::auth::caller(&request).map(super::auth::Caller::opaque_id);
         let id = request.get_ref().id;
         if id == 0 {
             return Err(Status::invalid_argument("id: must be greater than 0"));
@@ -296,8 +310,28 @@ impl ClusterService for ClusterApi {
             .remove_member(id)
             .await
             .map_err(write_error_status)?;
+        self.record_membership(format!("scheduler {id} removed"), by)
+            .await;
         self.members(Request::new(MembersRequest { consistency: 0 }))
             .await
+    }
+}
+
+impl ClusterApi {
+    /// Records a membership change and who asked for it in history. The change itself is
+    /// committed already; a failure here is logged, not returned (the caller's request did
+    /// what it asked).
+    async fn record_membership(&self, change: String, by: Option<String>) {
+        let proposal = Proposal::RecordMembership {
+            change,
+            by: by.unwrap_or_default(),
+        };
+        if let Err(e) = super::propose(&self.replica, proposal).await {
+            tracing::warn!(
+                error = e.message(),
+                "membership change not recorded in history"
+            );
+        }
     }
 }
 

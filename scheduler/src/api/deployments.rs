@@ -301,10 +301,12 @@ impl DeploymentService for DeploymentApi {
         &self,
         request: Request<pb::ApplyDeploymentRequest>,
     ) -> Result<Response<pb::ApplyDeploymentResponse>, Status> {
+        let scope = namespace_of(&request);
         let req = request.into_inner();
         let spec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        in_namespace(scope.as_deref(), &spec.name)?;
         let expected_generation = (req.expected_generation > 0).then_some(req.expected_generation);
         let proposal = Proposal::ApplyDeployment {
             spec: Box::new(spec_from_pb(spec)?),
@@ -409,10 +411,12 @@ impl DeploymentService for DeploymentApi {
         &self,
         request: Request<pb::PlanDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentPlan>, Status> {
+        let scope = namespace_of(&request);
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        in_namespace(scope.as_deref(), &spec.name)?;
         let spec = spec_from_pb(spec)?;
         state::validate_spec(&spec).map_err(invalid)?;
         read_barrier(&self.replica, 0).await?;
@@ -499,7 +503,9 @@ impl DeploymentService for DeploymentApi {
         &self,
         request: Request<pb::DeleteDeploymentRequest>,
     ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
+        let scope = namespace_of(&request);
         let name = request.into_inner().name;
+        in_namespace(scope.as_deref(), &name)?;
         let (revision, _) = propose(&self.replica, Proposal::DeleteDeployment { name }).await?;
         Ok(Response::new(pb::DeleteDeploymentResponse { revision }))
     }
@@ -525,5 +531,23 @@ fn summarize(e: &Explanation, policy_in_force: bool) -> String {
         format!(
             "no policy bundle is in force, so nothing can be placed (apply one: sovctl policy apply deploy/policies); {e}"
         )
+    }
+}
+
+/// The deployment-name prefix the caller's certificate limits it to, if any.
+fn namespace_of<T>(request: &Request<T>) -> Option<String> {
+    super::auth::caller(request).and_then(|c| c.identity.namespace.clone())
+}
+
+/// A deployer scoped to a namespace touches only deployments whose names start with it.
+fn in_namespace(scope: Option<&str>, name: &str) -> Result<(), Status> {
+    match scope {
+        Some(prefix) if !name.starts_with(prefix) => Err(super::auth::denied(
+            super::auth::Permission::Deploy,
+            format!(
+                "deployment {name:?} is outside your namespace: your certificate allows names starting with {prefix:?}"
+            ),
+        )),
+        _ => Ok(()),
     }
 }

@@ -12,6 +12,8 @@
 //! except to read it after a read barrier.
 
 pub mod agents;
+pub mod attest;
+pub mod auth;
 pub mod cluster;
 pub mod deployments;
 pub mod history;

@@ -205,8 +205,14 @@ impl PolicyService for PolicyApi {
         &self,
         request: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::PolicyVersion>, Status> {
+        let by = super::auth::caller(&request).map(super::auth::Caller::opaque_id);
         let req = request.into_inner();
-        let (bundle, compiled) = bundle_from_pb(req.bundle)?;
+        let (mut bundle, compiled) = bundle_from_pb(req.bundle)?;
+        // With mutual TLS the author is who the certificate says (role:fingerprint), not what
+        // the client typed.
+        if let Some(by) = by {
+            bundle.author = by;
+        }
         let proposal = Proposal::ApplyPolicy {
             bundle: Box::new(bundle),
             expected_plan_hash: (!req.plan_hash.is_empty()).then_some(req.plan_hash),

@@ -171,6 +171,17 @@ pub enum What {
         certification: String,
         valid_until: String,
     },
+    /// An agent's registration was refused: it reported location facts its certificate does
+    /// not vouch for. `by` is the certificate's opaque id (role:fingerprint).
+    #[serde(rename = "node.registration-refused")]
+    NodeRegistrationRefused {
+        node: String,
+        reason: String,
+        by: String,
+    },
+    /// A scheduler was added or removed; `by` is who asked (role:fingerprint).
+    #[serde(rename = "cluster.membership-changed")]
+    MembershipChanged { change: String, by: String },
 }
 
 /// Which allocation an event is about.
@@ -231,6 +242,8 @@ impl What {
             What::NodeDrained { .. } => "node.drained",
             What::NodeUndrained { .. } => "node.undrained",
             What::CertificationExpired { .. } => "certification.expired",
+            What::NodeRegistrationRefused { .. } => "node.registration-refused",
+            What::MembershipChanged { .. } => "cluster.membership-changed",
         }
     }
 
@@ -278,6 +291,7 @@ impl What {
             | What::NodeReady { node }
             | What::NodeDrained { node, .. }
             | What::NodeUndrained { node }
+            | What::NodeRegistrationRefused { node, .. }
             | What::CertificationExpired { node, .. } => Some(node),
             What::AllocationMigrated { from_node, .. } => Some(from_node),
             What::AllocationStarted(a)

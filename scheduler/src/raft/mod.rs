@@ -202,13 +202,14 @@ impl StorageClosed {
 }
 
 impl Replica {
-    /// Opens (or creates) the on-disk state under `data_dir` and starts the Raft node. The node
-    /// stays passive until it is initialized ([`Replica::bootstrap`]) or added by a leader.
+    /// Opens (or creates) the on-disk state under `data_dir` and starts the Raft node, calling
+    /// peers with `peer_tls` when given (see [`PeerClients`]). The node stays passive until it is initialized ([`Replica::bootstrap`]) or added by a leader.
     pub async fn open(
         id: NodeId,
         node: SovNode,
         data_dir: &Path,
         tuning: &RaftTuning,
+        peer_tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(id > 0, "node id must be greater than 0");
         std::fs::create_dir_all(data_dir)?;
@@ -219,7 +220,7 @@ impl Replica {
             log: log_store.closed_probe(),
             state: sm.closed_probe(),
         };
-        let peers = Arc::new(PeerClients::default());
+        let peers = Arc::new(PeerClients::new(peer_tls));
         let network = NetworkFactory::new(peers.clone());
         let config = Arc::new(tuning.openraft_config()?);
         let raft = SovRaft::new(id, config, network, log_store, sm.clone()).await?;

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sov_proto::v1::raft_peer_client::RaftPeerClient;
 use sov_proto::v1::{RaftPayload, SnapshotChunk};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{LeaderReply, LeaderRequest, NodeId, Snapshot, SovNode, TypeConfig, Vote, WriteError};
 
@@ -40,20 +40,36 @@ const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const REDIAL_BACKOFF_FIRST: Duration = Duration::from_millis(20);
 
 /// One lazily connected channel per peer address, created on first use and reused forever, and
-/// per address the count of consecutive failed attempts to open a replication stream.
+/// per address the count of consecutive failed attempts to open a replication stream. With
+/// `tls`, every channel is mutual TLS with this scheduler's certificate (peers accept only
+/// scheduler certificates of the cluster's CA).
 #[derive(Default)]
 pub struct PeerClients {
     channels: Mutex<HashMap<String, Channel>>,
     stream_failures: Mutex<HashMap<String, u32>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerClients {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            tls,
+            ..Self::default()
+        }
+    }
+
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                let endpoint = match &self.tls {
+                    Some(tls) => {
+                        Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?
+                    }
+                    None => Endpoint::from_shared(format!("http://{addr}"))?,
+                };
+                let channel = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))

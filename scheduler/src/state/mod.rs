@@ -458,6 +458,19 @@ pub enum Proposal {
     /// since: applying any command on a new day re-checks every allocation against the policy
     /// for that day (certifications expire by day), and this one does nothing else.
     CheckCompliance {},
+    /// Records in history that an agent's registration was refused (its reported location
+    /// disagrees with its certificate); changes nothing else.
+    RefuseRegistration {
+        node: String,
+        reason: String,
+        by: String,
+    },
+    /// Records in history a change of the scheduler membership and who asked for it (the
+    /// change itself is openraft's membership entry).
+    RecordMembership {
+        change: String,
+        by: String,
+    },
 }
 
 /// One node's reports inside [`Proposal::ReportMany`].
@@ -513,6 +526,8 @@ impl fmt::Display for Command {
                 write!(f, "set-node-status({} nodes, {status:?})", names.len())
             }
             Proposal::CheckCompliance {} => write!(f, "check-compliance"),
+            Proposal::RefuseRegistration { node, .. } => write!(f, "refuse-registration({node})"),
+            Proposal::RecordMembership { change, .. } => write!(f, "record-membership({change})"),
         }
     }
 }
@@ -696,6 +711,27 @@ fn apply_proposal(state: &mut State, index: u64, command: &Command) -> Outcome {
         }
         // The day hook above did the work.
         Proposal::CheckCompliance {} => Outcome::Noop,
+        Proposal::RefuseRegistration { node, reason, by } => {
+            crate::history::record(
+                state,
+                crate::history::What::NodeRegistrationRefused {
+                    node: node.clone(),
+                    reason: reason.clone(),
+                    by: by.clone(),
+                },
+            );
+            Outcome::Noop
+        }
+        Proposal::RecordMembership { change, by } => {
+            crate::history::record(
+                state,
+                crate::history::What::MembershipChanged {
+                    change: change.clone(),
+                    by: by.clone(),
+                },
+            );
+            Outcome::Noop
+        }
     }
 }
 

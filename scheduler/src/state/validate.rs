@@ -21,6 +21,8 @@ pub const GPU_MEMORY_MIB_MAX: u64 = 4 * 1024 * 1024;
 pub const CPU_MILLIS_MAX: u32 = 4_096_000;
 pub const MEMORY_MIB_MAX: u64 = 64 * 1024 * 1024;
 pub const COMMAND_ARGS_MAX: usize = 128;
+/// Longest free text a history record carries (a refusal's reason, who did it).
+pub const RECORD_TEXT_BYTES_MAX: usize = 1024;
 pub const COMMAND_ARG_LEN_MAX: usize = 4_096;
 pub const ENV_ENTRIES_MAX: usize = 128;
 pub const ENV_KEY_LEN_MAX: usize = 128;
@@ -633,6 +635,15 @@ pub fn validate_proposal(proposal: &Proposal) -> Result<(), ValidationError> {
             check_max("deadline_ms", *deadline_ms, MOVE_DEADLINE_MS_MAX)
         }
         Proposal::CheckCompliance {} => Ok(()),
+        Proposal::RefuseRegistration { node, reason, by } => {
+            validate_deployment_name(node).map_err(|e| invalid("node", e.message))?;
+            check_max("reason", reason.len(), RECORD_TEXT_BYTES_MAX)?;
+            check_max("by", by.len(), RECORD_TEXT_BYTES_MAX)
+        }
+        Proposal::RecordMembership { change, by } => {
+            check_max("change", change.len(), RECORD_TEXT_BYTES_MAX)?;
+            check_max("by", by.len(), RECORD_TEXT_BYTES_MAX)
+        }
         Proposal::ReportAllocations { node, reports } => validate_reports(node, reports),
         Proposal::ReportMany { nodes } => {
             check_max("nodes", nodes.len(), REPORT_NODES_MAX)?;

@@ -354,6 +354,16 @@ pub fn render_metrics(web: &Web) -> String {
         "Log entries made durable; divided by flushes: entries per fsync.",
         entries,
     );
+    let _ = writeln!(
+        out,
+        "# HELP sov_denied_calls_total gRPC calls refused with PERMISSION_DENIED since start, by the permission they lacked (\"unknown\": no sov method).\n# TYPE sov_denied_calls_total counter"
+    );
+    for (permission, denied) in crate::api::auth::denied_counts() {
+        let _ = writeln!(
+            out,
+            "sov_denied_calls_total{{permission=\"{permission}\"}} {denied}"
+        );
+    }
     out
 }
 
