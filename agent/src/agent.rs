@@ -1,5 +1,9 @@
 //! The node agent's main loop: register, heartbeat, watch assignments, converge, report.
 //!
+//! Every connection is mutual TLS with the agent's [`Credentials`], checked before `run` is
+//! called, so a session never starts with a certificate the scheduler would refuse for a reason
+//! the agent could have seen itself.
+//!
 //! One *session* is one connection to the leader: (re)register when needed, open the
 //! assignment stream resuming from the last revision seen (with the ids the agent knows, so the
 //! scheduler can name the ones that are gone), then heartbeat and apply events until something
@@ -26,7 +30,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Code, Status};
 
 use crate::client::{Backoff, Schedulers, bounded, one_line, with_timeout};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, scheduler_address};
+use crate::credentials::{Credentials, error_chain, tls_hint};
 use crate::driver::{AllocSpec, Driver, DriverConfig, HealthCheck, HealthProbe, StatusChange};
 use crate::inventory::Fingerprinter;
 use sov_scheduler::api::nodes::{facts_to_pb, inventory_to_pb};
@@ -230,12 +235,20 @@ enum SessionEnd {
 }
 
 /// Runs the agent until `shutdown` turns true. Model servers keep running when the agent stops,
-/// so a restarted agent re-adopts them, unless `stop_on_exit`.
+/// so a restarted agent re-adopts them, unless `stop_on_exit`. `credentials` are
+/// [`Credentials::for_node`] of `cfg`.
 pub async fn run(
     cfg: AgentConfig,
+    credentials: Credentials,
     stop_on_exit: bool,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    credentials.log();
+    let addresses = cfg
+        .schedulers
+        .iter()
+        .map(|e| scheduler_address(e).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let mut fingerprinter = Fingerprinter::new(&cfg);
@@ -259,7 +272,7 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         name: cfg.name.clone(),
-        schedulers: Schedulers::new(cfg.schedulers.clone()),
+        schedulers: Schedulers::new(addresses, credentials.client_tls()),
         driver: Driver::new(cfg.data_dir.clone(), driver_config, events_tx),
         contact: Mutex::new(Instant::now()),
         assignments: Mutex::new(Assignments::default()),
@@ -314,14 +327,40 @@ pub async fn run(
                 need_register = status.code() == Code::NotFound;
                 let next = shared.schedulers.failed(&endpoint, &status);
                 let delay = backoff.next_delay();
-                tracing::warn!(
-                    scheduler = endpoint,
-                    code = ?status.code(),
-                    error = status.message(),
-                    next = next,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "lost the scheduler session"
-                );
+                let error = error_chain(&status);
+                if let Some(hint) = tls_hint(&error) {
+                    // Retrying cannot fix a certificate problem; the operator must see it.
+                    tracing::error!(
+                        scheduler = endpoint,
+                        error,
+                        hint,
+                        next = next,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "TLS handshake with the scheduler failed"
+                    );
+                } else if matches!(
+                    status.code(),
+                    Code::PermissionDenied | Code::Unauthenticated
+                ) {
+                    tracing::error!(
+                        scheduler = endpoint,
+                        code = ?status.code(),
+                        error,
+                        cert = %credentials.cert_path().display(),
+                        next = next,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "the scheduler refused this agent's certificate"
+                    );
+                } else {
+                    tracing::warn!(
+                        scheduler = endpoint,
+                        code = ?status.code(),
+                        error,
+                        next = next,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "lost the scheduler session"
+                    );
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}

@@ -1,6 +1,10 @@
 //! The agent's view of the scheduler cluster: a list of endpoints, one cached gRPC channel per
 //! endpoint, and which of them is believed to lead.
 //!
+//! Every channel is mutual TLS ([`tls_endpoint`]): `https://HOST:PORT`, presenting the agent's
+//! certificate and trusting only the cluster CA. Endpoints are kept as `HOST:PORT` whatever
+//! scheme the config or a leader hint wrote, so one scheduler gets one channel.
+//!
 //! Why follow the leader: heartbeats live in the leader's memory and assignment streams are
 //! served by the leader (see `scheduler/src/api/agents.rs`). A follower answers UNAVAILABLE
 //! with the `sov-leader-api` trailer; [`Schedulers::failed`] moves to that address, or to the
@@ -12,7 +16,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use sov_proto::v1::agent_service_client::AgentServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::scheduler_address;
 
 /// Connection attempts give up after this long (the agent retries with backoff).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,18 +45,32 @@ struct Inner {
 }
 
 /// Endpoints of the scheduler cluster and the one in use. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct Schedulers {
+    /// `HOST:PORT` of each configured scheduler.
     endpoints: Vec<String>,
+    tls: ClientTlsConfig,
     inner: Mutex<Inner>,
 }
 
+/// Not derived: the TLS configuration holds the private key, which no log may show.
+impl std::fmt::Debug for Schedulers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedulers")
+            .field("endpoints", &self.endpoints)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Schedulers {
-    /// `endpoints` must be non-empty `http(s)://host:port` URLs (the config validates them).
-    pub fn new(endpoints: Vec<String>) -> Self {
+    /// `endpoints` must be non-empty `HOST:PORT` addresses ([`scheduler_address`] of each
+    /// configured endpoint); `tls` comes from the agent's
+    /// [`Credentials`](crate::credentials::Credentials).
+    pub fn new(endpoints: Vec<String>, tls: ClientTlsConfig) -> Self {
         let current = endpoints.first().cloned().unwrap_or_default();
         Self {
             endpoints,
+            tls,
             inner: Mutex::new(Inner {
                 next: 0,
                 current,
@@ -64,7 +84,7 @@ impl Schedulers {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The endpoint in use now.
+    /// The endpoint in use now (`HOST:PORT`).
     pub fn current(&self) -> String {
         self.inner().current.clone()
     }
@@ -77,12 +97,10 @@ impl Schedulers {
             if inner.channels.len() >= CHANNELS_MAX {
                 inner.channels.clear();
             }
-            let channel = Endpoint::from_shared(url.clone())?
-                .connect_timeout(CONNECT_TIMEOUT)
+            let channel = tls_endpoint(&url, &self.tls)?
                 .http2_keep_alive_interval(KEEPALIVE)
                 .keep_alive_timeout(KEEPALIVE)
                 .keep_alive_while_idle(true)
-                .tcp_nodelay(true)
                 .connect_lazy();
             inner.channels.insert(url.clone(), channel);
         }
@@ -93,18 +111,7 @@ impl Schedulers {
     /// Picks where to go after `status` from `endpoint`: the leader it named, else the next
     /// configured endpoint. Returns the new endpoint.
     pub fn failed(&self, endpoint: &str, status: &tonic::Status) -> String {
-        let hint = status
-            .metadata()
-            .get(sov_proto::LEADER_API_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(|addr| {
-                if addr.contains("://") {
-                    addr.to_string()
-                } else {
-                    format!("http://{addr}")
-                }
-            });
+        let hint = leader_hint(status);
         let mut inner = self.inner();
         if hint.is_none() && status.code() == tonic::Code::Unavailable {
             inner.unreachable = Some((endpoint.to_string(), std::time::Instant::now()));
@@ -131,6 +138,24 @@ impl Schedulers {
         };
         inner.current.clone()
     }
+}
+
+/// A channel's endpoint for scheduler `address` (`HOST:PORT`): mutual TLS with `tls`, bounded
+/// connection attempts, no Nagle delay for small messages. Callers add their keepalive.
+pub fn tls_endpoint(address: &str, tls: &ClientTlsConfig) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(format!("https://{address}"))?
+        .tls_config(tls.clone())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true))
+}
+
+/// The leader's `HOST:PORT` a follower named in its answer, if it named a valid one.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get(sov_proto::LEADER_API_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|addr| scheduler_address(addr).ok())
 }
 
 /// A unary request bounded by [`CALL_TIMEOUT`]: tonic sends it as `grpc-timeout` (the server
@@ -204,27 +229,46 @@ pub fn one_line(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    fn not_leader(hint: &str) -> tonic::Status {
+        let mut status = tonic::Status::unavailable("not the leader");
+        status
+            .metadata_mut()
+            .insert(sov_proto::LEADER_API_METADATA, hint.parse().unwrap());
+        status
+    }
+
     #[test]
     fn follows_leader_hints_then_rotates() {
-        let s = Schedulers::new(vec!["http://a:1".into(), "http://b:2".into()]);
-        assert_eq!(s.current(), "http://a:1");
-        let mut status = tonic::Status::unavailable("not the leader");
-        status.metadata_mut().insert(
-            sov_proto::LEADER_API_METADATA,
-            "127.0.0.1:9".parse().unwrap(),
-        );
-        assert_eq!(s.failed("http://a:1", &status), "http://127.0.0.1:9");
+        let s = Schedulers::new(vec!["a:1".into(), "b:2".into()], ClientTlsConfig::new());
+        assert_eq!(s.current(), "a:1");
+        let status = not_leader("127.0.0.1:9");
+        assert_eq!(s.failed("a:1", &status), "127.0.0.1:9");
         // A stale failure report from the old endpoint does not undo the move.
-        assert_eq!(s.failed("http://a:1", &status), "http://127.0.0.1:9");
+        assert_eq!(s.failed("a:1", &status), "127.0.0.1:9");
         let plain = tonic::Status::unavailable("connection refused");
-        assert_eq!(s.failed("http://127.0.0.1:9", &plain), "http://b:2");
+        assert_eq!(s.failed("127.0.0.1:9", &plain), "b:2");
         // b is a follower that still names the dead 127.0.0.1:9 as leader: not believed.
-        let mut stale = tonic::Status::unavailable("not the leader");
-        stale.metadata_mut().insert(
-            sov_proto::LEADER_API_METADATA,
-            "127.0.0.1:9".parse().unwrap(),
-        );
-        assert_eq!(s.failed("http://b:2", &stale), "http://a:1");
+        assert_eq!(s.failed("b:2", &not_leader("127.0.0.1:9")), "a:1");
+    }
+
+    #[test]
+    fn a_leader_hint_with_a_scheme_is_the_same_scheduler() {
+        let s = Schedulers::new(vec!["a:1".into(), "b:2".into()], ClientTlsConfig::new());
+        assert_eq!(s.failed("a:1", &not_leader("http://b:2")), "b:2");
+        assert_eq!(s.failed("b:2", &not_leader("https://a:1")), "a:1");
+        // A hint that is no endpoint is ignored: rotate instead.
+        assert_eq!(s.failed("a:1", &not_leader("a:1/x")), "b:2");
+        assert_eq!(leader_hint(&not_leader("")), None);
+    }
+
+    #[tokio::test]
+    async fn one_channel_per_scheduler() {
+        let s = Schedulers::new(vec!["127.0.0.1:1".into()], ClientTlsConfig::new());
+        let (address, _) = s.client().expect("a lazy channel");
+        assert_eq!(address, "127.0.0.1:1");
+        assert_eq!(s.inner().channels.len(), 1);
+        s.client().expect("the same channel");
+        assert_eq!(s.inner().channels.len(), 1);
     }
 
     #[test]

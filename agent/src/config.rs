@@ -13,12 +13,21 @@
 //! result. Programs that build an [`AgentConfig`] themselves (the fleet simulator) call
 //! `validate` too.
 //!
+//! The `[tls]` table only names the agent's certificate files; whether they exist and fit this
+//! node is checked when the agent starts ([`crate::credentials`]), after `--tls-*` flags have
+//! had their say.
+//!
 //! ```toml
 //! name = "fr-par-1"
-//! schedulers = ["http://10.0.0.5:7400", "http://10.0.0.6:7400"]
+//! schedulers = ["10.0.0.5:7400", "10.0.0.6:7400"]
 //! data_dir = "/var/lib/sov-agent"
 //! refingerprint_interval = "60s"
 //! stop_grace = "10s"
+//!
+//! [tls]
+//! ca = "/etc/sov/tls/ca.crt"
+//! cert = "/etc/sov/tls/fr-par-1.crt"
+//! key = "/etc/sov/tls/fr-par-1.key"
 //!
 //! [location]
 //! country = "FR"
@@ -65,7 +74,7 @@ pub const HEARTBEAT_INTERVAL_MAX: Duration = Duration::from_secs(60);
 
 /// A scheduler cluster has 3 to 7 voters; a longer list is a mistake (or a copy-paste loop).
 pub const SCHEDULERS_MAX: usize = 16;
-/// Longer than any sensible `http://host:port`.
+/// Longer than any sensible `https://host:port`.
 pub const SCHEDULER_URL_LEN_MAX: usize = 256;
 /// Per `[[simulated_gpus]]` entry; the scheduler caps a node at 64 GPUs in total as well.
 pub const SIMULATED_GPU_COUNT_MAX: u32 = 64;
@@ -76,9 +85,10 @@ pub struct AgentConfig {
     /// Node name: a DNS label (lowercase letters, digits, '-'), unique in the cluster and stable
     /// across restarts, because allocations are bound to it.
     pub name: String,
-    /// Scheduler API endpoints (`http://host:port` or `https://host:port`). Any member will
-    /// do: the agent follows whichever one is the leader, so list them all to survive the loss
-    /// of any one.
+    /// Scheduler API endpoints as written (`host:port`, `https://host:port` or
+    /// `http://host:port`, all meaning that host and port: every connection is mutual TLS).
+    /// Any member will do: the agent follows whichever one is the leader, so list them all to
+    /// survive the loss of any one. [`scheduler_address`] gives the `host:port` of each.
     pub schedulers: Vec<String>,
     /// Allocation directories, model-server logs and the agent's state files live here, so an
     /// agent restarted with the same directory re-adopts the servers it started. A relative
@@ -91,13 +101,33 @@ pub struct AgentConfig {
     pub refingerprint_interval: Duration,
     /// Time between SIGTERM and SIGKILL when a model server is stopped.
     pub stop_grace: Duration,
-    /// Where the node is and who operates it, exactly as registration reports them; the trust
-    /// is always [`LocationTrust::SelfReported`] until issue #7 adds operator certificates.
+    /// Where the node is and who operates it, exactly as registration reports them, always as
+    /// [`LocationTrust::SelfReported`]: what the operator vouches for travels in the agent's
+    /// certificate, and the scheduler takes it from there.
     pub location: NodeFacts,
     /// Replaces measured CPU and memory where set.
     pub resources: ResourceOverrides,
     /// GPUs that do not exist, for dev/test fleets; reported with `simulated = true`.
     pub simulated_gpus: Vec<SimulatedGpus>,
+    /// `[tls]`: the agent's certificate files. Required to run, but checked at start
+    /// ([`crate::credentials::Credentials::for_node`]) since flags may supply them.
+    pub tls: TlsPaths,
+}
+
+/// `[tls]`: PEM files issued by the cluster's CA (`sovctl ca issue --role agent --name NODE
+/// --out DIR` writes all three into DIR). A relative path is relative to the agent's working
+/// directory. `--tls-ca`, `--tls-cert` and `--tls-key` override each key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA's certificate (`ca.crt`): the only issuer of scheduler certificates the
+    /// agent trusts.
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate (`NODE.crt`), naming the node and the location facts the
+    /// operator vouches for.
+    pub cert: Option<PathBuf>,
+    /// Its private key (`NODE.key`), readable by the agent's user only.
+    pub key: Option<PathBuf>,
 }
 
 /// `[resources]`: what to offer the scheduler instead of what the machine has, e.g. to keep
@@ -268,14 +298,16 @@ impl AgentConfig {
                 ),
             ));
         }
+        let mut seen = Vec::with_capacity(self.schedulers.len());
         for (i, url) in self.schedulers.iter().enumerate() {
             let field = format!("schedulers[{i}]");
-            if let Err(message) = check_endpoint(url) {
-                return Err(invalid(field, message));
-            }
-            if self.schedulers[..i].contains(url) {
+            let address = scheduler_address(url).map_err(|message| invalid(&field, message))?;
+            // "http://a:1" and "a:1" are one scheduler: listing both would only skew the
+            // rotation towards it.
+            if seen.contains(&address) {
                 return Err(invalid(field, format!("{url:?} is listed twice")));
             }
+            seen.push(address);
         }
         Ok(())
     }
@@ -403,9 +435,10 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ValidationEr
 }
 
 fn trust_unsupported_message() -> String {
-    "only \"self-reported\" is accepted for now: the agent cannot yet prove its location with an \
-     operator certificate or hardware attestation (issue #7); remove the line or write \
-     trust = \"self-reported\""
+    "only \"self-reported\" can be written here: what the operator vouches for is carried by the \
+     agent's certificate (its location claims, from `sovctl ca issue --country ...`) and read by \
+     the scheduler from there, and hardware attestation is not supported yet; remove the line or \
+     write trust = \"self-reported\""
         .to_owned()
 }
 
@@ -442,14 +475,16 @@ fn config_field(field: &str, simulated: &[SimulatedGpus]) -> String {
     field.to_owned()
 }
 
-/// Accepts `http://HOST:PORT` and `https://HOST:PORT` (HOST a name, an IPv4 address or a
-/// bracketed IPv6 address) and nothing else: a path or a missing port would only fail later,
-/// at connection time, with a less helpful error.
-fn check_endpoint(url: &str) -> Result<(), String> {
+/// The `HOST:PORT` of a scheduler endpoint written `HOST:PORT`, `https://HOST:PORT` or
+/// `http://HOST:PORT` (HOST a name, an IPv4 address or a bracketed IPv6 address): the scheme
+/// is accepted for older configs and leader hints but changes nothing, since every connection
+/// is mutual TLS. Anything else is refused here: a path or a missing port would only fail
+/// later, at connection time, with a less helpful error.
+pub fn scheduler_address(url: &str) -> Result<String, String> {
     let usage = || {
         format!(
-            "{url:?} is not a scheduler endpoint; write it as http://HOST:PORT or \
-             https://HOST:PORT with nothing after the port (e.g. \"http://10.0.0.5:7400\")"
+            "{url:?} is not a scheduler endpoint; write it as HOST:PORT (or https://HOST:PORT) \
+             with nothing after the port (e.g. \"10.0.0.5:7400\")"
         )
     };
     if url.len() > SCHEDULER_URL_LEN_MAX {
@@ -458,10 +493,11 @@ fn check_endpoint(url: &str) -> Result<(), String> {
             url.len()
         ));
     }
-    let authority = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(usage)?;
+    let authority = match url.split_once("://") {
+        Some(("http" | "https", authority)) => authority,
+        Some(_) => return Err(usage()),
+        None => url,
+    };
     let (host, port, host_ok) = if let Some(bracketed) = authority.strip_prefix('[') {
         let (host, after) = bracketed.split_once(']').ok_or_else(usage)?;
         let port = after.strip_prefix(':').ok_or_else(usage)?;
@@ -485,7 +521,7 @@ fn check_endpoint(url: &str) -> Result<(), String> {
     if !port_ok {
         return Err(usage());
     }
-    Ok(())
+    Ok(authority.to_owned())
 }
 
 fn check_range(
@@ -602,6 +638,9 @@ struct ConfigFile {
     /// `[[simulated_gpus]]`.
     #[serde(default)]
     simulated_gpus: Vec<SimulatedGpus>,
+    /// `[tls]`.
+    #[serde(default)]
+    tls: TlsPaths,
 }
 
 /// `[location]` as written; see [`NodeFacts`] for the meaning of each field.
@@ -620,7 +659,8 @@ struct LocationFile {
     operator_hq: String,
     /// Country of the operator's ultimate parent company (ISO 3166-1 alpha-2).
     ultimate_parent_hq: String,
-    /// How the facts are known: only "self-reported" for now (issue #7).
+    /// How the facts are known: only "self-reported" can be written (the certificate carries
+    /// what the operator vouches for).
     trust: Option<String>,
     /// Certification name -> last valid day, as a string "2027-06-30" or a TOML date.
     certifications: BTreeMap<String, toml::Value>,
@@ -645,6 +685,7 @@ impl ConfigFile {
             location,
             resources: self.resources,
             simulated_gpus: self.simulated_gpus,
+            tls: self.tls,
         })
     }
 }
@@ -662,7 +703,8 @@ impl LocationFile {
                     format!(
                         "{other:?} is not a trust level; the levels are \"self-reported\", \
                          \"operator-certificate\" and \"hardware-attested\", and only \
-                         \"self-reported\" is accepted for now (issue #7)"
+                         \"self-reported\" can be written here (the agent's certificate carries \
+                         what the operator vouches for)"
                     ),
                 ));
             }
@@ -971,7 +1013,7 @@ ultimate_parent_hq = "FR"
         assert_eq!(field, "location.trust");
         let text = err.to_string();
         assert!(text.contains("only \"self-reported\""), "{text}");
-        assert!(text.contains("issue #7"), "{text}");
+        assert!(text.contains("certificate"), "{text}");
 
         let text = with_line(FULL, "trust", "trust = \"trust-me\"");
         let (field, err) = invalid_field(&text);
@@ -990,8 +1032,9 @@ ultimate_parent_hq = "FR"
         assert_eq!(invalid_field(&text).0, "schedulers");
 
         for bad in [
-            "127.0.0.1:7400",
             "grpc://127.0.0.1:7400",
+            "127.0.0.1",
+            "https://127.0.0.1:7400/",
             "http://127.0.0.1",
             "http://127.0.0.1:7400/",
             "http://:7400",
@@ -1005,22 +1048,74 @@ ultimate_parent_hq = "FR"
             assert_eq!(field, "schedulers[1]", "{bad}: {err}");
         }
 
-        let line = "schedulers = [\"http://a:1\", \"http://a:1\"]";
-        let (field, err) = invalid_field(&with_line(FULL, "schedulers", line));
-        assert_eq!(field, "schedulers[1]");
-        assert!(err.to_string().contains("listed twice"), "{err}");
+        for line in [
+            "schedulers = [\"http://a:1\", \"http://a:1\"]",
+            "schedulers = [\"http://a:1\", \"https://a:1\"]",
+            "schedulers = [\"a:1\", \"http://a:1\"]",
+        ] {
+            let (field, err) = invalid_field(&with_line(FULL, "schedulers", line));
+            assert_eq!(field, "schedulers[1]", "{line}");
+            assert!(err.to_string().contains("listed twice"), "{err}");
+        }
     }
 
     #[test]
-    fn endpoints_accept_names_addresses_and_tls() {
-        for good in [
-            "http://127.0.0.1:7400",
-            "https://scheduler-1.example.eu:443",
-            "http://[::1]:7400",
-            "http://[fd00::5]:7400",
+    fn endpoints_mean_their_host_and_port_with_or_without_a_scheme() {
+        for (written, address) in [
+            ("http://127.0.0.1:7400", "127.0.0.1:7400"),
+            ("https://127.0.0.1:7400", "127.0.0.1:7400"),
+            ("127.0.0.1:7400", "127.0.0.1:7400"),
+            (
+                "https://scheduler-1.example.eu:443",
+                "scheduler-1.example.eu:443",
+            ),
+            ("scheduler-1:7400", "scheduler-1:7400"),
+            ("http://[::1]:7400", "[::1]:7400"),
+            ("[fd00::5]:7400", "[fd00::5]:7400"),
         ] {
-            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+            assert_eq!(
+                scheduler_address(written),
+                Ok(address.to_owned()),
+                "{written}"
+            );
         }
+        assert!(scheduler_address("::1:7400").is_err());
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../deploy/agent.example.toml");
+        let cfg = AgentConfig::from_toml_str(text, "deploy/agent.example.toml").expect("valid");
+        assert!(cfg.tls.ca.is_some() && cfg.tls.cert.is_some() && cfg.tls.key.is_some());
+    }
+
+    #[test]
+    fn the_tls_table_names_three_files() {
+        let text = format!(
+            "{MINIMAL}\n[tls]\nca = \"/etc/sov/tls/ca.crt\"\ncert = \"fr-par-1.crt\"\n\
+             key = \"fr-par-1.key\"\n"
+        );
+        let cfg = AgentConfig::from_toml_str(&text, "agent.toml").expect("valid");
+        assert_eq!(
+            cfg.tls,
+            TlsPaths {
+                ca: Some(PathBuf::from("/etc/sov/tls/ca.crt")),
+                cert: Some(PathBuf::from("fr-par-1.crt")),
+                key: Some(PathBuf::from("fr-par-1.key")),
+            }
+        );
+        assert_eq!(
+            AgentConfig::from_toml_str(MINIMAL, "agent.toml")
+                .expect("valid")
+                .tls,
+            TlsPaths::default()
+        );
+        let text = format!("{MINIMAL}\n[tls]\ncertificate = \"x.crt\"\n");
+        let err = AgentConfig::from_toml_str(&text, "agent.toml").expect_err("typo");
+        assert!(
+            err.to_string().contains("unknown field `certificate`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! not the scheduler. Nodes share `--nodes-per-connection` HTTP/2 connections to the leader
 //! (each node holds one long stream, and servers cap concurrent streams per connection at a
 //! few hundred, so keep it at or below 100).
+//!
+//! Why one wildcard certificate: the fleet speaks for many nodes over shared connections, so it
+//! presents one agent certificate whose name covers them all. Virtual nodes are named
+//! `<name_prefix>-<country>-<n>` (`sim-fr-0`, `sim-de-1`, ... with the default prefix `sim`),
+//! and the certificate is issued for `<name_prefix>-*` (`sovctl ca issue --role agent --name
+//! 'sim-*'`), without location claims: virtual nodes' facts are made up, and stay
+//! `self-reported`. [`Credentials::for_fleet`] checks it covers every node before any connects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -21,10 +28,12 @@ use serde::Deserialize;
 use sov_proto::v1 as pb;
 use sov_proto::v1::agent_service_client::AgentServiceClient;
 use tokio::sync::{Semaphore, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
-use crate::client::{Backoff, bounded, with_timeout};
+use crate::client::{Backoff, bounded, leader_hint, tls_endpoint, with_timeout};
+use crate::config::{TlsPaths, scheduler_address};
+use crate::credentials::{Credentials, TlsFlags, error_chain, tls_hint};
 
 /// Most virtual nodes one process simulates.
 pub const FLEET_NODES_MAX: usize = 20_000;
@@ -37,7 +46,8 @@ pub struct FleetArgs {
     /// Fleet spec (TOML): location groups with weights and inventory; see deploy/dev/fleet.toml
     #[arg(long)]
     pub spec: PathBuf,
-    /// Scheduler API endpoint; repeat or comma-separate for several
+    /// Scheduler API endpoint, HOST:PORT (http:// or https:// in front mean the same: every
+    /// connection is mutual TLS); repeat or comma-separate for several
     #[arg(
         long = "scheduler",
         env = "SOV_ENDPOINT",
@@ -60,13 +70,19 @@ pub struct FleetArgs {
     /// Stop after this many seconds (default: run until SIGTERM/Ctrl-C)
     #[arg(long)]
     pub duration_s: Option<u64>,
+    /// One agent certificate for every virtual node: its name must be the wildcard
+    /// `<name_prefix>-*` of the spec (e.g. `sim-*`), with no location claims.
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 /// The fleet spec file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSpec {
-    /// Virtual node names are `<name_prefix>-<group country lower-case>-<n>`.
+    /// Virtual node names are `<name_prefix>-<group country lower-case>-<n>`, so the fleet's
+    /// certificate is issued for `<name_prefix>-*`; pick a prefix no real node's name starts
+    /// with, since that certificate may speak for any node so named. Default `sim`.
     #[serde(default = "default_prefix")]
     pub name_prefix: String,
     #[serde(rename = "group")]
@@ -164,8 +180,13 @@ impl FleetSpec {
     }
 }
 
+/// The name of virtual node `i`, of group `g`.
+fn node_name(prefix: &str, g: &Group, i: usize) -> String {
+    format!("{prefix}-{}-{i}", g.country.to_ascii_lowercase())
+}
+
 fn registration(prefix: &str, g: &Group, i: usize) -> pb::RegisterNodeRequest {
-    let name = format!("{prefix}-{}-{i}", g.country.to_ascii_lowercase());
+    let name = node_name(prefix, g, i);
     let gpus = (0..g.gpus)
         .map(|k| pb::GpuDevice {
             index: k,
@@ -198,13 +219,16 @@ fn registration(prefix: &str, g: &Group, i: usize) -> pb::RegisterNodeRequest {
     }
 }
 
-/// Connections to the leader, shared by the virtual nodes.
+/// Connections to the leader, shared by the virtual nodes. Endpoints are `HOST:PORT`.
 struct Pool {
     endpoints: Vec<String>,
+    tls: ClientTlsConfig,
     leader: RwLock<String>,
     next: Mutex<usize>,
     channels: Mutex<HashMap<(String, usize), Channel>>,
     per_connection: usize,
+    /// TLS hints already logged: thousands of nodes failing the same handshake say it once.
+    hinted: Mutex<BTreeSet<&'static str>>,
 }
 
 impl Pool {
@@ -217,11 +241,9 @@ impl Pool {
         let key = (leader.clone(), node / self.per_connection.max(1));
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if !channels.contains_key(&key) {
-            let channel = Endpoint::from_shared(leader.clone())?
-                .connect_timeout(Duration::from_secs(3))
+            let channel = tls_endpoint(&leader, &self.tls)?
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(10))
-                .tcp_nodelay(true)
                 .connect_lazy();
             channels.insert(key.clone(), channel);
         }
@@ -229,11 +251,22 @@ impl Pool {
     }
 
     fn failed(&self, endpoint: &str, status: &Status) {
-        let hint = status
-            .metadata()
-            .get(sov_proto::LEADER_API_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(|a| format!("http://{a}"));
+        let error = error_chain(status);
+        if let Some(hint) = tls_hint(&error)
+            && self
+                .hinted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(hint)
+        {
+            tracing::error!(
+                scheduler = endpoint,
+                error,
+                hint,
+                "TLS handshake with the scheduler failed"
+            );
+        }
+        let hint = leader_hint(status);
         let mut leader = self.leader.write().unwrap_or_else(|p| p.into_inner());
         if *leader != endpoint {
             return;
@@ -271,19 +304,39 @@ pub async fn run(args: FleetArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         "--nodes-per-connection must be between 1 and 500"
     );
     let spec = Arc::new(FleetSpec::load(&args.spec)?);
+    let endpoints = args
+        .schedulers
+        .iter()
+        .map(|e| scheduler_address(e).map_err(|m| anyhow::anyhow!("--scheduler: {m}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        !endpoints.is_empty(),
+        "--scheduler: at least one endpoint is required"
+    );
+    let names: Vec<String> = (0..args.nodes)
+        .map(|i| node_name(&spec.name_prefix, spec.group_of(i), i))
+        .collect();
+    let credentials = Credentials::for_fleet(
+        &args.tls.over(&TlsPaths::default()),
+        &spec.name_prefix,
+        names.iter().map(String::as_str),
+    )?;
+    credentials.log();
     let pool = Arc::new(Pool {
-        leader: RwLock::new(args.schedulers[0].clone()),
-        endpoints: args.schedulers.clone(),
+        leader: RwLock::new(endpoints[0].clone()),
+        endpoints,
+        tls: credentials.client_tls(),
         next: Mutex::new(0),
         channels: Mutex::new(HashMap::new()),
         per_connection: args.nodes_per_connection,
+        hinted: Mutex::new(BTreeSet::new()),
     });
     let counters = Arc::new(Counters::default());
     let registering = Arc::new(Semaphore::new(args.register_concurrency.max(1)));
     eprintln!(
         "fleet: starting {} virtual nodes (SIMULATED GPUs, no processes) against {}",
         args.nodes,
-        args.schedulers.join(",")
+        pool.endpoints.join(",")
     );
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.nodes);

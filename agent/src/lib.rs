@@ -2,7 +2,10 @@
 //! end-to-end tests share one implementation.
 //!
 //! - [`config`]: the agent's TOML config (scheduler endpoints, node name, location facts,
-//!   simulated GPUs), validated at start so malformed facts never reach a scheduler.
+//!   certificate files, simulated GPUs), validated at start so malformed facts never reach a
+//!   scheduler.
+//! - [`credentials`]: the agent's certificate, checked at start against its node name and
+//!   location (mutual TLS on every connection), and hints for failed handshakes.
 //! - [`inventory`]: CPU and memory via sysinfo, GPUs via NVML loaded at run time (or declared
 //!   simulated GPUs), re-fingerprinted periodically and on SIGHUP.
 //! - [`driver`]: runs model servers as processes (env, ports, GPUs, logs, health checks,
@@ -14,6 +17,7 @@
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod driver;
 pub mod fleet;
 pub mod inventory;

@@ -3,12 +3,17 @@
 //! `sov-agent run --config agent.toml` runs the real agent (see [`sov_agent::agent`]);
 //! `sov-agent check --config agent.toml` validates the config and prints the inventory it would
 //! report; `sov-agent fleet --nodes N --spec fleet.toml` runs N virtual nodes in one process.
+//!
+//! `run` and `fleet` need a certificate from the cluster's CA (`[tls]` in the config, or
+//! `--tls-ca`/`--tls-cert`/`--tls-key`) and refuse to start without one, or with one that does
+//! not fit; `check` checks it too.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sov_agent::config::AgentConfig;
+use sov_agent::credentials::{Credentials, TlsFlags, utc_date};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -20,7 +25,11 @@ use tokio::sync::watch;
     after_help = "Examples:\n  \
         sov-agent run --config /etc/sov/agent.toml\n  \
         sov-agent check --config deploy/dev/agents/fr-par-1.toml\n  \
-        sov-agent fleet --nodes 1000 --spec deploy/dev/fleet.toml --scheduler http://127.0.0.1:7400\n\n\
+        sov-agent fleet --nodes 1000 --spec deploy/dev/fleet.toml --scheduler 127.0.0.1:7400 \\\n      \
+        --tls-ca tls/ca.crt --tls-cert tls/sim-all.crt --tls-key tls/sim-all.key\n\n\
+        Every connection to a scheduler is mutual TLS: an agent needs a certificate issued for its \
+        node (sovctl ca issue --role agent --name NODE --country CC ...), the fleet one for \
+        'sim-*' (docs/security.md).\n\
         A commented example config: deploy/agent.example.toml"
 )]
 struct Cli {
@@ -48,21 +57,28 @@ enum Command {
     /// Run the agent: register, heartbeat, run assigned model servers until SIGTERM/Ctrl-C.
     /// Model servers keep running when the agent stops and are re-adopted when it starts again.
     Run {
-        /// Agent config (TOML): name, scheduler endpoints, location facts
+        /// Agent config (TOML): name, scheduler endpoints, location facts, [tls] files
         #[arg(long, short, env = "SOV_AGENT_CONFIG")]
         config: PathBuf,
         /// Stop every model server when the agent stops (default: leave them running, to be
         /// re-adopted by the next agent start). For dev clusters and tests.
         #[arg(long)]
         stop_on_exit: bool,
+        #[command(flatten)]
+        tls: TlsFlags,
     },
-    /// Validate a config and print the registration it would send (facts and inventory).
+    /// Validate a config and its certificate, and print the registration it would send (facts
+    /// and inventory) and who the certificate says the agent is.
     Check {
         #[arg(long, short, env = "SOV_AGENT_CONFIG")]
         config: PathBuf,
+        #[command(flatten)]
+        tls: TlsFlags,
     },
     /// Simulate N virtual nodes in one process (register, heartbeat, acknowledge assignments;
-    /// no processes run). Every virtual GPU is reported simulated.
+    /// no processes run). Every virtual GPU is reported simulated. One agent certificate speaks
+    /// for all of them: issued for '<name_prefix>-*' of the spec ('sim-*' by default), without
+    /// location claims.
     Fleet(sov_agent::fleet::FleetArgs),
 }
 
@@ -121,23 +137,46 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run {
             config,
             stop_on_exit,
+            tls,
         } => {
-            let cfg = AgentConfig::load(&config)?;
-            sov_agent::agent::run(cfg, stop_on_exit, shutdown_signal()).await
+            let (cfg, credentials) = load(&config, &tls)?;
+            sov_agent::agent::run(cfg, credentials, stop_on_exit, shutdown_signal()).await
         }
-        Command::Check { config } => {
-            let cfg = AgentConfig::load(&config)?;
+        Command::Check { config, tls } => {
+            let (cfg, credentials) = load(&config, &tls)?;
             let mut fp = sov_agent::inventory::Fingerprinter::new(&cfg);
             let inventory = fp.fingerprint();
+            let identity = credentials.identity();
             let report = serde_json::json!({
                 "name": cfg.name,
                 "schedulers": cfg.schedulers,
                 "facts": cfg.facts(),
                 "inventory": inventory,
+                "certificate": {
+                    "path": credentials.cert_path(),
+                    "identity": identity.uris()[0],
+                    "location_claims": identity.location,
+                    "not_after": utc_date(credentials.not_after()),
+                    "expiry_warning": credentials.expiry_warning(std::time::SystemTime::now()),
+                },
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Fleet(args) => sov_agent::fleet::run(args, shutdown_signal()).await,
     }
+}
+
+/// The config at `path` with the TLS flags applied, and its checked certificate: the agent does
+/// not start without one that fits.
+fn load(path: &std::path::Path, tls: &TlsFlags) -> anyhow::Result<(AgentConfig, Credentials)> {
+    let mut cfg = AgentConfig::load(path)?;
+    cfg.tls = tls.over(&cfg.tls);
+    let credentials = Credentials::for_node(
+        &cfg.tls,
+        &cfg.name,
+        &cfg.location,
+        &path.display().to_string(),
+    )?;
+    Ok((cfg, credentials))
 }
