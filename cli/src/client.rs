@@ -5,6 +5,13 @@
 //! that performs one RPC on a channel; the client decides where each attempt goes. The routing
 //! decisions (`classify`, `Route`) are pure so they are tested without a network.
 //!
+//! Every connection is mutual TLS (`https://`) when a client certificate is configured
+//! (`Transport::Tls`, from `credentials`), whatever scheme the endpoints were written with;
+//! without one it is plaintext, which only in-process test servers speak, so its connection
+//! failures say that no certificate is configured. A failed TLS handshake is never retried:
+//! every scheduler of a cluster holds certificates from the same CA, so the next would fail
+//! alike; its one-line reason says what to check instead.
+//!
 //! Retry rules, in order of the protocol's promises:
 //! - UNAVAILABLE with trailer `sov-leader-api`: the node could not forward to the leader and says
 //!   where it is; retry there.
@@ -24,6 +31,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use sov_proto::LEADER_API_METADATA;
+use sov_proto::tls::TlsMaterial;
 use sov_proto::v1::ReadConsistency;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
@@ -52,14 +60,17 @@ pub fn read_consistency(stale: bool) -> i32 {
     }
 }
 
-/// Parses `--endpoint`: a comma-separated list of `host[:port]` or `http://host[:port]`, into
-/// canonical `http://host:port` addresses, in order, without duplicates.
+/// Parses `--endpoint`: a comma-separated list of `host[:port]`, `http://host[:port]` or
+/// `https://host[:port]`, into canonical `http://host:port` addresses, in order, without
+/// duplicates. The scheme says nothing about the transport: `Client` connects over mutual TLS,
+/// at `https://host:port`, whenever a client certificate is configured.
 pub fn parse_endpoints(list: &str) -> Result<Vec<String>, UsageError> {
     let mut endpoints: Vec<String> = Vec::new();
     for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let endpoint = parse_endpoint(raw).map_err(|reason| {
             UsageError(format!(
-                "invalid endpoint {raw:?}: {reason}; expected host:port or http://host:port"
+                "invalid endpoint {raw:?}: {reason}; expected host:port, http://host:port or \
+                 https://host:port"
             ))
         })?;
         if !endpoints.contains(&endpoint) {
@@ -77,8 +88,7 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, UsageError> {
 /// One endpoint, or a leader hint (`host:port`), to `http://host:port`.
 fn parse_endpoint(raw: &str) -> Result<String, String> {
     let authority = match raw.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(("https", _)) => return Err("TLS is not supported yet; use http://".to_owned()),
+        Some(("http" | "https", rest)) => rest,
         Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?}")),
         None => raw,
     };
@@ -110,6 +120,10 @@ fn parse_endpoint(raw: &str) -> Result<String, String> {
 pub enum Failure {
     /// No connection could be made, so nothing was sent.
     Connect { reason: String },
+    /// The TLS handshake failed (either side refused the other's certificate), before or during
+    /// the call: a matter of credentials, which another scheduler of the cluster would judge
+    /// the same way.
+    Tls { reason: String },
     /// No answer within the deadline; a write may or may not have been applied.
     Timeout,
     /// The server answered with an error, or the transport broke during the call.
@@ -132,6 +146,7 @@ pub enum Action {
 pub fn classify(failure: &Failure, retry_timeouts: bool) -> Action {
     match failure {
         Failure::Connect { .. } => Action::RetryNextEndpoint,
+        Failure::Tls { .. } => Action::GiveUp,
         Failure::Timeout if retry_timeouts => Action::RetryNextEndpoint,
         Failure::Timeout => Action::GiveUp,
         Failure::Status(status) => match status.code() {
@@ -187,12 +202,16 @@ pub struct Route {
     /// Every address (listed or hinted) that refused a connection since it last answered;
     /// bounded by the attempt budget.
     refused: Vec<String>,
+    /// Whether the endpoints are `https://`: leader hints, which name a bare `host:port`, are
+    /// followed with the same scheme.
+    https: bool,
 }
 
 impl Route {
     pub fn new(endpoints: Vec<String>) -> Self {
         assert!(!endpoints.is_empty(), "a route needs at least one endpoint");
         Route {
+            https: endpoints[0].starts_with("https://"),
             target: endpoints[0].clone(),
             unreachable: vec![false; endpoints.len()],
             refused: Vec::new(),
@@ -264,8 +283,8 @@ impl Route {
         match action {
             // Right after a leader dies, followers still name it for a moment: do not bounce
             // back to an address that just refused us; go on along the list instead.
-            Action::RetryAtLeader(leader) if !self.refused.contains(&leader) => {
-                self.target = leader;
+            Action::RetryAtLeader(leader) if !self.refused.contains(&self.with_scheme(&leader)) => {
+                self.target = self.with_scheme(&leader);
                 "leader moved".to_owned()
             }
             _ => {
@@ -274,6 +293,14 @@ impl Route {
                 self.target = self.endpoints[self.list_pos].clone();
                 reason
             }
+        }
+    }
+
+    /// A canonical `http://` address in the scheme of the endpoints.
+    fn with_scheme(&self, address: &str) -> String {
+        match address.strip_prefix("http://") {
+            Some(authority) if self.https => format!("https://{authority}"),
+            _ => address.to_owned(),
         }
     }
 
@@ -290,6 +317,9 @@ impl Route {
                 "cannot reach the scheduler at {} ({reason}); gave up after {} attempts",
                 self.target, self.attempts
             ),
+            Failure::Tls { reason } => {
+                format!("TLS handshake with {} failed ({reason})", self.target)
+            }
             Failure::Timeout => format!(
                 "no answer from {} within {}s; a write may still take effect. A cluster without \
                  a quorum cannot answer: check `sovctl cluster status` on each node, or raise \
@@ -332,6 +362,7 @@ fn backoff(attempts_made: u32) -> Duration {
 fn describe_for_retry(failure: &Failure, at: &str) -> String {
     match failure {
         Failure::Connect { reason } => format!("{at} unreachable ({reason})"),
+        Failure::Tls { reason } => format!("{at}: TLS handshake failed ({reason})"),
         Failure::Timeout => format!("no answer from {at}"),
         Failure::Status(status) => format!("{at}: {}", status_reason(status)),
     }
@@ -432,20 +463,53 @@ impl<T> Polled<T> {
     }
 }
 
+/// How connections are made.
+#[derive(Clone)]
+pub enum Transport {
+    /// No client certificate configured: plaintext, which only in-process test servers accept.
+    Plain,
+    /// Mutual TLS with our certificate; `advice` says what to check when a handshake fails.
+    Tls {
+        material: TlsMaterial,
+        advice: String,
+    },
+}
+
 /// A connection to the cluster for the length of one command.
 pub struct Client {
     route: Route,
     timeout: Duration,
+    transport: Transport,
     /// The channel of the last target that answered, reused for the next call of the command
     /// (pages of a listing) so it skips the redirect that found the leader.
     channel: Option<(String, Channel)>,
 }
 
 impl Client {
+    /// A plaintext client of `endpoints` (canonical, from `parse_endpoints`), as the tests'
+    /// in-process servers speak.
+    #[cfg(test)]
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
+        Client::with_transport(endpoints, timeout, Transport::Plain)
+    }
+
+    /// A client of `endpoints` (canonical, from `parse_endpoints`) over `transport`: with TLS,
+    /// every endpoint is dialled as `https://host:port`.
+    pub fn with_transport(endpoints: Vec<String>, timeout: Duration, transport: Transport) -> Self {
+        let endpoints = match transport {
+            Transport::Plain => endpoints,
+            Transport::Tls { .. } => endpoints
+                .into_iter()
+                .map(|e| match e.strip_prefix("http://") {
+                    Some(authority) => format!("https://{authority}"),
+                    None => e,
+                })
+                .collect(),
+        };
         Client {
             route: Route::new(endpoints),
             timeout,
+            transport,
             channel: None,
         }
     }
@@ -533,12 +597,67 @@ impl Client {
 
     /// The error of a call that failed for good with `failure`.
     fn failed(&self, failure: Failure, timeout: Duration) -> anyhow::Error {
-        let reason = self.route.give_up_reason(&failure, timeout);
+        let mut reason = self.route.give_up_reason(&failure, timeout);
+        match (&self.transport, &failure) {
+            (Transport::Tls { advice, .. }, Failure::Tls { .. }) => {
+                reason = format!("{reason}; {advice}");
+            }
+            // A real scheduler speaks mutual TLS only and hangs up on plaintext, which tonic
+            // reports as a status of its own making ("transport error", "h2 protocol error"),
+            // with the cause attached; a server's answer has none. Say what happened, and what
+            // is missing.
+            (Transport::Plain, Failure::Status(status))
+                if status.source().is_some() || is_broken_transport(status) =>
+            {
+                let cause = status
+                    .source()
+                    .map_or_else(|| status.message().to_owned(), connect_reason);
+                reason = format!(
+                    "the connection to {} failed ({cause}); {}",
+                    self.route.target(),
+                    crate::credentials::NO_CERTIFICATE_HINT
+                );
+            }
+            (Transport::Plain, Failure::Connect { .. }) => {
+                reason = format!("{reason}; {}", crate::credentials::NO_CERTIFICATE_HINT);
+            }
+            _ => {}
+        }
         let status = match failure {
             Failure::Status(status) => Some(status),
-            Failure::Connect { .. } | Failure::Timeout => None,
+            Failure::Connect { .. } | Failure::Tls { .. } | Failure::Timeout => None,
         };
         CallFailed { reason, status }.into()
+    }
+
+    /// Whether `err`, on a connection we made with TLS, is the handshake failing: a
+    /// certificate refused by us (unknown issuer, expired, wrong name) or by the server (its
+    /// alert), or a peer that does not speak TLS. `None` when it is not, or we did not use TLS.
+    fn tls_failure(&self, err: &(dyn StdError + 'static)) -> Option<String> {
+        if matches!(self.transport, Transport::Plain) {
+            return None;
+        }
+        let mut cause = Some(err);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            let lower = text.to_lowercase();
+            let is_tls = [
+                "certificate",
+                "alert",
+                "tls",
+                "handshake",
+                "corrupt message",
+            ]
+            .iter()
+            .any(|marker| lower.contains(marker))
+                || e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+            if is_tls {
+                return Some(connect_reason(e));
+            }
+            cause = e.source();
+        }
+        None
     }
 
     async fn attempt<Req, Resp, F, Fut>(
@@ -558,7 +677,36 @@ impl Client {
         match tokio::time::timeout(timeout, rpc(channel, req)).await {
             Err(_elapsed) => Err(Failure::Timeout),
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) => Err(Failure::Status(status)),
+            // In TLS 1.3 the server judges our certificate after our side of the handshake is
+            // done, so its refusal arrives as the first call breaking.
+            Ok(Err(status)) => Err(self.judge_broken_call(status, timeout).await),
+        }
+    }
+
+    /// A call over TLS that broke may be the server refusing our certificate: in TLS 1.3 its
+    /// verdict comes after our side of the handshake, as the first call breaking, often
+    /// without the alert's text; `handshake::refusal` then asks. Any other status is the
+    /// server's answer, or a plain broken connection.
+    async fn judge_broken_call(&self, status: Status, timeout: Duration) -> Failure {
+        let Transport::Tls { material, .. } = &self.transport else {
+            return Failure::Status(status);
+        };
+        // Only tonic's own statuses carry a cause; a server's answer never does.
+        let Some(cause) = status.source() else {
+            return Failure::Status(status);
+        };
+        if let Some(reason) = self.tls_failure(cause) {
+            return Failure::Tls { reason };
+        }
+        let authority = self
+            .route
+            .target()
+            .split_once("://")
+            .map_or(self.route.target(), |(_, a)| a);
+        let budget = timeout.min(CONNECT_TIMEOUT_MAX);
+        match crate::handshake::refusal(authority, material, budget).await {
+            Some(reason) => Failure::Tls { reason },
+            None => Failure::Status(status),
         }
     }
 
@@ -569,14 +717,27 @@ impl Client {
         {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(target.clone())
+        let mut endpoint = Endpoint::from_shared(target.clone())
             .map_err(|e| Failure::Connect {
                 reason: connect_reason(&e),
             })?
             .connect_timeout(timeout.min(CONNECT_TIMEOUT_MAX));
-        let channel = endpoint.connect().await.map_err(|e| Failure::Connect {
-            reason: connect_reason(&e),
-        })?;
+        if let Transport::Tls { material, .. } = &self.transport {
+            endpoint = endpoint
+                .tls_config(material.client())
+                .map_err(|e| Failure::Tls {
+                    reason: connect_reason(&e),
+                })?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| match self.tls_failure(&e) {
+                Some(reason) => Failure::Tls { reason },
+                None => Failure::Connect {
+                    reason: connect_reason(&e),
+                },
+            })?;
         self.channel = Some((target, channel.clone()));
         Ok(channel)
     }
@@ -623,6 +784,44 @@ mod tests {
     }
 
     #[test]
+    fn the_scheme_of_an_endpoint_does_not_choose_the_transport() {
+        // Client dials https:// whenever a certificate is configured, plaintext otherwise.
+        assert_eq!(
+            parse_endpoints("https://a:1,http://a:1,a:1,https://b").unwrap(),
+            ["http://a:1", "http://b:7400"]
+        );
+    }
+
+    #[test]
+    fn a_tls_route_follows_leader_hints_over_tls() {
+        let mut r = Route::new(vec!["https://10.0.0.1:7400".into()]);
+        r.begin_attempt();
+        let retry = r
+            .after_failure(
+                &Failure::Status(unavailable_with_hint("10.0.0.9:7400")),
+                true,
+            )
+            .unwrap();
+        assert_eq!(retry.target, "https://10.0.0.9:7400");
+    }
+
+    #[test]
+    fn a_failed_handshake_is_not_retried() {
+        let f = Failure::Tls {
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert_eq!(classify(&f, true), Action::GiveUp);
+        let mut r = Route::new(list(2));
+        r.begin_attempt();
+        assert_eq!(r.after_failure(&f, true), None);
+        assert_eq!(
+            r.give_up_reason(&f, Duration::from_secs(10)),
+            "TLS handshake with http://10.0.0.1:7400 failed (invalid peer certificate: \
+             UnknownIssuer)"
+        );
+    }
+
+    #[test]
     fn endpoints_drop_duplicates_and_blanks() {
         assert_eq!(
             parse_endpoints("a:1,,http://a:1, b:2,").unwrap(),
@@ -633,7 +832,6 @@ mod tests {
     #[test]
     fn endpoints_reject_what_cannot_be_dialled() {
         for (input, needle) in [
-            ("https://a:1", "TLS"),
             ("grpc://a:1", "unsupported scheme"),
             ("a:1/path", "only a host and a port"),
             ("a:notaport", "invalid endpoint \"a:notaport\""),
@@ -960,6 +1158,15 @@ mod tests {
         hint: String,
         delay: Duration,
     ) -> (SocketAddr, Arc<AtomicUsize>) {
+        serve_with(reply, hint, delay, None).await
+    }
+
+    async fn serve_with(
+        reply: fn(&str) -> Result<ClusterStatus, Status>,
+        hint: String,
+        delay: Duration,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
@@ -969,8 +1176,12 @@ mod tests {
             delay,
             calls: calls.clone(),
         };
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).unwrap();
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(ClusterServiceServer::new(fake))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
@@ -1067,7 +1278,8 @@ mod tests {
             err,
             format!(
                 "cannot reach any scheduler at http://{closed} (connection refused); is the \
-                 cluster running? start one with: cargo run --bin sov-scheduler -- dev"
+                 cluster running? start one with: cargo run --bin sov-scheduler -- dev; no \
+                 client certificate configured (--tls-dir or SOV_TLS_DIR; see docs/security.md)"
             )
         );
     }
@@ -1155,5 +1367,118 @@ mod tests {
         status_via(&mut client).await.unwrap();
         assert_eq!(slow_calls.load(Ordering::SeqCst), 1);
         assert_eq!(fast_calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Credentials for the TLS tests: a CA, a scheduler certificate for the server, and an
+    /// operator's for the client, in a temporary directory.
+    struct Pki {
+        _dir: tempfile::TempDir,
+        server: sov_proto::tls::TlsMaterial,
+        client: sov_proto::tls::TlsMaterial,
+        expired: sov_proto::tls::TlsMaterial,
+        /// The same names signed by another CA.
+        other: sov_proto::tls::TlsMaterial,
+    }
+
+    fn pki() -> Pki {
+        use sov_proto::identity::{Identity, Role};
+        use sov_proto::tls::{Ca, valid_for_days};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(&dir.path().join("ca"), "test CA").unwrap();
+        let other_ca = Ca::init(&dir.path().join("other-ca"), "other CA").unwrap();
+        let issue = |ca: &Ca, role, name: &str, out: &str, not_after| {
+            let id = Identity::new(role, name).unwrap();
+            ca.issue(&id, not_after, &[], &dir.path().join(out))
+                .unwrap()
+                .files
+                .load()
+                .unwrap()
+        };
+        let past = std::time::SystemTime::now() - Duration::from_secs(86_400);
+        Pki {
+            server: issue(&ca, Role::Scheduler, "s1", "s1", valid_for_days(1)),
+            client: issue(&ca, Role::Operator, "ops", "ops", valid_for_days(1)),
+            expired: issue(&ca, Role::Operator, "old", "ops", past),
+            other: issue(&other_ca, Role::Operator, "ops", "other", valid_for_days(1)),
+            _dir: dir,
+        }
+    }
+
+    fn tls(material: &sov_proto::tls::TlsMaterial) -> Transport {
+        Transport::Tls {
+            material: material.clone(),
+            advice: "ADVICE".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_reaches_a_scheduler_of_the_same_ca_however_the_endpoint_is_written() {
+        let pki = pki();
+        let ok = |_: &str| Ok(ClusterStatus::default());
+        let (addr, calls) =
+            serve_with(ok, String::new(), Duration::ZERO, Some(pki.server.server())).await;
+        for written in [
+            format!("{addr}"),
+            format!("http://{addr}"),
+            format!("https://{addr}"),
+        ] {
+            let endpoints = parse_endpoints(&written).unwrap();
+            let mut client =
+                Client::with_transport(endpoints, Duration::from_secs(5), tls(&pki.client));
+            status_via(&mut client).await.unwrap();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_is_reported_at_once_with_what_to_check() {
+        let pki = pki();
+        let ok = |_: &str| Ok(ClusterStatus::default());
+        let (tls_addr, calls) =
+            serve_with(ok, String::new(), Duration::ZERO, Some(pki.server.server())).await;
+        let (plain_addr, _) = serve(ok, String::new()).await;
+        let mut foreign_cert = pki.client.clone();
+        foreign_cert.cert_pem = pki.other.cert_pem.clone();
+        foreign_cert.key_pem = pki.other.key_pem.clone();
+        for (addr, material, cause) in [
+            // The server refuses our certificate.
+            (tls_addr, &pki.expired, "CertificateExpired"),
+            (tls_addr, &foreign_cert, "UnknownCA"),
+            // We refuse the server's.
+            (tls_addr, &pki.other, "UnknownIssuer"),
+            // The server does not speak TLS.
+            (plain_addr, &pki.client, "corrupt message"),
+        ] {
+            let mut client = Client::with_transport(
+                vec![format!("http://{addr}")],
+                Duration::from_secs(5),
+                tls(material),
+            );
+            let err = status_via(&mut client).await.unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("TLS handshake with https://{addr} failed (")),
+                "{err}"
+            );
+            assert!(err.contains(cause) && err.ends_with("); ADVICE"), "{err}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn plaintext_failures_say_that_no_certificate_is_configured() {
+        let pki = pki();
+        let ok = |_: &str| Ok(ClusterStatus::default());
+        let (tls_addr, _) =
+            serve_with(ok, String::new(), Duration::ZERO, Some(pki.server.server())).await;
+        let mut client = Client::new(vec![format!("http://{tls_addr}")], Duration::from_secs(5));
+        let err = status_via(&mut client).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("the connection to http://{tls_addr} failed (")),
+            "{err}"
+        );
+        assert!(
+            err.ends_with(&format!("); {}", crate::credentials::NO_CERTIFICATE_HINT)),
+            "{err}"
+        );
     }
 }

@@ -24,7 +24,7 @@ use crate::output::history::{self as out, AsOfView, EventView, ExportedView, His
 use crate::output::{self, Format};
 
 /// Every kind of event the history records, for `--kind`.
-pub const KINDS: [&str; 21] = [
+pub const KINDS: [&str; 23] = [
     "cluster.initialized",
     "deployment.created",
     "deployment.changed",
@@ -46,6 +46,8 @@ pub const KINDS: [&str; 21] = [
     "node.drained",
     "node.undrained",
     "certification.expired",
+    "node.registration-refused",
+    "cluster.membership-changed",
 ];
 
 /// Largest page the API serves.

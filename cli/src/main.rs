@@ -4,21 +4,26 @@
 //! to the command modules; it also decides exit codes: 0 on success, 1 when the cluster refused
 //! or could not be reached (or a watch timed out), 2 for bad input (flags, endpoints, spec
 //! files), 130 when the user stops a watch with Ctrl-C, except for the three commands whose exit
-//! code answers a question (`ExitCodes`). The work lives in `cluster`, `deploy`, `node`,
-//! `policy`, `history` and `audit` (one function per command), `client` (where calls go,
-//! retries), `output` (tables and JSON), `watch` (`--watch` and `--wait`), `spec` (deployment
-//! spec files), `bundle` (policy bundle files), `duration` (durations in flags and specs),
-//! `timestamp` (instants in history flags), `diff` (comparing policy versions) and
-//! `atomic_file` (files written whole or not at all).
+//! code answers a question (`ExitCodes`). It also decides which role each command needs a
+//! certificate for (`need`). The work lives in `cluster`, `deploy`, `node`, `policy`, `history`,
+//! `audit` and `ca` (one function per command), `client` (where calls go, retries, TLS),
+//! `credentials` (which client certificate a command presents), `handshake` (why a scheduler
+//! refused our certificate), `output` (tables and JSON),
+//! `watch` (`--watch` and `--wait`), `spec` (deployment spec files), `bundle` (policy bundle
+//! files), `duration` (durations in flags and specs), `timestamp` (instants in history flags),
+//! `diff` (comparing policy versions) and `atomic_file` (files written whole or not at all).
 
 mod atomic_file;
 mod audit;
 mod bundle;
+mod ca;
 mod client;
 mod cluster;
+mod credentials;
 mod deploy;
 mod diff;
 mod duration;
+mod handshake;
 mod history;
 mod node;
 mod output;
@@ -32,25 +37,36 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use sov_proto::identity::Role;
 use sov_proto::v1::{ExportRequest, HistoryQuery, JoinRequest};
 
-use crate::client::Client;
+use crate::client::{Client, Transport};
+use crate::credentials::Need;
 use crate::node::DrainReplicas;
 use crate::output::Format;
 use crate::policy::{ApplyOpts, Check, InvalidBundle};
 
 /// sovctl: manage a sov inference cluster.
 ///
-/// sovctl talks to any scheduler of the cluster over gRPC (port 7400). Writes reaching a follower
-/// are passed on to the leader; if that fails, sovctl retries at the leader or at the next
-/// endpoint you listed (at most 5 attempts). Output is a table, or one JSON document with
-/// `-o json`. Failures print one line, `error: ...` (a refused policy bundle adds one line per
+/// sovctl talks to any scheduler of the cluster over gRPC (port 7400), with mutual TLS: it
+/// presents a client certificate from the cluster's CA, whose role (operator, deployer or
+/// auditor) decides what it may do. Certificates live in a TLS directory (--tls-dir, SOV_TLS_DIR,
+/// or ~/.config/sov/tls when it exists): ca.crt plus NAME.crt and NAME.key per identity, as
+/// `sovctl ca issue --out DIR` writes them. With several identities there, sovctl picks the one
+/// whose role the command needs (--as NAME picks one yourself). `sovctl ca` makes the CA and the
+/// certificates; see docs/security.md.
+///
+/// Writes reaching a follower are passed on to the leader; if that fails, sovctl retries at the
+/// leader or at the next endpoint you listed (at most 5 attempts). Output is a table, or one
+/// JSON document with `-o json`. Failures print one line, `error: ...` (a refused policy bundle adds one line per
 /// problem), and exit with 1 (the cluster said no or could not be reached, or a watch timed out)
 /// or 2 (bad input); a watch stopped with Ctrl-C exits with 130. Three commands answer a
 /// question with their exit code and so use other codes for failures: `deploy plan`, `policy
 /// plan` and `policy diff` (see their --help).
 ///
 /// Example: sovctl --endpoint 10.0.0.1:7400,10.0.0.2:7400 deploy list
+///
+/// Example: sovctl --tls-dir ~/sov-creds --as alice node drain gpu-fr-1
 #[derive(Debug, Parser)]
 #[command(name = "sovctl", version)]
 struct Cli {
@@ -62,7 +78,9 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct GlobalArgs {
-    /// Schedulers to call, comma-separated, tried in order: host:port or http://host:port.
+    /// Schedulers to call, comma-separated, tried in order: host:port, http://host:port or
+    /// https://host:port (all the same: the connection is mutual TLS whenever a client
+    /// certificate is configured).
     #[arg(
         long,
         env = "SOV_ENDPOINT",
@@ -85,6 +103,18 @@ struct GlobalArgs {
         global = true
     )]
     timeout: u64,
+
+    /// Directory of client credentials: ca.crt, and NAME.crt with NAME.key per identity
+    /// (`sovctl ca issue --out DIR`) [default: $XDG_CONFIG_HOME/sov/tls or ~/.config/sov/tls,
+    /// when it exists; without any, sovctl connects in plaintext, which no real scheduler
+    /// accepts].
+    #[arg(long, env = "SOV_TLS_DIR", value_name = "DIR", global = true)]
+    tls_dir: Option<PathBuf>,
+
+    /// Call as identity NAME (NAME.crt in the TLS directory) [default: the only one there, or
+    /// the one whose role the command needs].
+    #[arg(long = "as", env = "SOV_AS", value_name = "NAME", global = true)]
+    as_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,6 +184,134 @@ enum Command {
     /// Example: sovctl audit verify june.jsonl --key cluster.pub
     #[command(subcommand)]
     Audit(AuditCommand),
+
+    /// Run the cluster's certificate authority: make it, issue certificates, read them. Offline.
+    ///
+    /// Every scheduler, agent and person holds a certificate from the cluster's CA; its role
+    /// (operator, deployer, auditor, agent, scheduler) decides what the holder may do. These
+    /// commands need no cluster and no endpoint: run them where the CA key is kept, offline
+    /// ideally. See docs/security.md.
+    ///
+    /// Example: sovctl ca init && sovctl ca issue --role operator --name alice --out ~/.config/sov/tls
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make a new CA: DIR/ca.crt (public) and DIR/ca.key (private, mode 0600).
+    ///
+    /// Refuses if DIR already holds a CA: sov never overwrites keys. Keep ca.key offline and
+    /// private: whoever holds it can join the cluster under any identity. The CA is valid for
+    /// ten years.
+    ///
+    /// Example: sovctl ca init --dir /secure/sov-ca --name "acme sov CA"
+    Init(CaInitArgs),
+
+    /// Issue a certificate: OUT/NAME.crt, OUT/NAME.key (mode 0600) and a copy of OUT/ca.crt.
+    ///
+    /// The certificate names one identity, spiffe://sov/ROLE/NAME. Agents may carry location
+    /// claims the CA vouches for (--country, --subdivision, --site, --operator, --operator-hq,
+    /// --ultimate-parent-hq): the scheduler takes them over what the agent reports. Deployers
+    /// may be limited to deployments whose name starts with --namespace. Schedulers may add
+    /// --dns names (clients check only that the name sov-scheduler is there). An agent named
+    /// PREFIX* speaks for every node named PREFIX... (the fleet simulator; files PREFIXall.*):
+    /// it may claim no location, so its nodes stay self-reported.
+    ///
+    /// Prints the files written, the identity, the expiry and the opaque id (ROLE:FINGERPRINT)
+    /// the cluster's history records instead of the name: keep the mapping from id to person
+    /// outside the cluster. Existing files are never overwritten; bad input writes nothing.
+    ///
+    /// Example: sovctl ca issue --role deployer --name team-a --namespace team-a- --out ./team-a
+    ///
+    /// Example: sovctl ca issue --role agent --name gpu-fr-1 --country FR --operator ovh --out ./gpu-fr-1
+    ///
+    /// Example: sovctl ca issue --role scheduler --name sched-1 --dns sched-1.internal --out ./sched-1
+    Issue(Box<CaIssueArgs>),
+
+    /// Show what a certificate says: identity, location claims, fingerprint, expiry.
+    ///
+    /// Reads a PEM certificate (NAME.crt, or ca.crt) offline. Prints role, name, the identity
+    /// URIs, location claims (agents), namespace (deployers), DNS names (schedulers), issuer,
+    /// fingerprint and opaque id, validity, and whether it has expired.
+    ///
+    /// Example: sovctl ca show ~/.config/sov/tls/alice.crt
+    Show(CaShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct CaInitArgs {
+    /// Directory to make the CA in (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ca::DIR_DEFAULT)]
+    dir: PathBuf,
+    /// The CA's name (its certificate's common name).
+    #[arg(long, value_name = "NAME", default_value = ca::NAME_DEFAULT)]
+    name: String,
+}
+
+/// The roles `ca issue --role` takes.
+const ROLE_NAMES: [&str; 5] = ["operator", "deployer", "auditor", "agent", "scheduler"];
+
+#[derive(Debug, Args)]
+struct CaIssueArgs {
+    /// What the holder may do: operator (runs the cluster), deployer (submits deployments),
+    /// auditor (reads policy and history), agent (a node), scheduler.
+    #[arg(long, value_name = "ROLE", value_parser = clap::builder::PossibleValuesParser::new(ROLE_NAMES))]
+    role: String,
+    /// The holder's name: letters, digits, '-', '_', '.'; an agent's is its node's name (PREFIX*
+    /// for a fleet). Names the files, and appears in the certificate, not in the history.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// The CA's directory (ca.crt and ca.key, from `sovctl ca init`).
+    #[arg(long = "ca", value_name = "DIR", default_value = ca::DIR_DEFAULT)]
+    ca_dir: PathBuf,
+    /// Directory to write NAME.crt, NAME.key and ca.crt into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Agents: the node's country (ISO 3166-1 alpha-2), vouched for by the CA.
+    #[arg(long, value_name = "CC")]
+    country: Option<String>,
+    /// Agents: the node's subdivision (ISO 3166-2, e.g. DE-BY).
+    #[arg(long, value_name = "CODE")]
+    subdivision: Option<String>,
+    /// Agents: the node's site (data centre).
+    #[arg(long, value_name = "SITE")]
+    site: Option<String>,
+    /// Agents: the company operating the node.
+    #[arg(long, value_name = "NAME")]
+    operator: Option<String>,
+    /// Agents: the country of the operator's headquarters.
+    #[arg(long, value_name = "CC")]
+    operator_hq: Option<String>,
+    /// Agents: the country of the operator's ultimate parent's headquarters.
+    #[arg(long, value_name = "CC")]
+    ultimate_parent_hq: Option<String>,
+    /// Deployers: only deployments whose name starts with PREFIX.
+    #[arg(long, value_name = "PREFIX")]
+    namespace: Option<String>,
+    /// Schedulers: an extra DNS name for the certificate (repeatable).
+    #[arg(long, value_name = "NAME")]
+    dns: Vec<String>,
+    /// Valid for N days from now (at most 3650).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = sov_proto::tls::CERT_VALIDITY_DAYS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=ca::DAYS_MAX),
+        conflicts_with = "not_after"
+    )]
+    days: u64,
+    /// Valid until TIME instead (RFC 3339, e.g. 2027-06-30T00:00:00Z); a past TIME makes an
+    /// already expired certificate, for tests.
+    #[arg(long, value_name = TIME_VALUE_NAME, value_parser = timestamp::parse, allow_hyphen_values = true)]
+    not_after: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+struct CaShowArgs {
+    /// A PEM certificate file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -928,13 +1086,37 @@ fn error_report(err: &anyhow::Error) -> String {
 /// Runs the command; the `Ok` value is the exit code, 0 unless the command answers a question
 /// with it (`ExitCodes`).
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Offline: no endpoint is parsed, no connection made, whatever --endpoint says.
-    if let Command::Audit(AuditCommand::Verify(a)) = &cli.command {
-        audit::verify(cli.global.output, &a.file, &a.key, a.previous.as_deref())?;
-        return Ok(0);
+    // Offline: no endpoint is parsed, no credentials read, no connection made, whatever
+    // --endpoint and --tls-dir say.
+    match &cli.command {
+        Command::Audit(AuditCommand::Verify(a)) => {
+            audit::verify(cli.global.output, &a.file, &a.key, a.previous.as_deref())?;
+            return Ok(0);
+        }
+        Command::Ca(cmd) => {
+            run_ca(cli.global.output, cmd)?;
+            return Ok(0);
+        }
+        _ => {}
     }
     let endpoints = client::parse_endpoints(&cli.global.endpoint)?;
-    let mut client = Client::new(endpoints, Duration::from_secs(cli.global.timeout));
+    let credentials = credentials::load(
+        cli.global.tls_dir.as_deref(),
+        cli.global.as_name.as_deref(),
+        need(&cli.command),
+    )?;
+    let transport = match credentials {
+        Some(c) => Transport::Tls {
+            advice: c.handshake_advice(),
+            material: c.material,
+        },
+        None => Transport::Plain,
+    };
+    let mut client = Client::with_transport(
+        endpoints,
+        Duration::from_secs(cli.global.timeout),
+        transport,
+    );
     let format = cli.global.output;
     let done = |()| 0;
     match cli.command {
@@ -1079,7 +1261,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .await
                 .map(done)
         }
-        Command::Audit(AuditCommand::Verify(_)) => unreachable!("verified offline above"),
+        Command::Audit(AuditCommand::Verify(_)) | Command::Ca(_) => {
+            unreachable!("run offline above")
+        }
         Command::Audit(AuditCommand::Checkpoint(a)) => audit::checkpoint(
             &mut client,
             format,
@@ -1089,6 +1273,73 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         )
         .await
         .map(done),
+    }
+}
+
+/// What `command` needs a client certificate for, to pick one from the TLS directory. Mirrors
+/// the scheduler's permissions (its `api::auth`), which have the last word.
+fn need(command: &Command) -> Need {
+    match command {
+        Command::Deploy(
+            DeployCommand::Apply(_) | DeployCommand::Plan(_) | DeployCommand::Delete(_),
+        ) => Need::Role(Role::Deployer),
+        Command::Cluster(
+            ClusterCommand::Join(_) | ClusterCommand::Remove(_) | ClusterCommand::Snapshot(_),
+        )
+        | Command::Node(NodeCommand::Drain(_) | NodeCommand::Undrain(_))
+        | Command::Policy(PolicyCommand::Apply(_)) => Need::Role(Role::Operator),
+        Command::History(_) | Command::Audit(_) => Need::Role(Role::Auditor),
+        Command::Cluster(ClusterCommand::Status | ClusterCommand::Members(_))
+        | Command::Deploy(DeployCommand::List(_) | DeployCommand::Show(_))
+        | Command::Explain(_)
+        | Command::Node(NodeCommand::List(_) | NodeCommand::Show(_))
+        | Command::Policy(
+            PolicyCommand::Plan(_)
+            | PolicyCommand::List(_)
+            | PolicyCommand::Show(_)
+            | PolicyCommand::Diff(_),
+        )
+        | Command::Ca(_) => Need::Read,
+    }
+}
+
+/// `sovctl ca ...`, offline.
+fn run_ca(format: Format, command: &CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Init(a) => ca::init(format, &a.dir, &a.name),
+        CaCommand::Show(a) => ca::show(format, &a.file),
+        CaCommand::Issue(a) => {
+            let role = Role::parse(&a.role).expect("clap checks the role");
+            let location = [
+                ("country", &a.country),
+                ("subdivision", &a.subdivision),
+                ("site", &a.site),
+                ("operator", &a.operator),
+                ("operator_hq", &a.operator_hq),
+                ("ultimate_parent_hq", &a.ultimate_parent_hq),
+            ]
+            .into_iter()
+            .filter_map(|(fact, value)| value.clone().map(|v| (fact, v)))
+            .collect();
+            let validity = match a.not_after {
+                Some(ms) => ca::Validity::Until(
+                    std::time::UNIX_EPOCH
+                        + Duration::from_millis(u64::try_from(ms).expect("after 1970")),
+                ),
+                None => ca::Validity::Days(a.days),
+            };
+            let spec = ca::IssueSpec {
+                role,
+                name: a.name.clone(),
+                ca: a.ca_dir.clone(),
+                out: a.out.clone(),
+                location,
+                namespace: a.namespace.clone(),
+                dns: a.dns.clone(),
+                validity,
+            };
+            ca::issue(format, &spec)
+        }
     }
 }
 
@@ -1140,6 +1391,163 @@ mod tests {
                 limit: None
             }))
         ));
+    }
+
+    #[test]
+    fn credentials_flags_are_global() {
+        let cli = Cli::try_parse_from([
+            "sovctl",
+            "node",
+            "list",
+            "--tls-dir",
+            "/creds",
+            "--as",
+            "alice",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.global.tls_dir, cli.global.as_name.as_deref()),
+            (Some(PathBuf::from("/creds")), Some("alice"))
+        );
+        // `--as` is not `--as-of`.
+        let cli = Cli::try_parse_from([
+            "sovctl",
+            "history",
+            "query",
+            "--deployment",
+            "d",
+            "--as-of",
+            "now",
+            "--as",
+            "rev",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.as_name.as_deref(), Some("rev"));
+    }
+
+    #[test]
+    fn each_command_uses_the_identity_its_role_allows() {
+        use credentials::{Choice, choose};
+        let held: Vec<(String, Role)> = [
+            ("ana", Role::Deployer),
+            ("bo", Role::Auditor),
+            ("cy", Role::Operator),
+            ("n1", Role::Agent),
+        ]
+        .into_iter()
+        .map(|(n, r)| (n.to_owned(), r))
+        .collect();
+        let pick = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            choose(&held, need(&cli.command)).map(Choice::name)
+        };
+        for (args, name) in [
+            (&["sovctl", "deploy", "apply", "-f", "x.toml"][..], "ana"),
+            (&["sovctl", "deploy", "plan", "-f", "x.toml"], "ana"),
+            (&["sovctl", "deploy", "delete", "x"], "ana"),
+            (&["sovctl", "node", "drain", "n"], "cy"),
+            (&["sovctl", "node", "undrain", "n"], "cy"),
+            (
+                &[
+                    "sovctl",
+                    "cluster",
+                    "join",
+                    "--id",
+                    "4",
+                    "--raft-addr",
+                    "a:1",
+                    "--api-addr",
+                    "a:2",
+                ],
+                "cy",
+            ),
+            (&["sovctl", "cluster", "remove", "4"], "cy"),
+            (&["sovctl", "cluster", "snapshot", "save", "f"], "cy"),
+            (&["sovctl", "policy", "apply", "d"], "cy"),
+            (&["sovctl", "history", "query"], "bo"),
+            (&["sovctl", "history", "export"], "bo"),
+            (&["sovctl", "audit", "checkpoint"], "bo"),
+            (&["sovctl", "cluster", "status"], "cy"),
+            (&["sovctl", "deploy", "list"], "cy"),
+            (&["sovctl", "explain", "x"], "cy"),
+            (&["sovctl", "policy", "plan", "d"], "cy"),
+            (&["sovctl", "policy", "diff", "1", "2"], "cy"),
+        ] {
+            assert_eq!(pick(args), Some(name), "{args:?}");
+        }
+        // Without an operator, reads go to the auditor, then the deployer.
+        let reviewer_and_dev = &held[..2];
+        let cli = Cli::try_parse_from(["sovctl", "node", "list"]).unwrap();
+        assert_eq!(
+            choose(reviewer_and_dev, need(&cli.command)),
+            Some(Choice::Fits("bo"))
+        );
+        let cli = Cli::try_parse_from(["sovctl", "node", "drain", "n"]).unwrap();
+        assert_eq!(
+            choose(reviewer_and_dev, need(&cli.command)),
+            Some(Choice::Fallback("ana"))
+        );
+    }
+
+    #[test]
+    fn ca_issue_parses_its_flags() {
+        let cli = Cli::try_parse_from([
+            "sovctl",
+            "ca",
+            "issue",
+            "--role",
+            "agent",
+            "--name",
+            "gpu-fr-1",
+            "--country",
+            "FR",
+            "--operator-hq",
+            "FR",
+            "--days",
+            "30",
+        ])
+        .unwrap();
+        let Command::Ca(CaCommand::Issue(a)) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(
+            (a.role.as_str(), a.name.as_str(), a.days, a.ca_dir, a.out),
+            (
+                "agent",
+                "gpu-fr-1",
+                30,
+                PathBuf::from("./sov-ca"),
+                PathBuf::from(".")
+            )
+        );
+        let kind = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().kind();
+        use clap::error::ErrorKind;
+        assert_eq!(
+            kind(&["sovctl", "ca", "issue", "--role", "root", "--name", "x"]),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(&[
+                "sovctl",
+                "ca",
+                "issue",
+                "--role",
+                "operator",
+                "--name",
+                "x",
+                "--days",
+                "1",
+                "--not-after",
+                "now"
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&[
+                "sovctl", "ca", "issue", "--role", "operator", "--name", "x", "--days", "0"
+            ]),
+            ErrorKind::ValueValidation
+        );
     }
 
     #[test]

@@ -755,11 +755,16 @@ async fn serve() -> (SocketAddr, Fake) {
     (addr, fake)
 }
 
+/// Runs `sovctl` against the fake, in plaintext: no client certificate from the machine running
+/// the tests (`SOV_TLS_DIR`, `SOV_AS`, the default directory) leaks in.
 async fn sovctl(addr: SocketAddr, args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_sovctl"))
         .args(args)
         .args(["--endpoint", &addr.to_string(), "--timeout", "5"])
         .env_remove("SOV_ENDPOINT")
+        .env_remove("SOV_TLS_DIR")
+        .env_remove("SOV_AS")
+        .env("XDG_CONFIG_HOME", "/nonexistent/sovctl-commands-test")
         .env("USER", "ops-7")
         .output()
         .await
@@ -1885,13 +1890,14 @@ async fn audit_checkpoint_prints_and_checks_the_signed_checkpoint() {
     );
 }
 
-/// Runs `sovctl` as a reviewer would offline: no `--endpoint`, and a `SOV_ENDPOINT` that any
-/// attempt to use would refuse (sovctl does not speak TLS), so a command that so much as parses
-/// it fails.
+/// Runs `sovctl` as a reviewer would offline: no `--endpoint`, a `SOV_ENDPOINT` naming a host
+/// that does not exist and a `SOV_TLS_DIR` that does not either, so a command that so much as
+/// reads them fails.
 async fn sovctl_offline(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_sovctl"))
         .args(args)
         .env("SOV_ENDPOINT", "https://unreachable.invalid:7400")
+        .env("SOV_TLS_DIR", "/nonexistent/sovctl-commands-test")
         .output()
         .await
         .unwrap()
