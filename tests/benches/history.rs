@@ -52,9 +52,11 @@ fn as_of_latencies(
     queries: usize,
 ) -> (Vec<Duration>, u64) {
     let mut client = loaded.runtime.block_on(async {
-        HistoryServiceClient::connect(loaded.api.clone())
-            .await
-            .expect("connect")
+        HistoryServiceClient::new(
+            sov_e2e::pki::pki()
+                .channel(&loaded.api, sov_proto::identity::Role::Auditor)
+                .await,
+        )
     });
     let mut seed = 0x5eed_u64;
     let mut next = |n: u64| {

@@ -207,9 +207,9 @@ struct Row {
 /// Registers `nodes` nodes of the same kinds as the fleet spec straight through
 /// `AgentService.Register` (no agent behind them: the cluster runs with a TTL of an hour).
 async fn register_nodes(endpoint: &str, nodes: usize) {
-    let client = AgentServiceClient::connect(endpoint.to_string())
-        .await
-        .expect("connect to the leader");
+    // Nodes named bench-*: one wildcard agent certificate speaks for all of them.
+    let pki = sov_e2e::pki::pki();
+    let client = AgentServiceClient::new(pki.channel_with(endpoint, &pki.fleet("bench-")).await);
     let kinds: Vec<(usize, &Operator, Hardware)> = COUNTRIES
         .iter()
         .enumerate()
@@ -313,9 +313,11 @@ fn run(nodes: usize, deployments: usize, live: bool) -> Row {
 
     let t = Instant::now();
     runtime.block_on(async {
-        let client = DeploymentServiceClient::connect(leader_api.clone())
-            .await
-            .expect("connect to the leader");
+        let client = DeploymentServiceClient::new(
+            sov_e2e::pki::pki()
+                .channel(&leader_api, sov_proto::identity::Role::Deployer)
+                .await,
+        );
         let mut rng = Rng(0x5eed);
         let specs: Vec<pb::DeploymentSpec> =
             (0..deployments).map(|i| deployment(i, &mut rng)).collect();

@@ -91,6 +91,18 @@ impl Agent {
             facts.operator_hq,
             facts.ultimate_parent_hq,
         );
+        // Its certificate vouches for the facts it reports (operator-certificate trust).
+        let tls = crate::pki::pki().agent(
+            name,
+            &[
+                ("country", facts.country),
+                ("site", "test-site"),
+                ("operator", facts.operator),
+                ("operator_hq", facts.operator_hq),
+                ("ultimate_parent_hq", facts.ultimate_parent_hq),
+            ],
+        );
+        let config = format!("{config}{}", crate::pki::Pki::agent_toml(&tls));
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config).expect("cannot write agent config");
         let mut agent = Agent {
@@ -237,6 +249,10 @@ pub fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
 }
 
+/// The names of the fleet simulator's nodes start with this (its wildcard certificate covers
+/// them).
+pub const FLEET_PREFIX: &str = "sim-";
+
 /// Starts `sov-agent fleet` with `nodes` virtual nodes (deploy/dev/fleet.toml) against
 /// `endpoints`, its progress lines in `log_path`.
 pub fn start_fleet(nodes: usize, endpoints: &str, log_path: &Path) -> Child {
@@ -248,9 +264,18 @@ pub fn start_fleet(nodes: usize, endpoints: &str, log_path: &Path) -> Child {
 pub fn start_fleet_spec(nodes: usize, spec: &Path, endpoints: &str, log_path: &Path) -> Child {
     let log = std::fs::File::create(log_path).expect("cannot create the fleet log");
     let mut cmd = Command::new(bin("sov-agent"));
+    // The fleet's wildcard certificate covers `<name_prefix>-*` of its spec (default `sim`).
+    let text = std::fs::read_to_string(spec).expect("cannot read the fleet spec");
+    let prefix = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name_prefix"))
+        .and_then(|rest| rest.split('"').nth(1))
+        .map_or(FLEET_PREFIX.to_string(), |p| format!("{p}-"));
+    let tls = crate::pki::pki().fleet(&prefix);
     cmd.args(["fleet", "--nodes", &nodes.to_string(), "--spec"])
         .arg(spec)
         .args(["--scheduler", endpoints, "--status-every-s", "5"])
+        .args(crate::pki::Pki::flags(&tls))
         .env("SOV_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup fleet log"))

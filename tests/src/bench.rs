@@ -141,13 +141,17 @@ impl Loaded {
         let fleet = start_fleet_spec(nodes, &spec, &endpoints, &scratch.join("fleet.log"));
         let (policies, deploy) = runtime.block_on(async {
             (
-                PolicyServiceClient::connect(api.clone())
-                    .await
-                    .expect("connect")
-                    .max_decoding_message_size(256 << 20),
-                DeploymentServiceClient::connect(api.clone())
-                    .await
-                    .expect("connect"),
+                PolicyServiceClient::new(
+                    crate::pki::pki()
+                        .channel(&api, sov_proto::identity::Role::Operator)
+                        .await,
+                )
+                .max_decoding_message_size(256 << 20),
+                DeploymentServiceClient::new(
+                    crate::pki::pki()
+                        .channel(&api, sov_proto::identity::Role::Deployer)
+                        .await,
+                ),
             )
         });
         let mut loaded = Loaded {

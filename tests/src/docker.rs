@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -78,6 +79,9 @@ pub struct Session {
     _lock: File,
     compose: Vec<String>,
     image: String,
+    /// The compose cluster's certificates (deploy/docker/certs.sh), issued by the test CA so
+    /// [`crate::sovctl`] reaches the containers with its usual identities.
+    certs: PathBuf,
 }
 
 /// Writes `line` to stderr past the test harness's output capture, so it is seen even when the
@@ -133,11 +137,49 @@ pub fn session(test: &str) -> Option<Session> {
         .get_or_init(build_image)
         .clone()
         .unwrap_or_else(|e| panic!("{e}"));
+    let certs = CERTS
+        .get_or_init(compose_certs)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"));
     Some(Session {
         _lock: lock,
         compose,
         image,
+        certs,
     })
+}
+
+static CERTS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Runs deploy/docker/certs.sh with the test CA, into a directory of this process.
+fn compose_certs() -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("sov-e2e-compose-tls-")
+        .tempdir()
+        .map_err(|e| format!("cannot create the compose certificates' dir: {e}"))?
+        .keep();
+    // The containers' user must reach its own directory below.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let ca = dir.join("ca");
+    std::fs::create_dir(&ca).map_err(|e| e.to_string())?;
+    let test_ca = crate::pki::pki().ca_dir();
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(test_ca.join(file), ca.join(file)).map_err(|e| e.to_string())?;
+    }
+    let (status, out, err) = run_bounded(
+        Command::new(repo_path("deploy/docker/certs.sh"))
+            .arg(&dir)
+            .env("SOVCTL", crate::bin("sovctl")),
+        DOCKER_WALL_MAX,
+    );
+    match status {
+        Some(s) if s.success() => Ok(dir),
+        _ => Err(format!(
+            "deploy/docker/certs.sh failed ({status:?}): {out}{err}"
+        )),
+    }
 }
 
 /// Takes the machine-wide container-test lock, waiting (bounded) for whoever holds it. Each
@@ -311,6 +353,10 @@ impl Compose {
                 HEARTBEAT_INTERVAL_MS.to_string(),
             ),
             ("SOV_LOG".to_owned(), "info".to_owned()),
+            (
+                "SOV_TLS_HOST_DIR".to_owned(),
+                session.certs.display().to_string(),
+            ),
         ];
         for i in 0..3 {
             env.push((format!("SOV_API_PORT_{}", i + 1), ports[i].to_string()));

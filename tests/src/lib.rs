@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod bench;
 pub mod docker;
+pub mod pki;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Display;
@@ -392,13 +393,23 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<ExitStatus>, S
     )
 }
 
-/// Runs `sovctl --endpoint ENDPOINTS ARGS...` to completion.
+/// Runs `sovctl --endpoint ENDPOINTS ARGS...` to completion, with the test PKI's client
+/// identities ([`pki`]).
 pub fn sovctl(endpoints: &str, args: &[&str]) -> SovctlOutput {
+    sovctl_with(&pki::pki().client_dir(), endpoints, args)
+}
+
+/// [`sovctl`] with the client identities in `tls_dir` (another cluster's CA, e.g. the dev
+/// cluster's).
+pub fn sovctl_with(tls_dir: &Path, endpoints: &str, args: &[&str]) -> SovctlOutput {
     let mut all = vec!["--endpoint".to_owned(), endpoints.to_owned()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     let start = Instant::now();
     let mut cmd = Command::new(bin("sovctl"));
-    cmd.args(&all).env_remove("SOV_ENDPOINT");
+    cmd.args(&all)
+        .env_remove("SOV_ENDPOINT")
+        .env_remove("SOV_AS")
+        .env("SOV_TLS_DIR", tls_dir);
     let (status, stdout, stderr) = run_bounded(&mut cmd, SOVCTL_WALL_MAX);
     let Some(status) = status else {
         panic!(
@@ -592,6 +603,7 @@ impl Scheduler {
             }
             Start::Plain => {}
         }
+        cmd.args(pki::Pki::flags(&pki::pki().scheduler(self.id)));
         cmd.args(&self.extra_args);
         // Only the flags above configure it: no stray SOV_* setting from the environment.
         for (key, _) in std::env::vars_os() {
@@ -612,9 +624,9 @@ impl Scheduler {
         format!("127.0.0.1:{}", self.api_port)
     }
 
-    /// `http://127.0.0.1:<api port>`, as `sovctl --endpoint` takes it.
+    /// `https://127.0.0.1:<api port>`, as `sovctl --endpoint` takes it.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.api_addr())
+        format!("https://{}", self.api_addr())
     }
 
     pub fn pid(&self) -> Option<u32> {

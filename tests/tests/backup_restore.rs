@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use sov_e2e::{
     Cluster, FORM_TIMEOUT, Scheduler, Start, Timeline, bin, deployment_names, repo_path, sovctl,
-    u64_field, wait_same_state, write_spec,
+    state_fingerprint, u64_field, wait_same_state, write_spec,
 };
 
 /// Runs `sov-scheduler restore` for `node`, with `extra` flags.
@@ -135,6 +135,11 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
     ));
     first.restart();
     first.wait_ready(FORM_TIMEOUT);
+    assert_eq!(
+        state_fingerprint(&first.endpoint()).expect("state of the restored scheduler"),
+        before,
+        "the restored state differs"
+    );
     let join = first.api_addr();
     let mut new = Cluster {
         nodes: vec![first],
@@ -151,12 +156,29 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
         status["leader_id"], status["term"]
     ));
 
-    assert_eq!(
-        wait_same_state(&each(&new), FORM_TIMEOUT),
-        before,
-        "the restored state differs"
-    );
+    // Joining records who added each scheduler in the history: the state moves on from there,
+    // the same on every scheduler.
+    let joined = wait_same_state(&each(&new), FORM_TIMEOUT);
+    assert!(joined.1 > before.1, "{joined:?}");
     let new_endpoints = new.endpoints();
+    let joins = sovctl(
+        &new_endpoints,
+        &[
+            "-o",
+            "json",
+            "history",
+            "query",
+            "--kind",
+            "cluster.membership-changed",
+        ],
+    )
+    .json()["events"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        joins, 4,
+        "two joins of the old cluster and two of the new one"
+    );
     assert_eq!(status["cluster_id"], saved["cluster_id"], "{status}");
     assert_eq!(
         deployment_names(&sovctl(&new_endpoints, &["-o", "json", "deploy", "list"]).json()),

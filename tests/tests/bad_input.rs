@@ -83,9 +83,11 @@ fn invalid_specs_are_refused_and_nothing_is_written() {
         .build()
         .unwrap();
     let status = runtime.block_on(async {
-        let mut client = DeploymentServiceClient::connect(endpoint.clone())
-            .await
-            .expect("connect to the API");
+        let mut client = DeploymentServiceClient::new(
+            sov_e2e::pki::pki()
+                .channel(&endpoint, sov_proto::identity::Role::Deployer)
+                .await,
+        );
         let call = client.apply(ApplyDeploymentRequest {
             spec: None,
             expected_generation: 0,

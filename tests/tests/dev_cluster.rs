@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sov_e2e::{
-    Timeline, bin, die_with_parent, file_tail, http_get, port_accepts, sovctl, wait_until,
+    Timeline, bin, die_with_parent, file_tail, http_get, port_accepts, sovctl_with, wait_until,
 };
 
 const NODES: u16 = 3;
@@ -71,6 +71,8 @@ impl Dev {
             .env_remove("CARGO")
             .env_remove("SOV_DEV_DIR")
             .env_remove("SOV_CONFIG")
+            // The launcher links sovctl's default credentials under here: not the real home.
+            .env("XDG_CONFIG_HOME", dir.with_file_name("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -171,6 +173,11 @@ impl Drop for Dev {
     }
 }
 
+/// The dev cluster's client identities (its throwaway CA issued them).
+fn dev_tls(dir: &Path) -> PathBuf {
+    dir.join("tls").join("client")
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -179,8 +186,12 @@ fn repo_root() -> PathBuf {
 }
 
 /// Ports of the tiny-echo replicas, once both report running.
-fn running_ports(endpoint: &str) -> Result<Vec<u16>, String> {
-    let shown = sovctl(endpoint, &["-o", "json", "deploy", "show", "tiny-echo"]);
+fn running_ports(tls: &Path, endpoint: &str) -> Result<Vec<u16>, String> {
+    let shown = sovctl_with(
+        tls,
+        endpoint,
+        &["-o", "json", "deploy", "show", "tiny-echo"],
+    );
     if !shown.success() {
         return Err(shown.stderr.clone());
     }
@@ -244,20 +255,21 @@ fn dev_cluster_starts_stops_on_ctrl_c_and_keeps_its_data() {
     let took = dev.wait_up();
     tl.log(format_args!("dev cluster up after {} ms", took.as_millis()));
 
-    let nodes = sovctl(&endpoint, &["-o", "json", "node", "list"]).json();
+    let nodes = sovctl_with(&dev_tls(&dir), &endpoint, &["-o", "json", "node", "list"]).json();
     let ready = nodes["nodes"]
         .as_array()
         .map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count());
     assert_eq!(ready, 5, "five agents registered: {nodes}");
     let spec = repo_root().join("deploy/examples/tiny-echo.toml");
-    let out = sovctl(
+    let out = sovctl_with(
+        &dev_tls(&dir),
         &endpoint,
         &["deploy", "apply", "-f", spec.to_str().unwrap()],
     );
     out.assert_ok();
     tl.log(format_args!("applied: {}", out.stdout.trim()));
     let (ports, took) = wait_until("both tiny-echo replicas running", UP_TIMEOUT, || {
-        running_ports(&endpoint)
+        running_ports(&dev_tls(&dir), &endpoint)
     });
     tl.log(format_args!(
         "tiny-echo running on ports {ports:?} after {} ms",
@@ -302,7 +314,12 @@ fn dev_cluster_starts_stops_on_ctrl_c_and_keeps_its_data() {
         said.contains("reusing the data of the previous run"),
         "the second start did not say it reuses the data:\n{said}"
     );
-    let shown = sovctl(&endpoint, &["-o", "json", "deploy", "show", "tiny-echo"]).json();
+    let shown = sovctl_with(
+        &dev_tls(&dir),
+        &endpoint,
+        &["-o", "json", "deploy", "show", "tiny-echo"],
+    )
+    .json();
     assert_eq!(shown["spec"]["replicas"], 2, "{shown}");
     assert_eq!(shown["generation"], 1, "{shown}");
     tl.log("tiny-echo survived the restart (generation 1, 2 replicas)");

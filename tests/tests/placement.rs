@@ -157,9 +157,10 @@ fn register_fleet(tl: &Timeline, endpoints: &[String]) {
                 }),
             };
             let call = async {
-                let mut client = AgentServiceClient::connect(endpoint.clone())
-                    .await
-                    .map_err(|e| format!("cannot connect: {e}"))?;
+                let pki = sov_e2e::pki::pki();
+                let mut client = AgentServiceClient::new(
+                    pki.channel_with(&endpoint, &pki.agent(node.name, &[])).await,
+                );
                 client
                     .register(request)
                     .await
