@@ -10,7 +10,8 @@
 #     (tests/tests/*.rs),
 #   - real hosts: containers of deploy/compose.yaml on private Docker networks, with partitions
 #     and node loss (tests/tests/containers.rs; SKIPPED where no Docker engine answers),
-#   - the systemd units of deploy/systemd (systemd-analyze verify and security).
+#   - the systemd units of deploy/systemd (systemd-analyze verify and security),
+#   - then the fuzz targets of fuzz/ for 20 s each (fuzz/README.md).
 # Needs the Rust toolchain: protoc is vendored, redb is pure Rust. The container suite also
 # needs Docker Compose and `ps`, the unit checks systemd-analyze, the reviewer pages' browser test
 # Chromium: on Debian, as root, this script installs whichever is missing.
@@ -41,6 +42,8 @@ else
     echo "no Docker engine reachable: the container suite will print SKIPPED and not run"
 fi
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# libFuzzer (fuzz/run.sh) is C++.
+command -v g++ >/dev/null || missing+=(g++)
 # Headless Chromium renders the reviewer pages (tests/tests/reviewer_pages.rs: DOM and screenshot
 # of the placement timeline).
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
@@ -59,5 +62,8 @@ fi
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "fuzz targets: spec decoding, policy bundles, the history verifier (fuzz/run.sh, 20 s each)"
+fuzz/run.sh 20
 
 step "all checks passed in $((SECONDS - started)) s"
