@@ -224,28 +224,36 @@ impl Loaded {
                 let calls = chunk.iter().map(|&i| {
                     let mut deploy = deploy.clone();
                     async move {
-                        deploy
-                            .apply(pb::ApplyDeploymentRequest {
-                                spec: Some(pb::DeploymentSpec {
-                                    name: format!("bench-{i:04}"),
-                                    model: format!("lab/model-{}", i % 50),
-                                    replicas,
-                                    resources: Some(pb::Resources {
-                                        cpu_millis: 4_000,
-                                        memory_mib: 8_192,
-                                        ..Default::default()
-                                    }),
-                                    command: vec!["sov-model-server".into()],
-                                    migration: Some(pb::Migration {
-                                        max_parallel: replicas,
-                                        deadline_ms: Some(600_000),
-                                    }),
+                        let request = pb::ApplyDeploymentRequest {
+                            spec: Some(pb::DeploymentSpec {
+                                name: format!("bench-{i:04}"),
+                                model: format!("lab/model-{}", i % 50),
+                                replicas,
+                                resources: Some(pb::Resources {
+                                    cpu_millis: 4_000,
+                                    memory_mib: 8_192,
                                     ..Default::default()
                                 }),
-                                expected_generation: 0,
-                            })
-                            .await
-                            .unwrap_or_else(|s| panic!("apply deployment {i}: {}", s.message()));
+                                command: vec!["sov-model-server".into()],
+                                migration: Some(pb::Migration {
+                                    max_parallel: replicas,
+                                    deadline_ms: Some(600_000),
+                                }),
+                                ..Default::default()
+                            }),
+                            expected_generation: 0,
+                        };
+                        // As sovctl does: a moment without a leader (a lease lapsed under load)
+                        // is waited out, a bounded number of times.
+                        for attempt in 1.. {
+                            match deploy.apply(request.clone()).await {
+                                Ok(_) => break,
+                                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 20 => {
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
+                                Err(s) => panic!("apply deployment {i}: {}", s.message()),
+                            }
+                        }
                     }
                 });
                 futures::future::join_all(calls).await;

@@ -204,7 +204,7 @@ fn decide(
     };
     if !roles.allows(identity.role, permission) {
         return refuse(format!(
-            "{path} needs the {} permission, which roles {} hold; you are {identity}",
+            "{path} needs the {} permission (held by: {}); you are {identity}",
             permission.as_str(),
             roles.holders(permission).join(", "),
         ));
