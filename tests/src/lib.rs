@@ -426,6 +426,16 @@ pub fn sovctl_with(tls_dir: &Path, endpoints: &str, args: &[&str]) -> SovctlOutp
     }
 }
 
+/// `sovctl history query` with `filter` flags (e.g. `["--kind", "policy.activated"]`), as JSON
+/// events; the query must succeed.
+pub fn history_events(endpoints: &str, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["history", "query", "--limit", "10000", "-o", "json"];
+    args.extend_from_slice(filter);
+    let out = sovctl(endpoints, &args);
+    out.assert_ok();
+    out.json()["events"].as_array().cloned().unwrap_or_default()
+}
+
 /// `cluster status -o json` as answered by the first reachable endpoint, or why not.
 pub fn cluster_status(endpoints: &str) -> Result<Value, String> {
     let out = sovctl(

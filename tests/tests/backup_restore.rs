@@ -13,8 +13,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use sov_e2e::{
-    Cluster, FORM_TIMEOUT, Scheduler, Start, Timeline, bin, deployment_names, repo_path, sovctl,
-    state_fingerprint, u64_field, wait_same_state, write_spec,
+    Cluster, FORM_TIMEOUT, Scheduler, Start, Timeline, bin, deployment_names, history_events,
+    repo_path, sovctl, state_fingerprint, u64_field, wait_same_state, write_spec,
 };
 
 /// Runs `sov-scheduler restore` for `node`, with `extra` flags.
@@ -161,20 +161,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_the_same_state() {
     let joined = wait_same_state(&each(&new), FORM_TIMEOUT);
     assert!(joined.1 > before.1, "{joined:?}");
     let new_endpoints = new.endpoints();
-    let joins = sovctl(
-        &new_endpoints,
-        &[
-            "-o",
-            "json",
-            "history",
-            "query",
-            "--kind",
-            "cluster.membership-changed",
-        ],
-    )
-    .json()["events"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let joins = history_events(&new_endpoints, &["--kind", "cluster.membership-changed"]).len();
     assert!(
         joins >= 4,
         "two joins of the old cluster and two of the new one: {joins}"

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sov_e2e::agent::{Agent, Facts, alive, model_servers};
 use sov_e2e::{
-    Cluster, Timeline, bin, cluster_status, http_get, rfc3339, sovctl, u64_field, wait_until,
+    Cluster, Timeline, bin, cluster_status, history_events, http_get, rfc3339, sovctl, u64_field,
+    wait_until,
 };
 
 /// A short TTL so a killed leader's successor is found quickly, and agents are not marked
@@ -473,15 +474,6 @@ fn the_june_2026_directive_stops_and_moves_only_what_the_rules_forbid() {
     history_records_the_directive(&tl, &cluster, &stopped_id, &old_eu, &id, node);
 }
 
-/// `sovctl history query` with `filter` flags, as JSON events.
-fn history(endpoints: &str, filter: &[&str]) -> Vec<Value> {
-    let mut args = vec!["history", "query", "--limit", "10000", "-o", "json"];
-    args.extend_from_slice(filter);
-    let out = sovctl(endpoints, &args);
-    out.assert_ok();
-    out.json()["events"].as_array().cloned().unwrap_or_default()
-}
-
 /// The one event of `kind` about allocation `id` in `events`.
 fn event_of<'a>(events: &'a [Value], kind: &str, id: &str) -> &'a Value {
     let found: Vec<&Value> = events
@@ -531,7 +523,7 @@ fn history_records_the_directive(
     new_node: &str,
 ) {
     let endpoints = cluster.endpoints();
-    let policies = history(&endpoints, &["--kind", "policy.activated"]);
+    let policies = history_events(&endpoints, &["--kind", "policy.activated"]);
     let versions: Vec<u64> = policies
         .iter()
         .map(|e| e["version"].as_u64().unwrap())
@@ -546,7 +538,7 @@ fn history_records_the_directive(
 
     // The directive's stop: ordered, naming the rule, in the entry that activated v2, then
     // confirmed by the agent; the replacement placed under v2 on the US node, with its facts.
-    let frontier = history(&endpoints, &["--deployment", "frontier"]);
+    let frontier = history_events(&endpoints, &["--deployment", "frontier"]);
     let ordered = event_of(&frontier, "allocation.stop-ordered", stopped);
     assert_eq!(ordered["rules"][0], "directive-4e091-us-only");
     assert_eq!(ordered["policy_version"], v2, "{ordered}");
@@ -554,7 +546,7 @@ fn history_records_the_directive(
         ordered["raft_index"], policies[1]["raft_index"],
         "same entry: {ordered}"
     );
-    let by_rule = history(&endpoints, &["--rule", "directive-4e091-us-only"]);
+    let by_rule = history_events(&endpoints, &["--rule", "directive-4e091-us-only"]);
     assert_eq!(
         by_rule.len(),
         1,
@@ -572,7 +564,7 @@ fn history_records_the_directive(
 
     // The move: detected under v3, the replacement placed (replaces = the old one), healthy,
     // then the old one migrated to it and stopped.
-    let eu = history(&endpoints, &["--deployment", "open-eu"]);
+    let eu = history_events(&endpoints, &["--deployment", "open-eu"]);
     let detected = event_of(&eu, "violation.detected", old_eu);
     assert_eq!(detected["action"], "migrate");
     assert_eq!(detected["rules"][0], "eu-sovereign-operator");

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sov_e2e::docker::{AGENTS, Compose, HEARTBEAT_TTL_MS, SCHEDULERS, Session, session};
 use sov_e2e::{
-    Timeline, cluster_status, deployment_names, http_get, repo_path, sovctl, u64_field,
-    wait_same_state, wait_until,
+    Timeline, cluster_status, deployment_names, history_events, http_get, repo_path, sovctl,
+    u64_field, wait_same_state, wait_until,
 };
 
 /// Deadline of ordinary waits: placements, model servers starting, convergence.
@@ -730,20 +730,7 @@ fn a_compose_cluster_is_restored_from_a_snapshot_into_fresh_volumes() {
     // state moves on from the restored one, the same on every scheduler.
     let restored = wait_same_state(&each_scheduler(&compose), WAIT);
     assert!(restored.1 > before.1, "{restored:?} after {before:?}");
-    let joins = sovctl(
-        &endpoints,
-        &[
-            "-o",
-            "json",
-            "history",
-            "query",
-            "--kind",
-            "cluster.membership-changed",
-        ],
-    )
-    .json()["events"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let joins = history_events(&endpoints, &["--kind", "cluster.membership-changed"]).len();
     assert!(
         joins >= 4,
         "two joins before the backup, two after the restore: {joins}"

@@ -12,8 +12,11 @@
 
 use std::path::Path;
 
+use serde_json::Value;
 use sov_e2e::pki::pki;
-use sov_e2e::{Cluster, Timeline, bin, http_get, repo_path, run_bounded, sovctl, sovctl_with};
+use sov_e2e::{
+    Cluster, Timeline, bin, history_events, http_get, repo_path, run_bounded, sovctl, sovctl_with,
+};
 use sov_proto::identity::{Identity, Role};
 use sov_proto::tls::{Ca, valid_for_days};
 use sov_proto::v1 as pb;
@@ -290,36 +293,13 @@ fn certificates_roles_and_attested_location_are_enforced() {
         "{node}"
     );
     assert_eq!(node["facts"]["country"], "FR", "{node}");
-    let refused = sovctl(
-        &endpoints,
-        &[
-            "-o",
-            "json",
-            "history",
-            "query",
-            "--kind",
-            "node.registration-refused",
-        ],
-    )
-    .json();
-    let events = refused["events"].as_array().cloned().unwrap_or_default();
-    assert_eq!(events.len(), 1, "{refused}");
-    assert!(events[0].to_string().contains("fr-secure-1"), "{refused}");
+    let events = history_events(&endpoints, &["--kind", "node.registration-refused"]);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].to_string().contains("fr-secure-1"), "{events:?}");
     tl.log("agent: trusted by its certificate, denied another node, a false country refused and recorded");
 
     // --- Who did it, and what was denied ------------------------------------------------------
-    let activated = sovctl(
-        &endpoints,
-        &[
-            "-o",
-            "json",
-            "history",
-            "query",
-            "--kind",
-            "policy.activated",
-        ],
-    )
-    .json();
+    let activated = Value::Array(history_events(&endpoints, &["--kind", "policy.activated"]));
     assert!(
         activated.to_string().contains("operator:"),
         "the policy's author is not the operator's certificate: {activated}"
