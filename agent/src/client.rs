@@ -143,8 +143,7 @@ impl Schedulers {
 /// A channel's endpoint for scheduler `address` (`HOST:PORT`): mutual TLS with `tls`, bounded
 /// connection attempts, no Nagle delay for small messages. Callers add their keepalive.
 pub fn tls_endpoint(address: &str, tls: &ClientTlsConfig) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("https://{address}"))?
-        .tls_config(tls.clone())?
+    Ok(sov_proto::tls::scheduler_endpoint(address, Some(tls))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true))
 }

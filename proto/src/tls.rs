@@ -21,7 +21,9 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use sha2::{Digest, Sha256};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity, ServerTlsConfig,
+};
 
 use crate::identity::{Identity, IdentityError, Role};
 
@@ -156,6 +158,20 @@ impl TlsMaterial {
             identity,
             SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64),
         ))
+    }
+}
+
+/// The endpoint of the scheduler at `address` (`HOST:PORT`; a `scheme://` in front is ignored,
+/// since the transport follows the credentials): mutual TLS with `tls`, plaintext without (only
+/// in-process tests serve that).
+pub fn scheduler_endpoint(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let authority = address.split_once("://").map_or(address, |(_, a)| a);
+    match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{authority}"))?.tls_config(tls.clone()),
+        None => Endpoint::from_shared(format!("http://{authority}")),
     }
 }
 

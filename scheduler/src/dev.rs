@@ -565,10 +565,8 @@ impl DevTls {
 
     /// A channel to `endpoint` as the dev operator.
     async fn channel(&self, endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
-        let address = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
         Ok(
-            tonic::transport::Endpoint::from_shared(format!("https://{address}"))?
-                .tls_config(self.operator.client())?
+            sov_proto::tls::scheduler_endpoint(endpoint, Some(&self.operator.client()))?
                 .connect_timeout(Duration::from_secs(2))
                 .connect()
                 .await?,

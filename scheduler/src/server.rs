@@ -309,17 +309,11 @@ async fn join_cluster(
             api_addr: node.api_addr.clone(),
             learner_only: false,
         };
-        let address = target.split_once("://").map_or(target.as_str(), |(_, a)| a);
         let result = async {
             let unavailable =
                 |e: tonic::transport::Error| tonic::Status::unavailable(e.to_string());
-            let endpoint = match &tls {
-                Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{address}"))
-                    .and_then(|e| e.tls_config(tls.clone()))
-                    .map_err(unavailable)?,
-                None => tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(unavailable)?,
-            };
+            let endpoint =
+                sov_proto::tls::scheduler_endpoint(&target, tls.as_ref()).map_err(unavailable)?;
             let mut client =
                 ClusterServiceClient::new(endpoint.connect().await.map_err(unavailable)?);
             client.join(request).await

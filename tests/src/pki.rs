@@ -153,11 +153,8 @@ impl Pki {
         files: &TlsFiles,
     ) -> tonic::transport::Channel {
         let material = files.load().expect("client identity");
-        let address = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
-        tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        sov_proto::tls::scheduler_endpoint(endpoint, Some(&material.client()))
             .expect("endpoint")
-            .tls_config(material.client())
-            .expect("TLS config")
             .tcp_nodelay(true)
             .connect()
             .await

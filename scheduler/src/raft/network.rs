@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sov_proto::v1::raft_peer_client::RaftPeerClient;
 use sov_proto::v1::{RaftPayload, SnapshotChunk};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{LeaderReply, LeaderRequest, NodeId, Snapshot, SovNode, TypeConfig, Vote, WriteError};
 
@@ -63,12 +63,7 @@ impl PeerClients {
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = match &self.tls {
-                    Some(tls) => {
-                        Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone())?
-                    }
-                    None => Endpoint::from_shared(format!("http://{addr}"))?,
-                };
+                let endpoint = sov_proto::tls::scheduler_endpoint(addr, self.tls.as_ref())?;
                 let channel = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
