@@ -97,6 +97,17 @@ impl TlsFiles {
         }
     }
 
+    /// Where [`Ca::issue`] writes `identity`'s files in `dir`: `NAME.crt` and `NAME.key`, a
+    /// wildcard `sim-*` as `sim-all.*`.
+    pub fn issued(dir: &Path, identity: &Identity) -> TlsFiles {
+        let stem = identity.name.trim_end_matches('*');
+        if identity.is_wildcard() {
+            TlsFiles::in_dir(dir, &format!("{stem}all"))
+        } else {
+            TlsFiles::in_dir(dir, stem)
+        }
+    }
+
     pub fn load(&self) -> Result<TlsMaterial, TlsError> {
         let pem = |path: &Path, what: &'static str, tag: &str| {
             let text = read(path)?;
@@ -330,13 +341,7 @@ impl Ca {
         out: &Path,
     ) -> Result<Issued, TlsError> {
         let now = SystemTime::now();
-        let file_name = identity.name.trim_end_matches('*');
-        let file_name = if identity.is_wildcard() {
-            format!("{file_name}all")
-        } else {
-            file_name.to_string()
-        };
-        let files = TlsFiles::in_dir(out, &file_name);
+        let files = TlsFiles::issued(out, identity);
         for path in [&files.cert, &files.key] {
             if path.exists() {
                 return Err(TlsError::Exists { path: path.clone() });

@@ -73,13 +73,7 @@ impl Pki {
     /// Issues `identity` into `out` unless it is there already.
     pub fn issue(&self, identity: &Identity, out: &Path) -> TlsFiles {
         let _guard = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
-        let name = identity.name.trim_end_matches('*');
-        let name = if identity.is_wildcard() {
-            format!("{name}all")
-        } else {
-            name.to_string()
-        };
-        let files = TlsFiles::in_dir(out, &name);
+        let files = TlsFiles::issued(out, identity);
         if !files.cert.exists() {
             self.ca
                 .issue(identity, valid_for_days(TEST_CERT_DAYS), &[], out)
