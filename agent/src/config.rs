@@ -739,6 +739,7 @@ impl LocationFile {
             ultimate_parent_hq: self.ultimate_parent_hq,
             certifications,
             location_trust,
+            fact_trust: BTreeMap::new(),
         })
     }
 }

@@ -209,6 +209,7 @@ fn registration(prefix: &str, g: &Group, i: usize) -> pb::RegisterNodeRequest {
             ultimate_parent_hq: g.ultimate_parent_hq.clone(),
             certifications: g.certifications.clone().into_iter().collect(),
             location_trust: "self-reported".into(),
+            fact_trust: Default::default(),
         }),
         inventory: Some(pb::Inventory {
             cpu_millis: g.cpu_millis,

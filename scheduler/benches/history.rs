@@ -60,6 +60,16 @@ fn facts(n: u64) -> Facts {
         operator_hq: country.into(),
         ultimate_parent_hq: if n.is_multiple_of(5) { "US" } else { country }.into(),
         location_trust: "operator-certificate".into(),
+        fact_trust: [
+            "country",
+            "site",
+            "operator",
+            "operator_hq",
+            "ultimate_parent_hq",
+        ]
+        .into_iter()
+        .map(|fact| (fact.to_owned(), "operator-certificate".to_owned()))
+        .collect(),
         certifications: vec!["iso27001".into(), "secnumcloud".into()],
     }
 }

@@ -316,6 +316,7 @@ fn node_registration(i: usize, rng: &mut Rng) -> NodeRegistration {
             ultimate_parent_hq: operator.parent.into(),
             certifications,
             location_trust,
+            fact_trust: Default::default(),
         },
         inventory: Inventory {
             cpu_millis: hardware.cpu_millis,

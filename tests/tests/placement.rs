@@ -138,6 +138,7 @@ fn register_fleet(tl: &Timeline, endpoints: &[String]) {
                     ultimate_parent_hq: node.ultimate_parent_hq.into(),
                     certifications: Default::default(),
                     location_trust: "self-reported".into(),
+                    fact_trust: Default::default(),
                 }),
                 inventory: Some(pb::Inventory {
                     cpu_millis: 64_000,

@@ -7,7 +7,8 @@
 //!   is counted in `/metrics`;
 //! - an agent cannot act for another node, and an agent reporting a country its certificate
 //!   contradicts is refused and the refusal is in the history; one whose certificate vouches
-//!   for its facts is `operator-certificate` trusted;
+//!   for its facts is `operator-certificate` trusted, and trust is kept per fact (a fact the
+//!   certificate does not name stays `self-reported`, and so does the node as a whole);
 //! - history records who activated a policy as `role:fingerprint`.
 
 use std::path::Path;
@@ -259,6 +260,15 @@ fn certificates_roles_and_attested_location_are_enforced() {
 
     // --- Agents: their own node only, and the location their certificate vouches for -------
     let fr = pki().agent("fr-secure-1", &[("country", "FR"), ("site", "s-1")]);
+    // This one's certificate vouches for its country only; it reports a site too.
+    let de = pki().agent("de-partly-1", &[("country", "DE")]);
+    rt.block_on(async {
+        let mut agent = pb::agent_service_client::AgentServiceClient::new(
+            pki().channel_with(&endpoint, &de).await,
+        );
+        agent.register(registration("de-partly-1", "DE")).await
+    })
+    .expect("an agent whose certificate vouches for some of its facts registers");
     let (trusted, other_node, lied) = rt.block_on(async {
         let mut agent = pb::agent_service_client::AgentServiceClient::new(
             pki().channel_with(&endpoint, &fr).await,
@@ -293,6 +303,31 @@ fn certificates_roles_and_attested_location_are_enforced() {
         "{node}"
     );
     assert_eq!(node["facts"]["country"], "FR", "{node}");
+    assert_eq!(
+        node["facts"]["fact_trust"],
+        serde_json::json!({"country": "operator-certificate", "site": "operator-certificate"}),
+        "{node}"
+    );
+    // Trust is kept per fact: the vouched country, the self-reported site, and the node as a
+    // whole at the lesser of the two.
+    let partly = sovctl(&endpoints, &["-o", "json", "node", "show", "de-partly-1"]).json();
+    assert_eq!(
+        partly["facts"]["fact_trust"],
+        serde_json::json!({"country": "operator-certificate", "site": "self-reported"}),
+        "{partly}"
+    );
+    assert_eq!(
+        partly["facts"]["location_trust"], "self-reported",
+        "{partly}"
+    );
+    let shown = sovctl(&endpoints, &["node", "show", "de-partly-1"]);
+    shown.assert_ok();
+    assert!(
+        shown.stdout.contains("DE (operator-certificate)")
+            && shown.stdout.contains("s-1 (self-reported)"),
+        "{}",
+        shown.stdout
+    );
     let events = history_events(&endpoints, &["--kind", "node.registration-refused"]);
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(events[0].to_string().contains("fr-secure-1"), "{events:?}");

@@ -296,7 +296,22 @@ fn facts_text(f: &Map<String, Value>) -> String {
     }
     let trust = text(f, "location_trust");
     if !trust.is_empty() {
-        parts.push(format!("trust {trust}"));
+        // Facts known better than the node as a whole (trust is kept per fact).
+        let better: Vec<String> = f
+            .get("fact_trust")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(fact, level)| {
+                let level = level.as_str()?;
+                (level != trust).then(|| format!("{fact} {level}"))
+            })
+            .collect();
+        if better.is_empty() {
+            parts.push(format!("trust {trust}"));
+        } else {
+            parts.push(format!("trust {trust} ({})", better.join(", ")));
+        }
     }
     let certifications = list(f, "certifications");
     if !certifications.is_empty() {
@@ -764,6 +779,15 @@ mod tests {
                 json!({"kind": "node.facts-changed", "node": "ie-1",
                        "facts": {"country": "IE", "operator": "acme"}}),
                 "facts changed: IE, operator acme",
+            ),
+            (
+                json!({"kind": "node.facts-changed", "node": "ie-1",
+                       "facts": {"country": "IE", "operator": "acme",
+                                 "location_trust": "self-reported",
+                                 "fact_trust": {"country": "operator-certificate",
+                                                "operator": "self-reported"}}}),
+                "facts changed: IE, operator acme, trust self-reported (country \
+                 operator-certificate)",
             ),
             (json!({"kind": "node.down", "node": "ie-1"}), "down"),
             (json!({"kind": "node.ready", "node": "ie-1"}), "ready"),

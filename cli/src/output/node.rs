@@ -56,7 +56,21 @@ pub struct LocationFactsView {
     pub ultimate_parent_hq: String,
     /// Certification name -> last day valid (YYYY-MM-DD).
     pub certifications: BTreeMap<String, String>,
+    /// The least trusted of the facts.
     pub location_trust: String,
+    /// Fact name -> how it is known ("operator-certificate" when the node's certificate vouches
+    /// for it).
+    pub fact_trust: BTreeMap<String, String>,
+}
+
+impl LocationFactsView {
+    /// A fact's value followed by how it is known, e.g. "FR (operator-certificate)".
+    fn with_trust(&self, name: &str, value: &str) -> String {
+        match self.fact_trust.get(name) {
+            Some(trust) if !value.is_empty() => format!("{value} ({trust})"),
+            _ => dash_if_empty(value),
+        }
+    }
 }
 
 /// `sov.v1.Node`. `facts` is `null` when the node has none, which makes it ineligible (fail
@@ -100,6 +114,7 @@ impl From<pb::Node> for NodeView {
                 ultimate_parent_hq: f.ultimate_parent_hq,
                 certifications: sorted(f.certifications),
                 location_trust: f.location_trust,
+                fact_trust: sorted(f.fact_trust),
             }),
             inventory: InventoryView {
                 cpu_millis: inventory.cpu_millis,
@@ -220,13 +235,23 @@ pub fn node_text(n: &NodeView, now_ms: i64) -> String {
     }
     match &n.facts {
         Some(f) => pairs.extend([
-            ("Country", dash_if_empty(&f.country)),
-            ("Subdivision", dash_if_empty(&f.subdivision)),
-            ("Site", dash_if_empty(&f.site)),
-            ("Operator", dash_if_empty(&f.operator)),
-            ("Operator HQ", dash_if_empty(&f.operator_hq)),
-            ("Ultimate parent HQ", dash_if_empty(&f.ultimate_parent_hq)),
-            ("Location trust", dash_if_empty(&f.location_trust)),
+            ("Country", f.with_trust("country", &f.country)),
+            ("Subdivision", f.with_trust("subdivision", &f.subdivision)),
+            ("Site", f.with_trust("site", &f.site)),
+            ("Operator", f.with_trust("operator", &f.operator)),
+            ("Operator HQ", f.with_trust("operator_hq", &f.operator_hq)),
+            (
+                "Ultimate parent HQ",
+                f.with_trust("ultimate_parent_hq", &f.ultimate_parent_hq),
+            ),
+            (
+                "Location trust",
+                if f.location_trust.is_empty() {
+                    "-".to_owned()
+                } else {
+                    format!("{} (the least of its facts)", f.location_trust)
+                },
+            ),
             ("Certifications", certifications(&f.certifications)),
         ]),
         None => pairs.push((
@@ -493,6 +518,10 @@ mod tests {
                     ("ISO27001".into(), "2026-12-31".into()),
                 ]),
                 location_trust: "self-reported".into(),
+                fact_trust: HashMap::from([
+                    ("country".into(), "operator-certificate".into()),
+                    ("subdivision".into(), "self-reported".into()),
+                ]),
             }),
             inventory: Some(pb::Inventory {
                 cpu_millis: 64_000,
@@ -619,10 +648,11 @@ mod tests {
         for expected in [
             "Name:                gpu-fr-1\n",
             "Status:              ready,draining\n",
-            "Subdivision:         FR-IDF\n",
+            "Country:             FR (operator-certificate)\n",
+            "Subdivision:         FR-IDF (self-reported)\n",
             "Operator HQ:         FR\n",
             "Ultimate parent HQ:  US\n",
-            "Location trust:      self-reported\n",
+            "Location trust:      self-reported (the least of its facts)\n",
             "Certifications:      ISO27001 valid until 2026-12-31\n                     SecNumCloud valid until 2027-03-01\n",
             "CPU:                 64 cores\n",
             "Memory:              512 GiB (524288 MiB)\n",

@@ -283,9 +283,8 @@ impl AgentService for AgentApi {
         let name = registration.name.clone();
         if let Some(caller) = &caller {
             speaks_for(Some(caller), &name)?;
-            match attest::attest(&caller.identity, &mut registration.facts) {
-                Ok(trust) => registration.facts.location_trust = trust,
-                Err(reason) => return Err(self.refuse(caller, &name, reason).await),
+            if let Err(reason) = attest::attest(&caller.identity, &mut registration.facts) {
+                return Err(self.refuse(caller, &name, reason).await);
             }
         }
         match propose(

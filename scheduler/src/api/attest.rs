@@ -7,9 +7,10 @@
 //!   refusal is recorded in history (a node is never placed on the strength of a claim its
 //!   operator did not make);
 //! - a fact the agent leaves empty but the certificate claims: taken from the certificate;
-//! - trust: `operator-certificate` when the certificate vouches for every location fact the node
-//!   has, otherwise `self-reported` (one unvouched fact is enough for a rule that requires
-//!   `location_trust >= 2` to refuse the node: invariant I5, fail closed).
+//! - trust, per fact: `operator-certificate` for each fact the certificate vouches for,
+//!   `self-reported` for the others (policy reads them as `resource.fact_trust.<fact>`); the
+//!   node's `location_trust` is the least of them (one unvouched fact is enough for a rule that
+//!   requires `location_trust >= 2` to refuse the node: invariant I5, fail closed).
 //!
 //! Pure; [`super::agents`] applies it and records refusals.
 
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use sov_proto::identity::Identity;
 
-use crate::state::node::{LocationTrust, NodeFacts};
+#[cfg(test)]
+use crate::state::node::LocationTrust;
+use crate::state::node::NodeFacts;
 
 fn fact_mut<'a>(facts: &'a mut NodeFacts, name: &str) -> Option<&'a mut String> {
     Some(match name {
@@ -34,8 +37,10 @@ fn fact_mut<'a>(facts: &'a mut NodeFacts, name: &str) -> Option<&'a mut String> 
 }
 
 /// Checks `facts` against the certificate of `identity`, fills what the certificate claims and
-/// the agent left empty, and returns the trust level; `Err` names the first disagreement.
-pub fn attest(identity: &Identity, facts: &mut NodeFacts) -> Result<LocationTrust, String> {
+/// the agent left empty, and sets the trust of each fact (`operator-certificate` where the
+/// certificate vouches for it, else `self-reported`) and the node's least trust; `Err` names
+/// the first disagreement and changes nothing the caller keeps.
+pub fn attest(identity: &Identity, facts: &mut NodeFacts) -> Result<(), String> {
     for (name, claimed) in &identity.location {
         let Some(reported) = fact_mut(facts, name) else {
             return Err(format!("the certificate claims an unknown fact {name:?}"));
@@ -48,17 +53,10 @@ pub fn attest(identity: &Identity, facts: &mut NodeFacts) -> Result<LocationTrus
             ));
         }
     }
-    let all_vouched = sov_proto::identity::LOCATION_FACTS.iter().all(|name| {
-        let value = fact_mut(facts, name).map_or(String::new(), |v| v.clone());
-        value.is_empty() || identity.location.contains_key(*name)
-    });
-    Ok(
-        if all_vouched && !identity.location.is_empty() && !identity.is_wildcard() {
-            LocationTrust::OperatorCertificate
-        } else {
-            LocationTrust::SelfReported
-        },
-    )
+    // A wildcard certificate (the fleet simulator's) speaks for many nodes: it vouches for none.
+    let vouches = !identity.is_wildcard();
+    facts.set_trust(|name| vouches && identity.location.contains_key(name));
+    Ok(())
 }
 
 /// How often the same refusal of the same node is recorded again: an agent retries its
@@ -113,8 +111,22 @@ mod tests {
         }
     }
 
+    /// `attest`, then (node trust, trust of country, trust of operator).
+    fn attested(
+        cert: &Identity,
+        f: &mut NodeFacts,
+    ) -> Result<(LocationTrust, Option<LocationTrust>, Option<LocationTrust>), String> {
+        attest(cert, f)?;
+        Ok((
+            f.location_trust,
+            f.trust_of("country"),
+            f.trust_of("operator"),
+        ))
+    }
+
     #[test]
-    fn the_certificate_wins_and_sets_the_trust() {
+    fn the_certificate_wins_and_sets_the_trust_of_each_fact() {
+        use LocationTrust::{OperatorCertificate as Cert, SelfReported as Own};
         let cert = Identity::new(Role::Agent, "fr-1")
             .unwrap()
             .with_location("country", "FR")
@@ -122,34 +134,47 @@ mod tests {
             .with_location("operator", "Example-Cloud")
             .unwrap();
         let mut f = facts("FR", "Example-Cloud");
-        assert_eq!(
-            attest(&cert, &mut f),
-            Ok(LocationTrust::OperatorCertificate)
-        );
+        assert_eq!(attested(&cert, &mut f), Ok((Cert, Some(Cert), Some(Cert))));
         // Left empty by the agent: taken from the certificate.
         let mut f = facts("", "");
-        assert_eq!(
-            attest(&cert, &mut f),
-            Ok(LocationTrust::OperatorCertificate)
-        );
+        assert_eq!(attested(&cert, &mut f), Ok((Cert, Some(Cert), Some(Cert))));
         assert_eq!(f.country, "FR");
         // A disagreement is refused, naming the fact.
         let err = attest(&cert, &mut facts("DE", "Example-Cloud")).unwrap_err();
         assert!(err.contains("country") && err.contains("\"DE\""), "{err}");
-        // A fact the certificate does not vouch for keeps the node self-reported.
+        // A fact the certificate does not vouch for is self-reported, and so is the node; the
+        // vouched fact keeps its own level.
         let country_only = Identity::new(Role::Agent, "fr-1")
             .unwrap()
             .with_location("country", "FR")
             .unwrap();
+        let mut f = facts("FR", "Example-Cloud");
         assert_eq!(
-            attest(&country_only, &mut facts("FR", "Example-Cloud")),
-            Ok(LocationTrust::SelfReported)
+            attested(&country_only, &mut f),
+            Ok((Own, Some(Cert), Some(Own)))
         );
+        // A fact the node does not have has no trust and does not lower the node's.
+        let mut f = facts("FR", "");
+        assert_eq!(
+            attested(&country_only, &mut f),
+            Ok((Cert, Some(Cert), None))
+        );
+        assert_eq!(f.fact_trust.len(), 1);
         // No claims at all: self-reported.
         let bare = Identity::new(Role::Agent, "fr-1").unwrap();
         assert_eq!(
-            attest(&bare, &mut facts("FR", "")),
-            Ok(LocationTrust::SelfReported)
+            attested(&bare, &mut facts("FR", "")),
+            Ok((Own, Some(Own), None))
+        );
+        // A wildcard certificate vouches for nothing, whatever it claims.
+        let fleet = Identity::new(Role::Agent, "sim-*")
+            .unwrap()
+            .with_location("country", "FR")
+            .unwrap();
+        assert!(fleet.is_wildcard());
+        assert_eq!(
+            attested(&fleet, &mut facts("FR", "")),
+            Ok((Own, Some(Own), None))
         );
     }
 

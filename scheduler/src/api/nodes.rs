@@ -14,13 +14,14 @@ use crate::raft::Replica;
 use crate::state::node::{Gpu, Inventory, LocationTrust, Node, NodeFacts};
 use crate::state::{Allocation, NodeRegistration, Outcome, Proposal, State};
 
-fn trust_from_pb(value: &str) -> Result<LocationTrust, Status> {
+/// A trust level an agent sends for `field`. An agent cannot vouch for itself: a higher level
+/// comes only from its certificate (`attest`), so a claim of one is refused rather than
+/// believed (fail closed, invariant I5).
+fn trust_from_pb(field: &str, value: &str) -> Result<LocationTrust, Status> {
     match value {
         "" | "self-reported" => Ok(LocationTrust::SelfReported),
-        // Until certificates exist (issue #7) nothing can vouch for a higher level: an agent
-        // claiming one is refused rather than believed (fail closed, invariant I5).
         other => Err(Status::invalid_argument(format!(
-            "facts.location_trust: {other:?} cannot be claimed by an agent; only \"self-reported\" is accepted"
+            "{field}: {other:?} cannot be claimed by an agent; only \"self-reported\" is accepted (the agent's certificate carries what the operator vouches for)"
         ))),
     }
 }
@@ -38,11 +39,22 @@ pub fn registration_from_pb(req: pb::RegisterNodeRequest) -> Result<NodeRegistra
     let f = req
         .facts
         .ok_or_else(|| Status::invalid_argument("facts: are required"))?;
+    // What an agent says of its own facts is self-reported whatever it sends; the scheduler
+    // sets the levels from its certificate (`attest`).
+    for (fact, trust) in &f.fact_trust {
+        if !sov_proto::identity::LOCATION_FACTS.contains(&fact.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "facts.fact_trust: {fact:?} is not a location fact (they are {})",
+                sov_proto::identity::LOCATION_FACTS.join(", ")
+            )));
+        }
+        trust_from_pb(&format!("facts.fact_trust.{fact}"), trust)?;
+    }
     let inv = req.inventory.unwrap_or_default();
     Ok(NodeRegistration {
         name: req.name,
         facts: NodeFacts {
-            location_trust: trust_from_pb(&f.location_trust)?,
+            location_trust: trust_from_pb("facts.location_trust", &f.location_trust)?,
             country: f.country,
             subdivision: f.subdivision,
             site: f.site,
@@ -50,6 +62,7 @@ pub fn registration_from_pb(req: pb::RegisterNodeRequest) -> Result<NodeRegistra
             operator_hq: f.operator_hq,
             ultimate_parent_hq: f.ultimate_parent_hq,
             certifications: f.certifications.into_iter().collect(),
+            fact_trust: Default::default(),
         },
         inventory: Inventory {
             cpu_millis: inv.cpu_millis,
@@ -84,6 +97,10 @@ pub fn facts_to_pb(f: &NodeFacts) -> pb::LocationFacts {
         ultimate_parent_hq: f.ultimate_parent_hq.clone(),
         certifications: f.certifications.clone().into_iter().collect(),
         location_trust: trust_name(f.location_trust).into(),
+        fact_trust: f
+            .trust_by_fact()
+            .map(|(name, trust)| (name.to_owned(), trust.as_str().to_owned()))
+            .collect(),
     }
 }
 

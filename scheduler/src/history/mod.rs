@@ -13,6 +13,8 @@
 //! state machine to store. Same log => same events => same bytes => same root (I3); the tree
 //! only grows (I4). No personal data: people appear as the opaque ids they submitted.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sov_proto::merkle::{self, Frontier, Hash};
 
@@ -45,7 +47,11 @@ pub struct Facts {
     pub operator: String,
     pub operator_hq: String,
     pub ultimate_parent_hq: String,
+    /// The least trusted of the location facts.
     pub location_trust: String,
+    /// How each location fact was known (fact -> level), when trust is kept per fact.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fact_trust: BTreeMap<String, String>,
     /// Certifications in force on the day of the decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certifications: Vec<String>,
@@ -61,6 +67,10 @@ impl Facts {
             operator_hq: facts.operator_hq.clone(),
             ultimate_parent_hq: facts.ultimate_parent_hq.clone(),
             location_trust: facts.location_trust.as_str().into(),
+            fact_trust: facts
+                .trust_by_fact()
+                .map(|(name, trust)| (name.to_owned(), trust.as_str().to_owned()))
+                .collect(),
             certifications: facts
                 .certifications
                 .iter()

@@ -138,6 +138,9 @@ pub(super) struct NodeSignature {
     /// Certifications whose valid-until day is `today` or later.
     pub certifications: BTreeSet<String>,
     pub location_trust: u8,
+    /// Trust level of each location fact, in `NodeFacts::location` order; 0 where the node
+    /// does not have the fact.
+    pub fact_trust: [u8; 6],
     pub gpu_models: BTreeSet<String>,
 }
 
@@ -160,6 +163,9 @@ impl NodeSignature {
                 .map(|(name, _)| name.clone())
                 .collect(),
             location_trust: facts.location_trust.level(),
+            fact_trust: facts
+                .location()
+                .map(|(name, _)| facts.trust_of(name).map_or(0, |t| t.level())),
             gpu_models: node
                 .inventory
                 .gpus
@@ -183,6 +189,7 @@ impl NodeSignature {
             ultimate_parent_hq: kept(keep("ultimate_parent_hq"), &self.ultimate_parent_hq),
             certifications: kept(keep("certifications"), &self.certifications),
             location_trust: kept(keep("location_trust"), &self.location_trust),
+            fact_trust: kept(keep("fact_trust"), &self.fact_trust),
             gpu_models: kept(
                 keep("accelerators") || keep("accelerator_eccns"),
                 &self.gpu_models,
@@ -305,6 +312,7 @@ pub(super) fn resource(
             "location_trust".to_owned(),
             RestrictedExpression::new_long(i64::from(sig.location_trust)),
         ),
+        ("fact_trust".to_owned(), fact_trust(&sig.fact_trust)?),
         (
             "accelerators".to_owned(),
             entity_refs(ACCELERATOR, &sig.gpu_models),
@@ -325,6 +333,19 @@ pub(super) fn resource(
         }
     }
     Entity::new(uid(NODE, id), attrs, HashSet::new()).map_err(|e| e.to_string())
+}
+
+/// `fact_trust`: a record with one Long per location fact (0 = the node does not have it).
+fn fact_trust(levels: &[u8; 6]) -> Result<RestrictedExpression, String> {
+    RestrictedExpression::new_record(sov_proto::identity::LOCATION_FACTS.iter().zip(levels).map(
+        |(name, level)| {
+            (
+                (*name).to_owned(),
+                RestrictedExpression::new_long(i64::from(*level)),
+            )
+        },
+    ))
+    .map_err(|e| e.to_string())
 }
 
 /// The Country and Accelerator entities the principal's and the resource's attributes refer
@@ -363,6 +384,7 @@ pub(super) fn probes() -> Vec<(Entity, Entity)> {
         ultimate_parent_hq: "FR".into(),
         certifications: BTreeSet::from(["probe".into()]),
         location_trust: 1,
+        fact_trust: [1; 6],
         gpu_models: BTreeSet::from(["probe".into()]),
     };
     let bare_node = NodeSignature {

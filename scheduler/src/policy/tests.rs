@@ -73,6 +73,7 @@ fn node(
                 .map(|(c, until)| ((*c).into(), (*until).into()))
                 .collect(),
             location_trust: trust,
+            fact_trust: BTreeMap::new(),
         },
         inventory: Inventory {
             cpu_millis: 64_000,
@@ -248,6 +249,35 @@ fn shipped_rules_on_the_fleet() {
             assert!(decision.errors.is_empty(), "{:?}", decision.errors);
         }
     }
+}
+
+/// A rule can require a level of one fact (`resource.fact_trust.<fact>`) where the node's
+/// `location_trust` (the least of its facts) would refuse too much.
+#[test]
+fn a_rule_can_require_the_trust_of_one_fact() {
+    let files = with_file(
+        "country-vouched.cedar",
+        "@id(\"country-vouched\")\n@reason(\"4E091 models run where the operator vouches for the country\")\n\
+         @on_change(\"stop-now\")\n\
+         forbid(principal, action, resource)\n\
+         when { principal.eccn == \"4E091\" && resource.fact_trust.country < 2 };\n",
+    );
+    let policy = compile(&files).unwrap_or_else(|e| panic!("bundle compiles:\n{e}"));
+    let frontier = with_eccn("frontier", "4E091");
+    let mut us = fleet()[4].clone();
+    // The certificate vouches for the country only: the node is self-reported as a whole, its
+    // country is not.
+    us.facts.set_trust(|fact| fact == "country");
+    assert_eq!(us.facts.location_trust, LocationTrust::SelfReported);
+    let decision = policy.evaluate(&frontier, &us, TODAY);
+    assert!(decision.allowed, "{decision:?}");
+    // Nothing vouched: the country rule forbids.
+    us.facts.set_trust(|_| false);
+    let decision = policy.evaluate(&frontier, &us, TODAY);
+    assert_eq!(ids(&decision), ["country-vouched"]);
+    // Every fact vouched.
+    us.facts.set_trust(|_| true);
+    assert!(policy.evaluate(&frontier, &us, TODAY).allowed);
 }
 
 #[test]

@@ -54,7 +54,75 @@ pub struct NodeFacts {
     pub ultimate_parent_hq: String,
     /// Certification name -> last day it is valid (YYYY-MM-DD, inclusive).
     pub certifications: BTreeMap<String, String>,
+    /// The least trusted of the location facts the node has (see [`Self::trust_of`]): what a
+    /// rule on `location_trust` sees.
     pub location_trust: LocationTrust,
+    /// How each location fact is known, by fact name (`sov_proto::identity::LOCATION_FACTS`),
+    /// for the facts the node has. Empty in states written before trust was kept per fact:
+    /// every fact then has `location_trust`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fact_trust: BTreeMap<String, LocationTrust>,
+}
+
+impl NodeFacts {
+    /// The location facts by name, in `sov_proto::identity::LOCATION_FACTS` order (a test in
+    /// `state/tests.rs` holds the two together).
+    pub fn location(&self) -> [(&'static str, &str); 6] {
+        [
+            ("country", &self.country),
+            ("subdivision", &self.subdivision),
+            ("site", &self.site),
+            ("operator", &self.operator),
+            ("operator_hq", &self.operator_hq),
+            ("ultimate_parent_hq", &self.ultimate_parent_hq),
+        ]
+    }
+
+    /// How the location fact `name` is known; `None` when the node does not have it (empty).
+    pub fn trust_of(&self, name: &str) -> Option<LocationTrust> {
+        let (_, value) = self.location().into_iter().find(|(n, _)| *n == name)?;
+        if value.is_empty() {
+            return None;
+        }
+        Some(
+            self.fact_trust
+                .get(name)
+                .copied()
+                .unwrap_or(self.location_trust),
+        )
+    }
+
+    /// The facts the node has, with how each is known.
+    pub fn trust_by_fact(&self) -> impl Iterator<Item = (&'static str, LocationTrust)> + '_ {
+        self.location()
+            .into_iter()
+            .filter_map(|(name, _)| Some((name, self.trust_of(name)?)))
+    }
+
+    /// Sets the trust of every fact the node has (`vouched` says which ones a certificate
+    /// vouches for), and `location_trust` to the least of them: one self-reported fact keeps
+    /// the node self-reported for rules on `location_trust` (invariant I5, fail closed).
+    pub fn set_trust(&mut self, vouched: impl Fn(&str) -> bool) {
+        let per_fact: BTreeMap<String, LocationTrust> = self
+            .location()
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, _)| {
+                let trust = if vouched(name) {
+                    LocationTrust::OperatorCertificate
+                } else {
+                    LocationTrust::SelfReported
+                };
+                (name.to_owned(), trust)
+            })
+            .collect();
+        self.location_trust = per_fact
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(LocationTrust::SelfReported);
+        self.fact_trust = per_fact;
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -698,3 +698,31 @@ fn reports_and_liveness_batches_are_bounded_and_validated() {
     };
     assert_eq!(validate_proposal(&bad_name).unwrap_err().field, "node.name");
 }
+
+#[test]
+fn location_facts_are_named_as_certificates_name_them_and_trusted_one_by_one() {
+    use super::node::{LocationTrust, NodeFacts};
+    let mut facts = NodeFacts {
+        country: "FR".into(),
+        site: "par-1".into(),
+        ..Default::default()
+    };
+    let names: Vec<&str> = facts.location().iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, sov_proto::identity::LOCATION_FACTS);
+    // Before trust was kept per fact, every fact had the node's level.
+    facts.location_trust = LocationTrust::OperatorCertificate;
+    assert_eq!(
+        facts.trust_of("site"),
+        Some(LocationTrust::OperatorCertificate)
+    );
+    facts.set_trust(|name| name == "country");
+    assert_eq!(
+        facts.trust_of("country"),
+        Some(LocationTrust::OperatorCertificate)
+    );
+    assert_eq!(facts.trust_of("site"), Some(LocationTrust::SelfReported));
+    assert_eq!(facts.trust_of("operator"), None);
+    assert_eq!(facts.location_trust, LocationTrust::SelfReported);
+    facts.set_trust(|_| true);
+    assert_eq!(facts.location_trust, LocationTrust::OperatorCertificate);
+}
