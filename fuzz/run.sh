@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-20}"
-targets=(deployment_spec policy_bundle history_verifier)
+targets=(deployment_spec spec_file policy_bundle history_verifier)
 
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
@@ -19,10 +19,11 @@ host="$(rustc -vV | sed -n 's/^host: //p')"
 cargo build --release --bins --quiet --target "$host"
 bin="target/$host/release"
 
-# Seeds: the shipped policy bundle (files joined name\0content\0...), the example specs are
-# TOML (the API takes protobuf, so the spec target starts from nothing and the decoder's
-# structure), and a few evidence lines.
-mkdir -p corpus/policy_bundle corpus/deployment_spec corpus/history_verifier
+# Seeds: the shipped policy bundle (files joined name\0content\0...), the example spec files
+# for sovctl's reader (the API takes protobuf, so the request target starts from nothing and
+# the decoder's structure), and a few evidence lines.
+mkdir -p corpus/policy_bundle corpus/deployment_spec corpus/spec_file corpus/history_verifier
+cp -n ../deploy/examples/*.toml ../deploy/docker/tiny-echo.toml corpus/spec_file/ 2>/dev/null || true
 seed=corpus/policy_bundle/shipped
 if [ ! -f "$seed" ]; then
     for f in ../deploy/policies/*.cedar ../deploy/policies/*.cedarschema ../deploy/policies/*.json; do

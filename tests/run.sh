@@ -63,7 +63,7 @@ fi
 step "cargo test --workspace"
 cargo test --workspace
 
-step "fuzz targets: spec decoding, policy bundles, the history verifier (fuzz/run.sh, 20 s each)"
+step "fuzz targets: spec requests, spec files, policy bundles, the history verifier (fuzz/run.sh, 20 s each)"
 fuzz/run.sh 20
 
 step "all checks passed in $((SECONDS - started)) s"

@@ -305,6 +305,114 @@ fn issued_text(v: &IssuedView) -> String {
     )
 }
 
+/// What `ca token` is asked for, as the flags give it.
+#[derive(Debug, Clone)]
+pub struct TokenSpec {
+    pub role: Role,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub ca: PathBuf,
+    pub ttl: std::time::Duration,
+    /// Write the token to this new file (0600) instead of standard output.
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct TokenView {
+    role: String,
+    name: String,
+    uris: Vec<String>,
+    fingerprint: String,
+    opaque_id: String,
+    not_after: String,
+    /// The file written, with `--out`; the token itself otherwise.
+    file: Option<String>,
+    token: Option<String>,
+}
+
+/// `ca token`: a bearer token for a person, signed by the CA's key. Without `--out` the token
+/// alone goes to standard output (so `SOV_TOKEN=$(sovctl ca token ...)` works) and what it is
+/// to standard error.
+pub fn token(format: Format, spec: &TokenSpec) -> anyhow::Result<()> {
+    use sov_proto::token::{TOKEN_ROLES, TTL_MAX};
+    if !TOKEN_ROLES.contains(&spec.role) {
+        return Err(UsageError(format!(
+            "--role {}: tokens are for people (operator, deployer, auditor); agents and              schedulers get certificates (sovctl ca issue)",
+            spec.role
+        ))
+        .into());
+    }
+    if spec.ttl.is_zero() || spec.ttl > TTL_MAX {
+        return Err(UsageError(format!(
+            "--ttl: a token lives at most {}h, and it cannot be revoked before then: keep it short",
+            TTL_MAX.as_secs() / 3600
+        ))
+        .into());
+    }
+    let identity = identity_of(&IssueSpec {
+        role: spec.role,
+        name: spec.name.clone(),
+        ca: spec.ca.clone(),
+        out: PathBuf::new(),
+        location: Vec::new(),
+        namespace: spec.namespace.clone(),
+        dns: Vec::new(),
+        validity: Validity::Days(1),
+    })?;
+    let ca = Ca::load(&spec.ca).map_err(|e| {
+        UsageError(format!(
+            "{e}; tokens are signed by the CA's key: point --ca at the directory of `sovctl ca init`"
+        ))
+    })?;
+    let issued = sov_proto::token::issue(&ca, &identity, spec.ttl).map_err(tls_error)?;
+    if let Some(out) = &spec.out {
+        tls::write_new(out, &format!("{}\n", issued.token), true).map_err(tls_error)?;
+    }
+    let view = TokenView {
+        role: identity.role.to_string(),
+        name: identity.name.clone(),
+        uris: identity.uris(),
+        opaque_id: format!("{}:{}", identity.role, issued.fingerprint),
+        fingerprint: issued.fingerprint.clone(),
+        not_after: rfc3339_utc(millis(issued.not_after)),
+        file: spec.out.as_ref().map(|p| p.display().to_string()),
+        token: spec.out.is_none().then(|| issued.token.clone()),
+    };
+    match (format, &view.token) {
+        // The token alone on stdout, for command substitution; the rest for the person.
+        (Format::Table, Some(token)) => {
+            eprint!("{}", token_text(&view));
+            println!("{token}");
+            Ok(())
+        }
+        _ => output::emit(format, &view, token_text),
+    }
+}
+
+fn token_text(v: &TokenView) -> String {
+    let pairs = [
+        ("Role", v.role.clone()),
+        ("Name", v.name.clone()),
+        ("Identity", v.uris.join("\n")),
+        ("Fingerprint", v.fingerprint.clone()),
+        ("Opaque id", v.opaque_id.clone()),
+        ("Not after", v.not_after.clone()),
+        (
+            "Wrote",
+            v.file
+                .clone()
+                .unwrap_or_else(|| "- (the token is on standard output)".into()),
+        ),
+    ];
+    format!(
+        "{}\nA bearer token works until it expires and cannot be revoked before: hand it over \
+         privately, and keep the opaque id's mapping to the person outside the cluster. \
+         Schedulers accept tokens only with bearer_tokens = true (--bearer-tokens).\nNext: \
+         SOV_TOKEN=... or sovctl --token-file FILE, with the cluster's ca.crt in --tls-dir\n",
+        fields(&pairs)
+    )
+}
+
 #[derive(Debug, Serialize)]
 struct ShowView {
     file: String,

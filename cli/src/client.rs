@@ -33,7 +33,9 @@ use std::time::Duration;
 use sov_proto::LEADER_API_METADATA;
 use sov_proto::tls::TlsMaterial;
 use sov_proto::v1::ReadConsistency;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Endpoint, Uri};
 use tonic::{Code, Status};
 
 use crate::UsageError;
@@ -473,7 +475,35 @@ pub enum Transport {
         material: TlsMaterial,
         advice: String,
     },
+    /// TLS that checks the schedulers against the cluster CA (`ca_pem`), without a client
+    /// certificate; every call carries `authorization: Bearer TOKEN` (`sovctl ca token`).
+    Token {
+        ca_pem: String,
+        token: MetadataValue<Ascii>,
+        advice: String,
+    },
 }
+
+/// Said when a connection made with a bearer token breaks.
+pub const TOKEN_REFUSED_HINT: &str = "sovctl presented a bearer token and no certificate";
+
+/// Adds the bearer token, when there is one, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// What the command modules make their gRPC clients on.
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
 
 /// A connection to the cluster for the length of one command.
 pub struct Client {
@@ -498,7 +528,7 @@ impl Client {
     pub fn with_transport(endpoints: Vec<String>, timeout: Duration, transport: Transport) -> Self {
         let endpoints = match transport {
             Transport::Plain => endpoints,
-            Transport::Tls { .. } => endpoints
+            Transport::Tls { .. } | Transport::Token { .. } => endpoints
                 .into_iter()
                 .map(|e| match e.strip_prefix("http://") {
                     Some(authority) => format!("https://{authority}"),
@@ -599,7 +629,10 @@ impl Client {
     fn failed(&self, failure: Failure, timeout: Duration) -> anyhow::Error {
         let mut reason = self.route.give_up_reason(&failure, timeout);
         match (&self.transport, &failure) {
-            (Transport::Tls { advice, .. }, Failure::Tls { .. }) => {
+            (
+                Transport::Tls { advice, .. } | Transport::Token { advice, .. },
+                Failure::Tls { .. },
+            ) => {
                 reason = format!("{reason}; {advice}");
             }
             // A real scheduler speaks mutual TLS only and hangs up on plaintext, which tonic
@@ -616,6 +649,22 @@ impl Client {
                     "the connection to {} failed ({cause}); {}",
                     self.route.target(),
                     crate::credentials::NO_CERTIFICATE_HINT
+                );
+            }
+            // A scheduler that does not accept tokens requires a client certificate, and in
+            // TLS 1.3 says so by breaking the first call.
+            (Transport::Token { advice, .. }, Failure::Status(status))
+                if status.source().is_some() || is_broken_transport(status) =>
+            {
+                let cause = status
+                    .source()
+                    .map_or_else(|| status.message().to_owned(), connect_reason);
+                reason = format!(
+                    "the connection to {} failed ({cause}); {}: the cluster may not accept \
+                     bearer tokens (bearer_tokens = true on its schedulers), then call with a \
+                     certificate instead; {advice}",
+                    self.route.target(),
+                    TOKEN_REFUSED_HINT
                 );
             }
             (Transport::Plain, Failure::Connect { .. }) => {
@@ -722,13 +771,24 @@ impl Client {
                 reason: connect_reason(&e),
             })?
             .connect_timeout(timeout.min(CONNECT_TIMEOUT_MAX));
-        if let Transport::Tls { material, .. } = &self.transport {
-            endpoint = endpoint
-                .tls_config(material.client())
-                .map_err(|e| Failure::Tls {
-                    reason: connect_reason(&e),
-                })?;
+        let tls = match &self.transport {
+            Transport::Plain => None,
+            Transport::Tls { material, .. } => Some(material.client()),
+            Transport::Token { ca_pem, .. } => Some(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+                    .domain_name(sov_proto::tls::SCHEDULER_SERVER_NAME),
+            ),
+        };
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| Failure::Tls {
+                reason: connect_reason(&e),
+            })?;
         }
+        let bearer = Bearer(match &self.transport {
+            Transport::Token { token, .. } => Some(token.clone()),
+            _ => None,
+        });
         let channel = endpoint
             .connect()
             .await
@@ -738,6 +798,7 @@ impl Client {
                     reason: connect_reason(&e),
                 },
             })?;
+        let channel = InterceptedService::new(channel, bearer);
         self.channel = Some((target, channel.clone()));
         Ok(channel)
     }

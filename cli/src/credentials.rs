@@ -8,6 +8,10 @@
 //! whose role the command needs and nobody types `--as` for the usual case. The choice
 //! (`choose`) is pure and tested without files; reading the directory (`load`) is not.
 //!
+//! Instead of a certificate, a person may hold a bearer token (`sovctl ca token`), in
+//! `SOV_TOKEN` or a file (`--token-file`): sovctl then checks the schedulers with the directory's
+//! `ca.crt` and presents no certificate ([`token`], [`token_transport`]).
+//!
 //! No directory at all means no credentials: sovctl then speaks plaintext, which only test
 //! servers accept (a real scheduler serves mutual TLS only), and its connection errors say so.
 
@@ -196,6 +200,79 @@ pub fn load(
         );
     }
     Ok(Some(credentials))
+}
+
+/// Longest token file read; a token is a few hundred bytes.
+const TOKEN_FILE_BYTES_MAX: u64 = 16 * 1024;
+
+/// The bearer token configured: `--token-file` (or `SOV_TOKEN_FILE`), else `SOV_TOKEN`; `None`
+/// when neither is set. Checked for shape only; the scheduler judges it.
+pub fn token(file: Option<&Path>) -> Result<Option<String>, UsageError> {
+    let (text, source) = match file {
+        Some(path) => {
+            let size = std::fs::metadata(path)
+                .map_err(|e| UsageError(format!("--token-file {}: {e}", path.display())))?
+                .len();
+            if size > TOKEN_FILE_BYTES_MAX {
+                return Err(UsageError(format!(
+                    "--token-file {}: {size} bytes is no token (a token is a few hundred bytes)",
+                    path.display()
+                )));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UsageError(format!("--token-file {}: {e}", path.display())))?;
+            (text, format!("--token-file {}", path.display()))
+        }
+        None => match std::env::var("SOV_TOKEN") {
+            Ok(text) if !text.trim().is_empty() => (text, "SOV_TOKEN".to_owned()),
+            _ => return Ok(None),
+        },
+    };
+    let token = text.trim();
+    if !token.starts_with(sov_proto::token::PREFIX) || token.contains(char::is_whitespace) {
+        return Err(UsageError(format!(
+            "{source}: not a sov bearer token (one line starting with {}; made by `sovctl ca \
+             token`)",
+            sov_proto::token::PREFIX
+        )));
+    }
+    if let Some(expired) = sov_proto::token::claimed_expiry(token).and_then(expired_at) {
+        eprintln!(
+            "warning: the bearer token in {source} expired at {expired}; the cluster will refuse \
+             it. Get a new one (sovctl ca token)"
+        );
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// How to connect with bearer token `token`: TLS checking the schedulers against `ca.crt` of
+/// the TLS directory (`dir`, or the default one), no client certificate.
+pub fn token_transport(
+    dir: Option<&Path>,
+    token: String,
+) -> Result<crate::client::Transport, UsageError> {
+    let dir = dir.map(Path::to_path_buf).or_else(default_dir);
+    let ca = dir.as_ref().map(|d| d.join(CA_CERT_FILE));
+    let Some(ca_pem) = ca.as_ref().and_then(|ca| std::fs::read_to_string(ca).ok()) else {
+        return Err(UsageError(format!(
+            "a bearer token needs the cluster CA's certificate to check the schedulers: put \
+             ca.crt in {} (or point --tls-dir / SOV_TLS_DIR at a directory holding it)",
+            dir.map_or("~/.config/sov/tls".into(), |d| d.display().to_string())
+        )));
+    };
+    let ca = ca.expect("read above");
+    let header = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| UsageError("the bearer token holds characters a header cannot".into()))?;
+    Ok(crate::client::Transport::Token {
+        advice: format!(
+            "check that {} is this cluster's CA and that the endpoint is a scheduler of this \
+             cluster",
+            ca.display()
+        ),
+        ca_pem,
+        token: header,
+    })
 }
 
 /// When `not_after` has passed, the instant in RFC 3339; `None` while it is valid.

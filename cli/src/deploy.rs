@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
+use crate::client::Channel;
 use sov_proto::v1::deployment_service_client::DeploymentServiceClient;
 use sov_proto::v1::{
     ApplyDeploymentRequest, DeleteDeploymentRequest, Deployment, DeploymentSpec, ExplainRequest,
     GetDeploymentRequest, ListDeploymentsRequest, ListDeploymentsResponse, PlanDeploymentRequest,
 };
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::client::{Client, read_consistency};
 use crate::output::plan::{self as plan_out, DeploymentPlanView, ExplanationView};

@@ -9,9 +9,11 @@
 //! `audit` and `ca` (one function per command), `client` (where calls go, retries, TLS),
 //! `credentials` (which client certificate a command presents), `handshake` (why a scheduler
 //! refused our certificate), `output` (tables and JSON),
-//! `watch` (`--watch` and `--wait`), `spec` (deployment spec files), `bundle` (policy bundle
-//! files), `duration` (durations in flags and specs), `timestamp` (instants in history flags),
-//! `diff` (comparing policy versions) and `atomic_file` (files written whole or not at all).
+//! `watch` (`--watch` and `--wait`), `bundle` (policy bundle files), `timestamp` (instants in
+//! history flags), `diff` (comparing policy versions) and `atomic_file` (files written whole or
+//! not at all). The parsers of what users write, `spec` (deployment spec files) and `duration`
+//! (durations in flags and specs), live in the library target (`lib.rs`), where the fuzz
+//! targets reach them.
 
 mod atomic_file;
 mod audit;
@@ -22,15 +24,15 @@ mod cluster;
 mod credentials;
 mod deploy;
 mod diff;
-mod duration;
 mod handshake;
 mod history;
 mod node;
 mod output;
 mod policy;
-mod spec;
 mod timestamp;
 mod watch;
+
+pub use sovctl::{UsageError, duration, spec};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +117,12 @@ struct GlobalArgs {
     /// the one whose role the command needs].
     #[arg(long = "as", env = "SOV_AS", value_name = "NAME", global = true)]
     as_name: Option<String>,
+
+    /// Call with the bearer token in FILE (`sovctl ca token --out FILE`) instead of a client
+    /// certificate; the token may also come in SOV_TOKEN. Needs the cluster's ca.crt in the TLS
+    /// directory, and a cluster that accepts tokens (bearer_tokens = true).
+    #[arg(long, env = "SOV_TOKEN_FILE", value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +245,46 @@ enum CaCommand {
     ///
     /// Example: sovctl ca show ~/.config/sov/tls/alice.crt
     Show(CaShowArgs),
+
+    /// Issue a bearer token for a person: an alternative to a client certificate.
+    ///
+    /// Signed by the CA's key and checked by schedulers with the CA certificate they trust, on
+    /// the API port, where the cluster enables tokens (bearer_tokens = true, --bearer-tokens).
+    /// For people only (operator, deployer, auditor; deployers may get --namespace). A token
+    /// lives --ttl (default 12h, at most 7d) and cannot be revoked before: keep it short.
+    /// Without --out the token alone goes to standard output and what it is to standard error.
+    /// The holder calls with SOV_TOKEN=TOKEN (or --token-file FILE) and the cluster's ca.crt in
+    /// their --tls-dir. History records calls made with it as ROLE:FINGERPRINT.
+    ///
+    /// Example: export SOV_TOKEN=$(sovctl ca token --role auditor --name reviewer-1 --ttl 8h)
+    ///
+    /// Example: sovctl ca token --role deployer --name ci --namespace team-a- --out ci.token
+    Token(CaTokenArgs),
+}
+
+/// The roles `ca token --role` takes: people's.
+const TOKEN_ROLE_NAMES: [&str; 3] = ["operator", "deployer", "auditor"];
+
+#[derive(Debug, Args)]
+struct CaTokenArgs {
+    /// What the holder may do: operator, deployer or auditor.
+    #[arg(long, value_name = "ROLE", value_parser = clap::builder::PossibleValuesParser::new(TOKEN_ROLE_NAMES))]
+    role: String,
+    /// The holder's name: letters, digits, '-', '_', '.'. In the token, not in the history.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Deployers: only deployments whose name starts with PREFIX.
+    #[arg(long, value_name = "PREFIX")]
+    namespace: Option<String>,
+    /// How long the token works, e.g. 8h, 30m, 2d (at most 7d).
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = duration::parse)]
+    ttl: Duration,
+    /// The CA's directory (ca.crt and ca.key, from `sovctl ca init`).
+    #[arg(long = "ca", value_name = "DIR", default_value = ca::DIR_DEFAULT)]
+    ca_dir: PathBuf,
+    /// Write the token to FILE (new, mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1040,19 +1088,6 @@ impl ExitCodes {
     }
 }
 
-/// Bad input from the user: flags, endpoints, spec files. Exits with 2, like clap's own usage
-/// errors, so scripts can tell "you asked wrongly" from "the cluster said no".
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let codes = ExitCodes::of(&cli.command);
@@ -1100,17 +1135,30 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         _ => {}
     }
     let endpoints = client::parse_endpoints(&cli.global.endpoint)?;
-    let credentials = credentials::load(
-        cli.global.tls_dir.as_deref(),
-        cli.global.as_name.as_deref(),
-        need(&cli.command),
-    )?;
-    let transport = match credentials {
-        Some(c) => Transport::Tls {
-            advice: c.handshake_advice(),
-            material: c.material,
+    let token = credentials::token(cli.global.token_file.as_deref())?;
+    let transport = match token {
+        Some(token) => {
+            if cli.global.as_name.is_some() {
+                return Err(UsageError(
+                    "--as picks a certificate, but a bearer token is configured (SOV_TOKEN or \
+                     --token-file); use one or the other"
+                        .into(),
+                )
+                .into());
+            }
+            credentials::token_transport(cli.global.tls_dir.as_deref(), token)?
+        }
+        None => match credentials::load(
+            cli.global.tls_dir.as_deref(),
+            cli.global.as_name.as_deref(),
+            need(&cli.command),
+        )? {
+            Some(c) => Transport::Tls {
+                advice: c.handshake_advice(),
+                material: c.material,
+            },
+            None => Transport::Plain,
         },
-        None => Transport::Plain,
     };
     let mut client = Client::with_transport(
         endpoints,
@@ -1308,6 +1356,17 @@ fn run_ca(format: Format, command: &CaCommand) -> anyhow::Result<()> {
     match command {
         CaCommand::Init(a) => ca::init(format, &a.dir, &a.name),
         CaCommand::Show(a) => ca::show(format, &a.file),
+        CaCommand::Token(a) => ca::token(
+            format,
+            &ca::TokenSpec {
+                role: Role::parse(&a.role).expect("clap checks the role"),
+                name: a.name.clone(),
+                namespace: a.namespace.clone(),
+                ca: a.ca_dir.clone(),
+                ttl: a.ttl,
+                out: a.out.clone(),
+            },
+        ),
         CaCommand::Issue(a) => {
             let role = Role::parse(&a.role).expect("clap checks the role");
             let location = [

@@ -10,12 +10,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::client::Channel;
 use sov_proto::v1::policy_service_client::PolicyServiceClient;
 use sov_proto::v1::{
     ApplyPolicyRequest, GetPolicyRequest, ListPoliciesRequest, PlanPolicyRequest, PolicyBundle,
     PolicyProgress, ProgressRequest,
 };
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::client::{CallFailed, Client, read_consistency};

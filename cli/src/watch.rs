@@ -11,8 +11,8 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use crate::client::Channel;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::client::{Client, Polled};
 use crate::output::watch::{Display, Mode, Watched};

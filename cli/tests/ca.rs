@@ -1,4 +1,4 @@
-//! The `sovctl` binary's certificate commands (`ca init`, `ca issue`, `ca show`) and its client
+//! The `sovctl` binary's certificate commands (`ca init`, `ca issue`, `ca show`, `ca token`) and its client
 //! credentials (`--tls-dir`, `--as`): the files written and their modes, what is refused and
 //! that a refusal writes nothing, and calls over mutual TLS to an in-process server that
 //! requires a client certificate from the CA and records who called.
@@ -29,6 +29,8 @@ async fn sovctl_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("SOV_ENDPOINT")
         .env_remove("SOV_TLS_DIR")
         .env_remove("SOV_AS")
+        .env_remove("SOV_TOKEN")
+        .env_remove("SOV_TOKEN_FILE")
         // Where the default TLS directory would be: never there unless a test makes it.
         .env("XDG_CONFIG_HOME", cwd.join("no-config"));
     for (key, value) in env {
@@ -765,4 +767,115 @@ async fn credentials_that_cannot_be_used_are_bad_input() {
         2,
         &["mixed/ops.crt and mixed/ops.key cannot be used together"],
     );
+}
+
+#[tokio::test]
+async fn a_token_is_signed_by_the_ca_for_people_only_and_kept_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let out = sovctl(cwd, &["ca", "init", "--dir", "ca"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // To standard output alone, for `SOV_TOKEN=$(...)`; what it is on standard error.
+    let out = sovctl(
+        cwd,
+        &[
+            "ca",
+            "token",
+            "--ca",
+            "ca",
+            "--role",
+            "deployer",
+            "--name",
+            "ml-1",
+            "--namespace",
+            "team-a-",
+            "--ttl",
+            "8h",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let token = text(&out.stdout);
+    assert_eq!(token.lines().count(), 1, "{token}");
+    let ca_pem = std::fs::read_to_string(cwd.join("ca/ca.crt")).unwrap();
+    let verified = sov_proto::token::Verifier::from_ca_pem(&ca_pem)
+        .unwrap()
+        .verify(token.trim(), std::time::SystemTime::now())
+        .unwrap();
+    assert_eq!(verified.identity.namespace.as_deref(), Some("team-a-"));
+    assert!(
+        text(&out.stderr).contains("Opaque id:"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --out: a new file, mode 0600, never overwritten.
+    let args = [
+        "ca",
+        "token",
+        "--ca",
+        "ca",
+        "--role",
+        "auditor",
+        "--name",
+        "rev",
+        "--out",
+        "rev.token",
+    ];
+    let out = sovctl(cwd, &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(mode(&cwd.join("rev.token")), 0o600);
+    assert_refused(
+        &sovctl(cwd, &args).await,
+        2,
+        &["rev.token", "already exists"],
+    );
+    // Machines get certificates; lives are short.
+    let out = sovctl(
+        cwd,
+        &[
+            "ca", "token", "--ca", "ca", "--role", "agent", "--name", "n-1",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_refused(
+        &sovctl(
+            cwd,
+            &[
+                "ca", "token", "--ca", "ca", "--role", "operator", "--name", "o", "--ttl", "8d",
+            ],
+        )
+        .await,
+        2,
+        &["--ttl", "168h"],
+    );
+}
+
+#[tokio::test]
+async fn a_token_needs_the_cluster_ca_and_must_look_like_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    std::fs::write(cwd.join("bad.token"), "hello\n").unwrap();
+    assert_refused(
+        &sovctl(cwd, &["--token-file", "bad.token", "deploy", "list"]).await,
+        2,
+        &["--token-file bad.token", "not a sov bearer token"],
+    );
+    let out = sovctl_in(
+        cwd,
+        &["deploy", "list"],
+        &[
+            ("SOV_TOKEN", "sov1.e30.AAAA"),
+            ("SOV_TLS_DIR", cwd.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_refused(&out, 2, &["needs the cluster CA's certificate", "ca.crt"]);
+    let out = sovctl_in(
+        cwd,
+        &["--as", "alice", "deploy", "list"],
+        &[("SOV_TOKEN", "sov1.e30.AAAA")],
+    )
+    .await;
+    assert_refused(&out, 2, &["--as", "bearer token"]);
 }

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod merkle;
 pub mod snapshot_file;
 pub mod tls;
+pub mod token;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

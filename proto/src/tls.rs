@@ -326,6 +326,11 @@ impl Ca {
         &self.cert_pem
     }
 
+    /// The CA's key, for what else it signs (bearer tokens, `crate::token`).
+    pub(crate) fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -60,6 +60,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Whether auditors may also activate policy bundles (operators always may).
     pub auditor_applies_policy: bool,
+    /// Whether people may call the API port with a bearer token signed by the cluster CA
+    /// (`sovctl ca token`) instead of a client certificate. Off by default: the API port then
+    /// requires a certificate at the TLS handshake. The Raft port always does.
+    pub bearer_tokens: bool,
 }
 
 /// The `[tls]` table: three PEM files, made by `sovctl ca init` and `sovctl ca issue --role
@@ -102,6 +106,7 @@ impl Default for Config {
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
             tls: None,
             auditor_applies_policy: false,
+            bearer_tokens: false,
         }
     }
 }
@@ -174,6 +179,10 @@ pub struct RunArgs {
     /// Let auditors activate policy bundles too (operators always may)
     #[arg(long, env = "SOV_AUDITOR_APPLIES_POLICY")]
     pub auditor_applies_policy: bool,
+    /// Accept bearer tokens signed by the cluster CA (`sovctl ca token`) from people without a
+    /// client certificate, on the API port only
+    #[arg(long, env = "SOV_BEARER_TOKENS")]
+    pub bearer_tokens: bool,
 }
 
 impl RunArgs {
@@ -226,6 +235,7 @@ impl RunArgs {
             });
         }
         config.auditor_applies_policy |= self.auditor_applies_policy;
+        config.bearer_tokens |= self.bearer_tokens;
         config.check()?;
         Ok(config)
     }

@@ -126,16 +126,27 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
     let roles = crate::api::auth::Roles {
         auditor_applies_policy: config.auditor_applies_policy,
     };
-    let builder = || -> anyhow::Result<tonic::transport::Server<_>> {
+    // Bearer tokens (API port only, when enabled): checked against the CA the TLS layer trusts.
+    let tokens = match (&tls, config.bearer_tokens) {
+        (Some(tls), true) => Some(Arc::new(
+            sov_proto::token::Verifier::from_ca_pem(&tls.ca_pem)
+                .context("bearer_tokens is on, but the CA cannot check tokens")?,
+        )),
+        _ => None,
+    };
+    // `api`: the API port, where a client certificate is optional when tokens are accepted (the
+    // auth layer then requires one or the other).
+    let builder = |api: bool| -> anyhow::Result<tonic::transport::Server<_>> {
         let mut builder = tonic::transport::Server::builder();
+        let tokens = tokens.clone().filter(|_| api);
         if let Some(tls) = &tls {
             builder = builder
-                .tls_config(tls.server())
+                .tls_config(tls.server().client_auth_optional(tokens.is_some()))
                 .context("TLS configuration refused")?;
         }
-        Ok(builder.layer(AuthLayer { roles }))
+        Ok(builder.layer(AuthLayer { roles, tokens }))
     };
-    let raft_server = builder()?
+    let raft_server = builder(false)?
         .add_service(peer)
         .serve_with_incoming_shutdown(nodelay(listeners.raft), stopped(shutdown_rx.clone()));
     tasks.push(tokio::spawn(async move {
@@ -165,7 +176,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sov_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api_server = builder()?
+    let api_server = builder(true)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -409,6 +409,8 @@ pub fn sovctl_with(tls_dir: &Path, endpoints: &str, args: &[&str]) -> SovctlOutp
     cmd.args(&all)
         .env_remove("SOV_ENDPOINT")
         .env_remove("SOV_AS")
+        .env_remove("SOV_TOKEN")
+        .env_remove("SOV_TOKEN_FILE")
         .env("SOV_TLS_DIR", tls_dir);
     let (status, stdout, stderr) = run_bounded(&mut cmd, SOVCTL_WALL_MAX);
     let Some(status) = status else {

@@ -9,7 +9,10 @@
 //!   contradicts is refused and the refusal is in the history; one whose certificate vouches
 //!   for its facts is `operator-certificate` trusted, and trust is kept per fact (a fact the
 //!   certificate does not name stays `self-reported`, and so does the node as a whole);
-//! - history records who activated a policy as `role:fingerprint`.
+//! - history records who activated a policy as `role:fingerprint`;
+//! - where the cluster accepts bearer tokens, a person's token signed by the cluster CA stands
+//!   in for a certificate (same roles, recorded as `role:fingerprint`), and a forged one, another
+//!   CA's or none at all is refused; where it does not, a token alone gets nowhere.
 
 use std::path::Path;
 
@@ -349,4 +352,159 @@ fn certificates_roles_and_attested_location_are_enforced() {
     tl.log(format_args!(
         "history names the policy's author by certificate; {denied} denials counted"
     ));
+}
+
+/// A directory holding only the cluster CA's certificate: what a token holder needs.
+fn ca_only_dir(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("ca-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.crt"), pki().ca().cert_pem()).unwrap();
+    dir
+}
+
+#[test]
+fn bearer_tokens_stand_in_for_certificates_where_the_cluster_accepts_them() {
+    let tl = Timeline::new();
+    let cluster = Cluster::start_with(1, tl, &["--bearer-tokens"]);
+    let endpoints = cluster.endpoints();
+    let scratch = cluster.scratch();
+    let ca_only = ca_only_dir(&scratch);
+    let with_token = |file: &Path, args: &[&str]| {
+        let mut all = vec!["--token-file", file.to_str().unwrap()];
+        all.extend(args);
+        sovctl_with(&ca_only, &endpoints, &all)
+    };
+
+    // An operator's token, made with sovctl against the test CA's directory.
+    let operator_token = scratch.join("operator.token");
+    let made = run_bounded(
+        std::process::Command::new(bin("sovctl")).args([
+            "-o",
+            "json",
+            "ca",
+            "token",
+            "--role",
+            "operator",
+            "--name",
+            "ops-1",
+            "--ttl",
+            "1h",
+            "--ca",
+            pki().ca().dir().to_str().unwrap(),
+            "--out",
+            operator_token.to_str().unwrap(),
+        ]),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(made.0.and_then(|s| s.code()), Some(0), "{}", made.2);
+    let made: Value = serde_json::from_str(&made.1).unwrap();
+    let fingerprint = made["fingerprint"].as_str().unwrap().to_owned();
+    with_token(
+        &operator_token,
+        &[
+            "policy",
+            "apply",
+            repo_path("deploy/policies").to_str().unwrap(),
+            "--yes",
+        ],
+    )
+    .assert_ok();
+    let activated = Value::Array(history_events(&endpoints, &["--kind", "policy.activated"]));
+    assert!(
+        activated
+            .to_string()
+            .contains(&format!("operator:{fingerprint}")),
+        "the token's fingerprint is not the author: {activated}"
+    );
+    tl.log("an operator's token activated policy, recorded as operator:FINGERPRINT");
+
+    // A deployer's token may read and deploy, not change policy.
+    let deployer = sov_proto::token::issue(
+        pki().ca(),
+        &Identity::new(Role::Deployer, "ml-1").unwrap(),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let deployer_token = scratch.join("deployer.token");
+    std::fs::write(&deployer_token, &deployer.token).unwrap();
+    with_token(&deployer_token, &["deploy", "list"]).assert_ok();
+    let out = with_token(
+        &deployer_token,
+        &[
+            "policy",
+            "apply",
+            repo_path("deploy/policies").to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    assert!(!out.success(), "a deployer's token changed policy");
+    assert!(out.stderr.contains("policy.apply"), "{}", out.stderr);
+
+    // Altered, another CA's, or none: refused, saying why.
+    let mut forged = deployer.token.clone();
+    forged.replace_range(10..11, if &forged[10..11] == "A" { "B" } else { "A" });
+    let forged_file = scratch.join("forged.token");
+    std::fs::write(&forged_file, &forged).unwrap();
+    let out = with_token(&forged_file, &["deploy", "list"]);
+    assert!(!out.success(), "a forged token was accepted");
+    assert!(
+        out.stderr.contains("not signed by this cluster's CA")
+            || out.stderr.contains("unreadable")
+            || out.stderr.contains("base64"),
+        "{}",
+        out.stderr
+    );
+    let other = sov_proto::tls::Ca::init(&scratch.join("other-ca"), "other").unwrap();
+    let foreign = sov_proto::token::issue(
+        &other,
+        &Identity::new(Role::Operator, "mallory").unwrap(),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let foreign_file = scratch.join("foreign.token");
+    std::fs::write(&foreign_file, &foreign.token).unwrap();
+    let out = with_token(&foreign_file, &["deploy", "list"]);
+    assert!(!out.success(), "another CA's token was accepted");
+    assert!(
+        out.stderr.contains("not signed by this cluster's CA"),
+        "{}",
+        out.stderr
+    );
+    let out = sovctl_with(&ca_only, &endpoints, &["deploy", "list"]);
+    assert!(
+        !out.success(),
+        "a call with neither certificate nor token was accepted"
+    );
+    tl.log("forged, foreign and missing tokens refused");
+
+    // Certificates still work beside tokens.
+    sovctl(&endpoints, &["deploy", "list"]).assert_ok();
+}
+
+#[test]
+fn a_token_alone_gets_nowhere_where_the_cluster_does_not_accept_tokens() {
+    let tl = Timeline::new();
+    let cluster = Cluster::start(1, tl);
+    let scratch = cluster.scratch();
+    let ca_only = ca_only_dir(&scratch);
+    let token = sov_proto::token::issue(
+        pki().ca(),
+        &Identity::new(Role::Operator, "ops-1").unwrap(),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let file = scratch.join("operator.token");
+    std::fs::write(&file, &token.token).unwrap();
+    let out = sovctl_with(
+        &ca_only,
+        &cluster.endpoints(),
+        &["--token-file", file.to_str().unwrap(), "deploy", "list"],
+    );
+    assert!(!out.success(), "a token was accepted where tokens are off");
+    assert!(
+        out.stderr.contains("bearer_tokens = true"),
+        "{}",
+        out.stderr
+    );
+    tl.log(format_args!("refused: {}", out.stderr.trim()));
 }

@@ -8,6 +8,10 @@
 //! request's extensions: handlers that need more than the role (an agent acting only for its own
 //! node, a deployer limited to a namespace, history recording who changed policy) read it there.
 //!
+//! Where the operator enabled bearer tokens (`bearer_tokens`), a person may present a token
+//! signed by the cluster CA (`authorization: Bearer sov1...`, [`sov_proto::token`]) instead of a
+//! client certificate, on the API port only; a certificate, when there is one, wins.
+//!
 //! Without TLS (only in-process tests construct such a server: `sov-scheduler run` refuses to
 //! start without certificates) there is no caller and every call is allowed.
 
@@ -137,7 +141,8 @@ impl Roles {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub identity: Identity,
-    /// Opaque id of the certificate ([`sov_proto::tls::fingerprint`]): what history records.
+    /// Opaque id of the certificate ([`sov_proto::tls::fingerprint`]) or bearer token
+    /// ([`sov_proto::token::fingerprint`]): what history records.
     pub fingerprint: String,
 }
 
@@ -180,24 +185,49 @@ pub fn denied(permission: Permission, message: String) -> Status {
     Status::permission_denied(message)
 }
 
-/// Decides one call: the caller from the connection's client certificate, the permission from
-/// the path. Pure apart from the counters.
-fn decide(
-    roles: &Roles,
-    path: &str,
-    certs: Option<&[tonic::transport::CertificateDer<'static>]>,
-) -> Result<Arc<Caller>, Status> {
+/// How a caller proves who it is: the connection's client certificate chain, and the bearer
+/// token of the request when tokens are accepted.
+struct Credentials<'a> {
+    certs: Option<&'a [tonic::transport::CertificateDer<'static>]>,
+    /// The token and the verifier, when the request carries one and tokens are accepted.
+    token: Option<(&'a str, &'a sov_proto::token::Verifier)>,
+    tokens_accepted: bool,
+}
+
+/// Decides one call: the caller from the connection's client certificate (or bearer token), the
+/// permission from the path. Pure apart from the counters.
+fn decide(roles: &Roles, path: &str, credentials: Credentials<'_>) -> Result<Arc<Caller>, Status> {
     let permission = Permission::of_path(path);
     let refuse = |message: String| {
         count_denied(permission);
         Err(Status::permission_denied(message))
     };
-    let Some(der) = certs.and_then(|c| c.first()) else {
-        return refuse("no client certificate: every sov call needs one (sovctl --tls-dir or SOV_TLS_DIR; see docs/security.md)".into());
-    };
-    let identity = match sov_proto::tls::identity_of(der) {
-        Ok(identity) => identity,
-        Err(e) => return refuse(format!("your certificate is not a sov identity: {e}")),
+    let (identity, fingerprint) = match (
+        credentials.certs.and_then(|c| c.first()),
+        credentials.token,
+    ) {
+        (Some(der), _) => match sov_proto::tls::identity_of(der) {
+            Ok(identity) => (identity, sov_proto::tls::fingerprint(der)),
+            Err(e) => return refuse(format!("your certificate is not a sov identity: {e}")),
+        },
+        (None, Some((token, verifier))) => {
+            match verifier.verify(token, std::time::SystemTime::now()) {
+                Ok(verified) => (verified.identity, verified.fingerprint),
+                Err(reason) => {
+                    count_denied(permission);
+                    return Err(Status::unauthenticated(reason));
+                }
+            }
+        }
+        (None, None) if credentials.tokens_accepted => {
+            count_denied(permission);
+            return Err(Status::unauthenticated(
+                "no client certificate and no bearer token: every sov call needs one (sovctl --tls-dir, SOV_TLS_DIR, or SOV_TOKEN / --token-file; see docs/security.md)",
+            ));
+        }
+        (None, None) => {
+            return refuse("no client certificate: every sov call needs one (sovctl --tls-dir or SOV_TLS_DIR; see docs/security.md)".into());
+        }
     };
     let Some(permission) = permission else {
         return refuse(format!("{path} is not a sov method"));
@@ -210,15 +240,30 @@ fn decide(
         ));
     }
     Ok(Arc::new(Caller {
-        fingerprint: sov_proto::tls::fingerprint(der),
+        fingerprint,
         identity,
     }))
 }
 
+/// The token of an `authorization: Bearer TOKEN` header, if any.
+fn bearer<B>(request: &http::Request<B>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// The tower layer that runs [`decide`] in front of a tonic server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuthLayer {
     pub roles: Roles,
+    /// Bearer tokens accepted (API port, `bearer_tokens` on), checked with the cluster CA.
+    pub tokens: Option<Arc<sov_proto::token::Verifier>>,
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -228,6 +273,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             roles: self.roles,
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -236,6 +282,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     roles: Roles,
+    tokens: Option<Arc<sov_proto::token::Verifier>>,
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -265,11 +312,15 @@ where
             .map(|info| info.peer_certs());
         // A server without TLS has no connection info of this type: nothing to check.
         if let Some(certs) = certs {
-            match decide(
-                &self.roles,
-                request.uri().path(),
-                certs.as_deref().map(Vec::as_slice),
-            ) {
+            let credentials = Credentials {
+                certs: certs.as_deref().map(Vec::as_slice),
+                token: self
+                    .tokens
+                    .as_deref()
+                    .and_then(|verifier| Some((bearer(&request)?, verifier))),
+                tokens_accepted: self.tokens.is_some(),
+            };
+            match decide(&self.roles, request.uri().path(), credentials) {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                 }
@@ -329,7 +380,12 @@ mod tests {
     #[test]
     fn a_call_without_a_certificate_is_denied_and_counted() {
         let before = denied_counts();
-        let err = decide(&Roles::default(), "/sov.v1.PolicyService/Apply", None).unwrap_err();
+        let nothing = Credentials {
+            certs: None,
+            token: None,
+            tokens_accepted: false,
+        };
+        let err = decide(&Roles::default(), "/sov.v1.PolicyService/Apply", nothing).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(
             err.message().contains("no client certificate"),
@@ -339,5 +395,71 @@ mod tests {
         let after = denied_counts();
         let policy = |c: &[(&str, u64)]| c.iter().find(|(p, _)| *p == "policy.apply").unwrap().1;
         assert!(policy(&after) > policy(&before));
+    }
+
+    #[test]
+    fn a_bearer_token_stands_for_a_certificate_where_tokens_are_accepted() {
+        use sov_proto::token::{TTL_DEFAULT, Verifier, issue};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = sov_proto::tls::Ca::init(dir.path(), "test CA").unwrap();
+        let verifier = Verifier::from_ca_pem(ca.cert_pem()).unwrap();
+        let alice = Identity::new(Role::Deployer, "alice").unwrap();
+        let token = issue(&ca, &alice, TTL_DEFAULT).unwrap().token;
+        let token = token.as_str();
+        fn with<'a>(token: &'a str, verifier: &'a Verifier) -> Credentials<'a> {
+            Credentials {
+                certs: None,
+                token: Some((token, verifier)),
+                tokens_accepted: true,
+            }
+        }
+        let caller = decide(
+            &Roles::default(),
+            "/sov.v1.DeploymentService/Apply",
+            with(token, &verifier),
+        )
+        .expect("a deployer's token may deploy");
+        assert_eq!(caller.identity, alice);
+        assert_eq!(caller.fingerprint, sov_proto::token::fingerprint(token));
+        // The role still decides.
+        let err = decide(
+            &Roles::default(),
+            "/sov.v1.PolicyService/Apply",
+            with(token, &verifier),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("policy.apply"), "{}", err.message());
+        // A forged token is not authenticated.
+        let err = decide(
+            &Roles::default(),
+            "/sov.v1.DeploymentService/Apply",
+            with("sov1.e30.AAAA", &verifier),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // Neither certificate nor token, where tokens are accepted: the message names both.
+        let nothing = Credentials {
+            certs: None,
+            token: None,
+            tokens_accepted: true,
+        };
+        let err = decide(&Roles::default(), "/sov.v1.DeploymentService/List", nothing).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("SOV_TOKEN"), "{}", err.message());
+    }
+
+    #[test]
+    fn the_bearer_header_is_read_case_insensitively() {
+        let request = |value: &str| {
+            http::Request::builder()
+                .header("authorization", value)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(bearer(&request("Bearer sov1.a.b")), Some("sov1.a.b"));
+        assert_eq!(bearer(&request("bearer  sov1.a.b ")), Some("sov1.a.b"));
+        assert_eq!(bearer(&request("Basic dXNlcg==")), None);
+        assert_eq!(bearer(&http::Request::new(())), None);
     }
 }
