@@ -354,6 +354,24 @@ fn certificates_roles_and_attested_location_are_enforced() {
     ));
 }
 
+/// A token of `ca` for `role` `name`, valid ten minutes, written to `dir/NAME.token`.
+fn token_file(
+    ca: &Ca,
+    role: Role,
+    name: &str,
+    dir: &Path,
+) -> (std::path::PathBuf, sov_proto::token::Issued) {
+    let issued = sov_proto::token::issue(
+        ca,
+        &Identity::new(role, name).unwrap(),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap();
+    let file = dir.join(format!("{name}.token"));
+    std::fs::write(&file, &issued.token).unwrap();
+    (file, issued)
+}
+
 /// A directory holding only the cluster CA's certificate: what a token holder needs.
 fn ca_only_dir(root: &Path) -> std::path::PathBuf {
     let dir = root.join("ca-only");
@@ -419,14 +437,7 @@ fn bearer_tokens_stand_in_for_certificates_where_the_cluster_accepts_them() {
     tl.log("an operator's token activated policy, recorded as operator:FINGERPRINT");
 
     // A deployer's token may read and deploy, not change policy.
-    let deployer = sov_proto::token::issue(
-        pki().ca(),
-        &Identity::new(Role::Deployer, "ml-1").unwrap(),
-        std::time::Duration::from_secs(600),
-    )
-    .unwrap();
-    let deployer_token = scratch.join("deployer.token");
-    std::fs::write(&deployer_token, &deployer.token).unwrap();
+    let (deployer_token, deployer) = token_file(pki().ca(), Role::Deployer, "ml-1", &scratch);
     with_token(&deployer_token, &["deploy", "list"]).assert_ok();
     let out = with_token(
         &deployer_token,
@@ -454,15 +465,8 @@ fn bearer_tokens_stand_in_for_certificates_where_the_cluster_accepts_them() {
         "{}",
         out.stderr
     );
-    let other = sov_proto::tls::Ca::init(&scratch.join("other-ca"), "other").unwrap();
-    let foreign = sov_proto::token::issue(
-        &other,
-        &Identity::new(Role::Operator, "mallory").unwrap(),
-        std::time::Duration::from_secs(600),
-    )
-    .unwrap();
-    let foreign_file = scratch.join("foreign.token");
-    std::fs::write(&foreign_file, &foreign.token).unwrap();
+    let other = Ca::init(&scratch.join("other-ca"), "other").unwrap();
+    let (foreign_file, _) = token_file(&other, Role::Operator, "mallory", &scratch);
     let out = with_token(&foreign_file, &["deploy", "list"]);
     assert!(!out.success(), "another CA's token was accepted");
     assert!(
@@ -487,14 +491,7 @@ fn a_token_alone_gets_nowhere_where_the_cluster_does_not_accept_tokens() {
     let cluster = Cluster::start(1, tl);
     let scratch = cluster.scratch();
     let ca_only = ca_only_dir(&scratch);
-    let token = sov_proto::token::issue(
-        pki().ca(),
-        &Identity::new(Role::Operator, "ops-1").unwrap(),
-        std::time::Duration::from_secs(600),
-    )
-    .unwrap();
-    let file = scratch.join("operator.token");
-    std::fs::write(&file, &token.token).unwrap();
+    let (file, _) = token_file(pki().ca(), Role::Operator, "ops-1", &scratch);
     let out = sovctl_with(
         &ca_only,
         &cluster.endpoints(),
