@@ -37,6 +37,10 @@ pub(super) struct Compiled {
     /// GPU model -> export class, from the Accelerator entities.
     pub accelerator_eccns: BTreeMap<String, String>,
     pub schema: Schema,
+    /// Whether the schema declares the node's `fact_trust` record. Bundles written before it
+    /// existed (and active in clusters that were upgraded) do not: sov then leaves the
+    /// attribute out rather than refuse the bundle, which would stop placing anything.
+    pub node_fact_trust: bool,
     /// Forbids and permits are evaluated separately: Cedar reports only the forbids when it
     /// denies, and an explanation also needs to know whether any permit matched.
     pub forbids: PolicySet,
@@ -78,9 +82,9 @@ pub fn compile(files: &BTreeMap<String, String>) -> Result<CompiledPolicy, Bundl
     let parsed = unique_ids(parsed, &mut problems);
     let data = schema
         .as_ref()
-        .and_then(|schema| parse_entity_data(layout.entities, schema, &mut problems));
+        .and_then(|(schema, _)| parse_entity_data(layout.entities, schema, &mut problems));
 
-    let (Some(schema), Some(data)) = (schema, data) else {
+    let (Some((schema, node_fact_trust)), Some(data)) = (schema, data) else {
         return Err(finish(problems));
     };
     validate_policies(&schema, &parsed, &mut problems);
@@ -102,7 +106,7 @@ pub fn compile(files: &BTreeMap<String, String>) -> Result<CompiledPolicy, Bundl
 
     // What follows cannot fail on a bundle that passed every check; a failure would be a bug
     // here or in Cedar, so it is reported rather than trusted.
-    assemble(files, parsed, schema, data)
+    assemble(files, parsed, schema, node_fact_trust, data)
         .map_err(|message| finish(vec![problem_at("", None, message)]))
 }
 
@@ -111,6 +115,7 @@ fn assemble(
     files: &BTreeMap<String, String>,
     parsed: Vec<Parsed>,
     schema: Schema,
+    node_fact_trust: bool,
     data: EntityData,
 ) -> Result<CompiledPolicy, String> {
     let (forbids, permits): (Vec<&Parsed>, Vec<&Parsed>) =
@@ -154,6 +159,7 @@ fn assemble(
             groups: data.groups,
             accelerator_eccns: data.accelerator_eccns,
             schema,
+            node_fact_trust,
             forbids,
             permits,
             entities: data.entities,
@@ -386,7 +392,8 @@ fn layout(files: &BTreeMap<String, String>) -> Result<Layout<'_>, Vec<Problem>> 
     })
 }
 
-fn parse_schema((file, text): (&str, &str), problems: &mut Vec<Problem>) -> Option<Schema> {
+/// The schema, and whether it declares the node's `fact_trust`.
+fn parse_schema((file, text): (&str, &str), problems: &mut Vec<Problem>) -> Option<(Schema, bool)> {
     let schema = match Schema::from_cedarschema_str(text) {
         // Schema warnings (shadowed names) do not change meaning; they are not problems.
         Ok((schema, _warnings)) => schema,
@@ -397,10 +404,21 @@ fn parse_schema((file, text): (&str, &str), problems: &mut Vec<Problem>) -> Opti
         }
     };
     // sov builds the principal and resource itself; a schema that does not accept them would
-    // make every evaluation fail, so it is refused now.
-    for (principal, resource) in entities::probes() {
-        if let Err(e) = Entities::from_entities([principal, resource], Some(&schema)) {
-            let (message, _) = detail(DetailedError::from(&e));
+    // make every evaluation fail, so it is refused now. A schema from before `fact_trust` is
+    // accepted as it is (its policies cannot mention the record: validation refuses them).
+    let accepts = |with_fact_trust: bool| {
+        entities::probes(with_fact_trust)
+            .into_iter()
+            .try_for_each(|(principal, resource)| {
+                Entities::from_entities([principal, resource], Some(&schema))
+                    .map(drop)
+                    .map_err(|e| detail(DetailedError::from(&e)).0)
+            })
+    };
+    match accepts(true) {
+        Ok(()) => Some((schema, true)),
+        Err(_) if accepts(false).is_ok() => Some((schema, false)),
+        Err(message) => {
             problems.push(problem_at(
                 file,
                 None,
@@ -409,10 +427,9 @@ fn parse_schema((file, text): (&str, &str), problems: &mut Vec<Problem>) -> Opti
                      (see deploy/policies/README.md): {message}"
                 ),
             ));
-            return None;
+            None
         }
     }
-    Some(schema)
 }
 
 /// One policy of the bundle: the Cedar policy (its id replaced by `@id`), its rule, and where

@@ -274,11 +274,13 @@ pub(super) fn principal(sig: &DeploymentSignature, id: &str) -> Result<Entity, S
 }
 
 /// The resource of a request: `Node::"<id>"` with the signature's attributes. GPU models are
-/// looked up in `accelerator_eccns` (the bundle's Accelerator entities).
+/// looked up in `accelerator_eccns` (the bundle's Accelerator entities). `with_fact_trust` is
+/// false only for bundles whose schema predates `fact_trust` (see `bundle::parse_schema`).
 pub(super) fn resource(
     sig: &NodeSignature,
     id: &str,
     accelerator_eccns: &BTreeMap<String, String>,
+    with_fact_trust: bool,
 ) -> Result<Entity, String> {
     let eccns: BTreeSet<String> = sig
         .gpu_models
@@ -312,13 +314,15 @@ pub(super) fn resource(
             "location_trust".to_owned(),
             RestrictedExpression::new_long(i64::from(sig.location_trust)),
         ),
-        ("fact_trust".to_owned(), fact_trust(&sig.fact_trust)?),
         (
             "accelerators".to_owned(),
             entity_refs(ACCELERATOR, &sig.gpu_models),
         ),
         ("accelerator_eccns".to_owned(), strings(&eccns)),
     ]);
+    if with_fact_trust {
+        attrs.insert("fact_trust".to_owned(), fact_trust(&sig.fact_trust)?);
+    }
     // Unknown headquarters are left out rather than invented: the schema declares them
     // optional, so a policy must test `has` and an unknown value can never match a group.
     for (name, value) in [
@@ -362,8 +366,9 @@ pub(super) fn referenced(deployment: &DeploymentSignature, node: &NodeSignature)
 }
 
 /// Requests with every attribute sov can supply, with and without the optional ones: the
-/// bundle's schema must accept all of them, or every evaluation would fail.
-pub(super) fn probes() -> Vec<(Entity, Entity)> {
+/// bundle's schema must accept all of them, or every evaluation would fail. Without
+/// `with_fact_trust`, the node as a schema written before `fact_trust` declares it.
+pub(super) fn probes(with_fact_trust: bool) -> Vec<(Entity, Entity)> {
     let full_deployment = DeploymentSignature {
         model: "probe".into(),
         eccn: "EAR99".into(),
@@ -399,7 +404,8 @@ pub(super) fn probes() -> Vec<(Entity, Entity)> {
             // Built from constants, so these cannot fail; a failure would be a bug here.
             let p =
                 principal(&full_deployment, PRINCIPAL_ID).expect("probe principal is well-formed");
-            let r = resource(node, RESOURCE_ID, &no_eccns).expect("probe resource is well-formed");
+            let r = resource(node, RESOURCE_ID, &no_eccns, with_fact_trust)
+                .expect("probe resource is well-formed");
             (p, r)
         })
         .collect()

@@ -196,7 +196,13 @@ impl Evaluator {
                 .or_insert_with_key(|sig| {
                     let id = format!("n{r}-{next}");
                     rule.node_uids.push(entities::uid(entities::NODE, &id));
-                    match entities::resource(sig, &id, &self.policy.inner.accelerator_eccns) {
+                    let inner = &self.policy.inner;
+                    match entities::resource(
+                        sig,
+                        &id,
+                        &inner.accelerator_eccns,
+                        inner.node_fact_trust,
+                    ) {
                         Ok(entity) => self.pending.push(entity),
                         // Unreachable with the signatures sov builds; the class then fails
                         // closed, since Cedar reports the missing entity as an error.
@@ -415,7 +421,12 @@ pub(super) fn evaluate_once(
     let node = NodeSignature::of(node, today);
     decide(compiled, &deployment, node.unresolvable(), || {
         let principal = entities::principal(&deployment, PRINCIPAL_ID)?;
-        let resource = entities::resource(&node, RESOURCE_ID, &compiled.accelerator_eccns)?;
+        let resource = entities::resource(
+            &node,
+            RESOURCE_ID,
+            &compiled.accelerator_eccns,
+            compiled.node_fact_trust,
+        )?;
         let request = checked_request(compiled, principal.uid(), resource.uid())?;
         let store = request_store(compiled, &deployment, &node, principal, resource)?;
         Ok(answer(compiled, &request, &store))

@@ -280,6 +280,40 @@ fn a_rule_can_require_the_trust_of_one_fact() {
     assert!(policy.evaluate(&frontier, &us, TODAY).allowed);
 }
 
+/// A bundle written before `fact_trust` existed (active in a cluster being upgraded) still
+/// compiles and decides as before; only a rule on `fact_trust` needs the new schema.
+#[test]
+fn a_schema_from_before_fact_trust_still_compiles() {
+    let mut files = shipped_files();
+    let schema = files.get_mut("schema.cedarschema").unwrap();
+    let start = schema.find("  // How each location fact is known").unwrap();
+    let end = start + schema[start..].find("  },\n").unwrap() + "  },\n".len();
+    schema.replace_range(start..end, "");
+    assert!(!schema.contains("fact_trust"));
+    let old = compile(&files).unwrap_or_else(|e| panic!("old bundle compiles:\n{e}"));
+    let nodes = fleet();
+    let eu = with_residency("eu27", &["EU27"]);
+    assert_eq!(
+        ids(&old.evaluate(&eu, &nodes[3], TODAY)),
+        ids(&shipped().evaluate(&eu, &nodes[3], TODAY))
+    );
+    assert!(old.evaluate(&eu, &nodes[0], TODAY).allowed);
+    files.insert(
+        "country-vouched.cedar".into(),
+        "@id(\"country-vouched\")\n@reason(\"the country is vouched for\")\n\
+         forbid(principal, action, resource)\n\
+         when { resource.fact_trust.country < 2 };\n"
+            .into(),
+    );
+    let problems = problems(&files);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.to_string().contains("fact_trust")),
+        "{problems:#?}"
+    );
+}
+
 #[test]
 fn forbidding_rules_carry_their_reason_and_on_change() {
     let policy = shipped();
