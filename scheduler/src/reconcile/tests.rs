@@ -472,6 +472,48 @@ fn a_migrate_rule_moves_replicas_make_before_break() {
 }
 
 #[test]
+fn a_plan_gives_a_migrating_replica_one_replacement_only() {
+    let mut sim = Sim::new();
+    sim.register(node("ie", "IE", "US", 2));
+    sim.policy(&[]);
+    sim.deploy(deployment("open-eu", 1, "EAR99", &["EU27"]));
+    sim.converge();
+    sim.register(node("fr", "FR", "FR", 2));
+    let old = sim.alloc_on("open-eu", "ie");
+    let rule = sovereign("migrate");
+    sim.policy(&[&rule]);
+
+    // A plan naming the same old replica twice (as a buggy or replayed plan could): apply
+    // takes the first replacement and refuses the second.
+    let mut gate = PolicyGate::for_state(&sim.state, &today(&sim.state));
+    let r = round(&sim.state, &mut gate, sim.now, Limits::default());
+    drop(gate);
+    assert_eq!(r.placements.len(), 1);
+    assert_eq!(r.placements[0].replaces, old.id);
+    let twice = vec![r.placements[0].clone(), r.placements[0].clone()];
+    let Outcome::PlanApplied {
+        placed, rejected, ..
+    } = sim.exec(Proposal::ApplyPlan {
+        placements: twice,
+        stops: vec![],
+    })
+    else {
+        panic!()
+    };
+    assert_eq!(placed.len(), 1);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        rejected[0].reason,
+        format!(
+            "the allocation it replaces ({}) already has a replacement",
+            old.id
+        )
+    );
+    assert!(matches!(&sim.alloc_on("open-eu", "ie").standing,
+        Standing::Migrating { replacement, .. } if *replacement == placed[0]));
+}
+
+#[test]
 fn the_deadline_stops_an_old_replica_whose_replacement_never_runs() {
     let mut sim = Sim::new();
     sim.register(node("ie", "IE", "US", 2));
