@@ -29,7 +29,9 @@
 //! Every round is bounded (`Limits`): at most so many placements and stops in one entry; the
 //! rest waits for the next round, which starts as soon as this one commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::placement::{self, Placement, PolicyOracle, Want};
 use crate::state::compliance::{NodesUp, PlannedStop, StopWhy, live_replacement};

@@ -3,7 +3,7 @@
 //! can never land a replica where the policy now forbids it (invariant I1) or over-commit a node
 //! (invariant I6). Stale parts are rejected; the leader re-plans them.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use serde::{Deserialize, Serialize};
 
