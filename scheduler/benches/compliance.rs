@@ -7,11 +7,9 @@
 //! `site-9`), 1,000 deployments of 100 replicas of 4 cores, placed by reconcile rounds and
 //! reported running. Then, for a `stop-now` and a `migrate` rule forbidding sites 8 and 9:
 //! - apply of the `ApplyPolicy` entry (every allocation judged; the stops or marks made);
-//! - the leader's next rounds (`reconcile::round`, on the state itself as the leader plans
-//!   under the state machine's read lock) and the apply of each round's `ApplyPlan`, until
-//!   nothing is left to do (agents' reports simulated in between);
-//! - a copy of the state (what the leader's rounds no longer make), and the derived statuses
-//!   the API and metrics compute.
+//! - the leader's next rounds (a copy of the state, `reconcile::round`) and the apply of each
+//!   round's `ApplyPlan`, until nothing is left to do (agents' reports simulated in between);
+//! - a copy of the state, and the derived statuses the API and metrics compute.
 //!
 //! Run: `cargo bench -p sov-scheduler --bench compliance` (`-- --nodes N --replicas R` for
 //! other sizes). Without `--bench` it runs a small fleet once as a smoke pass. Figures go to
@@ -123,17 +121,21 @@ fn agents_report(state: &mut State) -> usize {
 }
 
 struct Round {
+    copy: Duration,
     plan: Duration,
     apply: Duration,
     placements: usize,
     stops: usize,
 }
 
-/// One leader round and its apply; `None` when there is nothing to do.
+/// One leader round on a copy of the state and its apply; `None` when there is nothing to do.
 fn round(state: &mut State) -> Option<Round> {
     let t = Instant::now();
-    let mut gate = PolicyGate::for_state(state, &today(state));
-    let r = reconcile::round(state, &mut gate, AT_MS, Limits::default());
+    let copy = state.clone();
+    let copy_took = t.elapsed();
+    let t = Instant::now();
+    let mut gate = PolicyGate::for_state(&copy, &today(&copy));
+    let r = reconcile::round(&copy, &mut gate, AT_MS, Limits::default());
     drop(gate);
     let plan_took = t.elapsed();
     if r.is_empty() {
@@ -148,6 +150,7 @@ fn round(state: &mut State) -> Option<Round> {
         },
     );
     Some(Round {
+        copy: copy_took,
         plan: plan_took,
         apply: apply_took,
         placements,
@@ -238,7 +241,8 @@ fn react(base: &State, action: &str) {
         };
         n += 1;
         println!(
-            "  round {n}: reconcile {}, apply {} ({} placements, {} stops)",
+            "  round {n}: copy {}, reconcile {}, apply {} ({} placements, {} stops)",
+            ms(r.copy),
             ms(r.plan),
             ms(r.apply),
             r.placements,

@@ -97,6 +97,7 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
                     "placed=",
                     "stops=",
                     "stopped=",
+                    "copy_ms=",
                     "plan_ms=",
                     "commit_ms=",
                 ]

@@ -1,7 +1,7 @@
 //! Loops that run only on the leader: they read the applied state and propose commands.
 //!
-//! Owns: giving a new cluster its id, the reconcile loop (a round of `crate::reconcile` on the
-//! applied state: stops, replacements and missing replicas, proposed as one
+//! Owns: giving a new cluster its id, the reconcile loop (a round of `crate::reconcile` on a
+//! snapshot of the state: stops, replacements and missing replicas, proposed as one
 //! `ApplyPlan`, repeated while the state changes or a move deadline passes; and the day
 //! re-check), and node liveness from heartbeats ([`liveness`]). Followers run
 //! the same tasks but they do nothing until their replica becomes leader. Must not touch: the
@@ -9,11 +9,9 @@
 //!
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements and `PLAN_STOPS_MAX` stops
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
-//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Plans are
-//! made in a blocking task, on the applied state under the state machine's read lock (no copy:
-//! copying and freeing 100,000 allocations cost the leader more than the round itself), with the
-//! policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster asks
-//! Cedar nothing new.
+//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Plans are made on a copy of the state, in a blocking task, with
+//! the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster
+//! asks Cedar nothing new.
 
 pub mod liveness;
 
@@ -90,7 +88,7 @@ struct Planned {
     cedar_requests: usize,
 }
 
-/// Brings every deployment to what it wants: runs a reconcile round on the applied
+/// Brings every deployment to what it wants: runs a reconcile round on a copy of the applied
 /// state (stops, replacements, missing replicas), proposes it as one `ApplyPlan`, repeats while
 /// the state changes. Also proposes `CheckCompliance` when the leader's clock enters a new UTC
 /// day with nothing else applied (certifications expire by day).
@@ -105,7 +103,7 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
         if replica.is_leader() {
             let started = std::time::Instant::now();
             let now = now_ms();
-            let (plan, new_day) = {
+            let (snapshot, new_day) = {
                 let applied = replica.sm.read();
                 let state = &applied.state;
                 if state.disrupted() != disrupted {
@@ -127,7 +125,7 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                 let still_quiet = quiet.is_some_and(|(revision, deadline)| {
                     revision == state.revision && deadline.is_none_or(|d| now < d)
                 });
-                (!still_quiet, new_day)
+                ((!still_quiet).then(|| state.clone()), new_day)
             };
             if new_day {
                 match replica.propose(Proposal::CheckCompliance {}).await {
@@ -139,22 +137,17 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                 }
                 continue;
             }
-            // Plan off the async workers (a round over 100,000 allocations takes tens of
-            // milliseconds, one that places 20,000 replicas a hundred or more) and on the
-            // applied state itself, under the state machine's read lock: a copy of the state
-            // took as long to make, under the same lock, and as long again to free, on a
-            // leader whose CPU is what a rule change waits for (docs/benchmarks.md, Rule
-            // changes). Meanwhile commits wait to apply, for about as long as the copy made
-            // them wait; reads go on, unless a commit is already waiting.
-            let planned = if plan {
-                let sm = replica.sm.clone();
-                tokio::task::spawn_blocking(move || {
-                    let applied = sm.read();
-                    let state = &applied.state;
-                    let mut gate = PolicyGate::for_state(state, &compliance::today(state));
+            let copied = started.elapsed();
+            // Plan on a copy and off the async workers: a cold plan of a large fleet takes
+            // hundreds of milliseconds (docs/benchmarks.md, Placement), and holding the state
+            // machine's lock that long would stall every commit and every read.
+            let planned = match snapshot {
+                None => None,
+                Some(state) => tokio::task::spawn_blocking(move || {
+                    let mut gate = PolicyGate::for_state(&state, &compliance::today(&state));
                     let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
                     let before = asked(&gate);
-                    let round = reconcile::round(state, &mut gate, now, Limits::default());
+                    let round = reconcile::round(&state, &mut gate, now, Limits::default());
                     Planned {
                         revision: state.revision,
                         round,
@@ -162,9 +155,7 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                     }
                 })
                 .await
-                .ok()
-            } else {
-                None
+                .ok(),
             };
             match planned {
                 Some(p) if p.round.is_empty() => {
@@ -201,7 +192,8 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                                     stops,
                                     stopped = stopped.len(),
                                     rejected_stops = rejected_stops.len(),
-                                    plan_ms = planned_at.as_millis() as u64,
+                                    copy_ms = copied.as_millis() as u64,
+                                    plan_ms = (planned_at - copied).as_millis() as u64,
                                     commit_ms = (started.elapsed() - planned_at).as_millis() as u64,
                                     cedar_requests = p.cedar_requests,
                                     "reconcile round applied"

@@ -1,6 +1,6 @@
 //! Reconcile: from the replicated state, the next round of work that brings every deployment to
-//! what it wants under the rules in force. Pure and deterministic; the leader runs it on the
-//! applied state (under the state machine's read lock) and proposes the result as one `ApplyPlan`, whose apply re-checks every part at
+//! what it wants under the rules in force. Pure and deterministic; the leader runs it on a copy
+//! of the state and proposes the result as one `ApplyPlan`, whose apply re-checks every part at
 //! its own index (`state::compliance::apply_stops`, `state::plan`).
 //!
 //! Owns: classifying each allocation that should run, and choosing what to stop and what to

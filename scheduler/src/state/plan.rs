@@ -17,8 +17,8 @@ use crate::policy::{CompiledPolicy, Evaluator};
 /// Most placements one plan may carry: bounds one Raft entry (141 bytes of JSON per placement
 /// in the benchmark fleet, a few hundred with 8 GPU ids, so at most about 8 MiB) and one
 /// apply (about 5 ms per thousand with a warm evaluator).
-/// Large enough that the fixed cost of a round (the passes over every allocation, the fleet
-/// view, one commit: hundreds of milliseconds in a busy 100,000-allocation cluster) is shared by many placements,
+/// Large enough that the fixed cost of a round (a copy of the state, the fleet view, one
+/// commit: half a second in a busy 100,000-allocation cluster) is shared by many placements,
 /// so a rule change that moves 20,000 replicas places their replacements in one round
 /// (docs/benchmarks.md, Placement and Rule changes).
 pub const PLAN_PLACEMENTS_MAX: usize = 20_000;
