@@ -164,11 +164,20 @@ impl Sim {
         assert!(matches!(out, Outcome::DeploymentApplied { .. }), "{out:?}");
     }
 
-    /// One leader round; whether it proposed anything.
+    /// One leader round; whether it proposed anything. Checks on the way that the leader's
+    /// shortcut, [`super::idle`], answers exactly the round whenever it answers.
     fn round(&mut self) -> Option<Outcome> {
         let mut gate = PolicyGate::for_state(&self.state, &today(&self.state));
         let r = round(&self.state, &mut gate, self.now, Limits::default());
         drop(gate);
+        if let Some(idle) = super::idle(&self.state, self.now) {
+            assert_eq!(idle, r, "idle must be the round itself");
+        } else {
+            assert!(
+                !r.is_empty() || !r.unplaced.is_empty(),
+                "not idle, yet the round has nothing to do and nothing unplaced: {r:?}"
+            );
+        }
         (!r.is_empty()).then(|| {
             self.exec(Proposal::ApplyPlan {
                 placements: r.placements,
