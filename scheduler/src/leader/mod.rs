@@ -9,11 +9,11 @@
 //!
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements and `PLAN_STOPS_MAX` stops
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
-//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Each round runs in a blocking
-//! task: it first asks the applied state, under the read lock, whether there is anything to do
-//! (`reconcile::idle`, no copy); only then it plans, on a copy of the state, with the policy
-//! evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster asks Cedar
-//! nothing new.
+//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Each
+//! round runs in a blocking task: it first asks the applied state, under the read lock, whether
+//! there is anything to do (`reconcile::idle`, no copy); only then it plans, on a copy of the
+//! state, with the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a
+//! steady cluster asks Cedar nothing new.
 
 pub mod liveness;
 
