@@ -9,7 +9,8 @@
 //! - apply of the `ApplyPolicy` entry (every allocation judged; the stops or marks made);
 //! - the leader's next rounds (a copy of the state, `reconcile::round`) and the apply of each
 //!   round's `ApplyPlan`, until nothing is left to do (agents' reports simulated in between);
-//! - a copy of the state, and the derived statuses the API and metrics compute.
+//! - a copy of the state, the leader's check that a round has nothing to do (which spares it
+//!   the copy), and the derived statuses the API and metrics compute.
 //!
 //! Run: `cargo bench -p sov-scheduler --bench compliance` (`-- --nodes N --replicas R` for
 //! other sizes). Without `--bench` it runs a small fleet once as a smoke pass. Figures go to
@@ -289,6 +290,12 @@ fn main() {
     drop(gate);
     assert!(quiet.is_empty());
     println!("a round with nothing to do: {}", ms(t.elapsed()));
+    let t = Instant::now();
+    assert!(reconcile::idle(&state, AT_MS).is_some());
+    println!(
+        "the leader's check that there is nothing to do (reconcile::idle, no copy): {}",
+        ms(t.elapsed())
+    );
     let t = Instant::now();
     let statuses = reconcile::status::deployments(
         &copy,

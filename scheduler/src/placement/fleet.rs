@@ -6,7 +6,7 @@
 //! Building it costs one pass over the nodes and one over the allocations; everything the
 //! planner's inner loop reads is then an index into a vector.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::PolicyOracle;
 use super::feasibility::takes_new_work;

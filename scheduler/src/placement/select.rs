@@ -46,12 +46,17 @@ pub fn plan(state: &State, policy: &mut impl PolicyOracle, placements_max: usize
 }
 
 /// Plans exactly `wants` (the reconciler's choice of what each deployment gets this round).
+/// Wanting nothing costs nothing: the fleet view (a pass over every node and allocation) is
+/// built only when something is to be placed, so the leader's quiet rounds stay cheap.
 pub fn plan_wants(
     state: &State,
     wants: &[Want],
     policy: &mut impl PolicyOracle,
     placements_max: usize,
 ) -> Plan {
+    if wants.iter().all(|w| w.count == 0) {
+        return Plan::default();
+    }
     plan_on(Fleet::new(state, policy), wants, policy, placements_max)
 }
 

@@ -29,7 +29,9 @@
 //! Every round is bounded (`Limits`): at most so many placements and stops in one entry; the
 //! rest waits for the next round, which starts as soon as this one commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::placement::{self, Placement, PolicyOracle, Want};
 use crate::state::compliance::{NodesUp, PlannedStop, StopWhy, live_replacement};
@@ -79,6 +81,16 @@ pub fn round(state: &State, policy: &mut impl PolicyOracle, now_ms: i64, limits:
     out.placements = plan.placements;
     out.unplaced = plan.unplaced;
     out
+}
+
+/// The round for `state` when it has nothing to do: no stops and no replica wanted anywhere
+/// (then [`round`] returns exactly this: no placements, and the next move deadline). Found with
+/// one pass over the allocations and no fleet view, so the leader can ask it of the applied
+/// state under its lock, and copy the state only for a round with work. `None` when there is
+/// work, or replicas that want a node (whether one can take them is [`round`]'s question).
+pub fn idle(state: &State, now_ms: i64) -> Option<Round> {
+    let (wants, out) = decide(state, now_ms, None);
+    (wants.is_empty() && out.stops.is_empty()).then_some(out)
 }
 
 /// What each deployment would get from the next round, unbounded: how many new replicas it

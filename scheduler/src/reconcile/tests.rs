@@ -164,11 +164,20 @@ impl Sim {
         assert!(matches!(out, Outcome::DeploymentApplied { .. }), "{out:?}");
     }
 
-    /// One leader round; whether it proposed anything.
+    /// One leader round; whether it proposed anything. Checks on the way that the leader's
+    /// shortcut, [`super::idle`], answers exactly the round whenever it answers.
     fn round(&mut self) -> Option<Outcome> {
         let mut gate = PolicyGate::for_state(&self.state, &today(&self.state));
         let r = round(&self.state, &mut gate, self.now, Limits::default());
         drop(gate);
+        if let Some(idle) = super::idle(&self.state, self.now) {
+            assert_eq!(idle, r, "idle must be the round itself");
+        } else {
+            assert!(
+                !r.is_empty() || !r.unplaced.is_empty(),
+                "not idle, yet the round has nothing to do and nothing unplaced: {r:?}"
+            );
+        }
         (!r.is_empty()).then(|| {
             self.exec(Proposal::ApplyPlan {
                 placements: r.placements,
@@ -469,6 +478,48 @@ fn a_migrate_rule_moves_replicas_make_before_break() {
     sim.converge();
     assert_eq!(sim.running("open-eu"), [(new.id, "fr".to_string())]);
     assert_eq!(sim.state.deployments["open-eu"].moves, Default::default());
+}
+
+#[test]
+fn a_plan_gives_a_migrating_replica_one_replacement_only() {
+    let mut sim = Sim::new();
+    sim.register(node("ie", "IE", "US", 2));
+    sim.policy(&[]);
+    sim.deploy(deployment("open-eu", 1, "EAR99", &["EU27"]));
+    sim.converge();
+    sim.register(node("fr", "FR", "FR", 2));
+    let old = sim.alloc_on("open-eu", "ie");
+    let rule = sovereign("migrate");
+    sim.policy(&[&rule]);
+
+    // A plan naming the same old replica twice (as a buggy or replayed plan could): apply
+    // takes the first replacement and refuses the second.
+    let mut gate = PolicyGate::for_state(&sim.state, &today(&sim.state));
+    let r = round(&sim.state, &mut gate, sim.now, Limits::default());
+    drop(gate);
+    assert_eq!(r.placements.len(), 1);
+    assert_eq!(r.placements[0].replaces, old.id);
+    let twice = vec![r.placements[0].clone(), r.placements[0].clone()];
+    let Outcome::PlanApplied {
+        placed, rejected, ..
+    } = sim.exec(Proposal::ApplyPlan {
+        placements: twice,
+        stops: vec![],
+    })
+    else {
+        panic!()
+    };
+    assert_eq!(placed.len(), 1);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        rejected[0].reason,
+        format!(
+            "the allocation it replaces ({}) already has a replacement",
+            old.id
+        )
+    );
+    assert!(matches!(&sim.alloc_on("open-eu", "ie").standing,
+        Standing::Migrating { replacement, .. } if *replacement == placed[0]));
 }
 
 #[test]

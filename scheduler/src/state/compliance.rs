@@ -21,7 +21,9 @@
 //! | `SetDraining` | the node's allocations |
 //! | `ApplyDeployment` with a changed spec | the deployment's allocations |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
