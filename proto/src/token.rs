@@ -123,38 +123,41 @@ pub fn issue(ca: &Ca, identity: &Identity, ttl: Duration) -> Result<Issued, TlsE
     })
 }
 
-/// Checks tokens against the cluster CA's certificate.
+/// Checks tokens against the cluster CA's certificate (every certificate of the CA file: during a
+/// CA rotation it may hold the old and the new one).
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    /// The CA's public key (an uncompressed P-256 point).
-    key: Vec<u8>,
+    /// The CAs' public keys (uncompressed P-256 points).
+    keys: Vec<Vec<u8>>,
 }
 
 impl Verifier {
-    /// From the CA certificate schedulers trust (PEM). Only P-256 keys can sign tokens, which
-    /// is what `sovctl ca init` makes.
+    /// From the CA certificates schedulers trust (PEM). Only P-256 keys can sign tokens, which
+    /// is what `sovctl ca init` makes; a file with none is refused.
     pub fn from_ca_pem(ca_pem: &str) -> Result<Verifier, TlsError> {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
-            .map_err(|e| TlsError::Invalid(format!("the CA certificate is not PEM: {e}")))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
-            .map_err(|e| TlsError::Invalid(format!("unreadable CA certificate: {e}")))?;
-        let spki = cert.public_key();
-        let p256 = x509_parser::oid_registry::OID_EC_P256;
-        let is_p256 = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .is_some_and(|oid| oid == p256);
-        if !is_p256 {
+        let mut keys = Vec::new();
+        for pem in x509_parser::pem::Pem::iter_from_buffer(ca_pem.as_bytes()) {
+            let pem = pem.map_err(|e| TlsError::Invalid(format!("the CA file is not PEM: {e}")))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
+                .map_err(|e| TlsError::Invalid(format!("unreadable CA certificate: {e}")))?;
+            let spki = cert.public_key();
+            let is_p256 = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .is_some_and(|oid| oid == x509_parser::oid_registry::OID_EC_P256);
+            if is_p256 {
+                keys.push(spki.subject_public_key.data.to_vec());
+            }
+        }
+        if keys.is_empty() {
             return Err(TlsError::Invalid(
                 "bearer tokens need a CA with an ECDSA P-256 key (what `sovctl ca init` makes)"
                     .into(),
             ));
         }
-        Ok(Verifier {
-            key: spki.subject_public_key.data.to_vec(),
-        })
+        Ok(Verifier { keys })
     }
 
     /// The identity a token carries, if the CA signed it and it is valid at `now`; else why
@@ -178,11 +181,16 @@ impl Verifier {
                 .map_err(|_| format!("the bearer token's {what} is not base64url"))
         };
         let (body, signature) = (decode(body, "claims")?, decode(signature, "signature")?);
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.key)
-            .verify(&[DOMAIN, &body].concat(), &signature)
-            .map_err(|_| {
-                "the bearer token was not signed by this cluster's CA (or was altered)".to_owned()
-            })?;
+        let signed = [DOMAIN, &body].concat();
+        if !self.keys.iter().any(|key| {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key)
+                .verify(&signed, &signature)
+                .is_ok()
+        }) {
+            return Err(
+                "the bearer token was not signed by this cluster's CA (or was altered)".to_owned(),
+            );
+        }
         // Signed by the CA: from here on, the claims are the operator's own words, checked
         // anyway as a certificate's would be.
         let claims: Claims = serde_json::from_slice(&body)
@@ -267,6 +275,10 @@ mod tests {
         let other = Verifier::from_ca_pem(other_ca.cert_pem()).unwrap();
         let err = other.verify(&issued.token, now).unwrap_err();
         assert!(err.contains("not signed by this cluster's CA"), "{err}");
+        // A CA file holding both (a rotation) accepts tokens of either.
+        let both =
+            Verifier::from_ca_pem(&format!("{}{}", other_ca.cert_pem(), ca.cert_pem())).unwrap();
+        assert!(both.verify(&issued.token, now).is_ok());
         // Altered claims: an operator's URI swapped in.
         let (_, rest) = issued.token.split_at(PREFIX.len());
         let (_, signature) = rest.split_once('.').unwrap();
