@@ -15,6 +15,7 @@
 //!        ├─ migrating, its replacement reports running ─▶ stop (replaced)      make-before-break
 //!        ├─ migrating, deadline passed ─────────────────▶ stop (deadline-passed)
 //!        ├─ migrating, replacement starting ────────────▶ wait (in flight, ≤ max_parallel)
+//!        ├─ a replacement whose old one is still stopping ▶ in flight until its agent confirms
 //!        ├─ migrating, no replacement ──────────────────▶ counts; wants a replacement
 //!        └─ compliant or violating (audit) ─────────────▶ counts
 //!  per deployment:  counted > replicas  ─▶ stop the surplus (not running first, then moving,
@@ -230,7 +231,11 @@ fn decide<'s>(state: &'s State, now_ms: i64, only: Option<&str>) -> (Vec<Want<'s
             .map_or(&[][..], Vec::as_slice);
         let mut counted: Vec<&Allocation> = Vec::new();
         let mut unreplaced: Vec<&str> = Vec::new();
-        let mut inflight = 0u32;
+        // Moves whose old allocation was told to stop in an earlier round and is not gone yet.
+        let mut inflight = allocations
+            .iter()
+            .filter(|r| up.replaced_still_stopping(state, r))
+            .count() as u32;
         for a in allocations {
             let Standing::Migrating { deadline_ms, .. } = &a.standing else {
                 counted.push(a);
@@ -244,6 +249,11 @@ fn decide<'s>(state: &'s State, now_ms: i64, only: Option<&str>) -> (Vec<Want<'s
                     allocation: a.id.clone(),
                     why: StopWhy::Replaced { by: r.id.clone() },
                 });
+                // The move ends when the old process is gone, not when its stop is ordered:
+                // until its agent confirms, it still takes one of the `max_parallel` slots
+                // (see `replaced_still_stopping` below), or replicas + max_parallel + 1
+                // processes could run at once.
+                inflight += 1;
                 continue;
             }
             if now_ms >= *deadline_ms {

@@ -893,6 +893,44 @@ fn max_parallel_bounds_the_replacements_in_flight() {
     assert_eq!(sim.nodes_of("open-eu"), BTreeSet::from(["fr".to_string()]));
 }
 
+/// A move ends when the old process is gone, not when its stop is ordered: while the old
+/// node's agent has not confirmed, the next replacement waits, so no more than replicas +
+/// max_parallel processes ever exist, however late that agent reports.
+#[test]
+fn the_next_move_waits_until_the_old_replica_is_confirmed_stopped() {
+    let mut sim = Sim::new();
+    sim.register(node("ie", "IE", "US", 4));
+    sim.policy(&[]);
+    let mut spec = deployment("open-eu", 2, "EAR99", &["EU27"]);
+    spec.placement.spread = crate::state::Spread::None;
+    spec.migration.max_parallel = 1;
+    sim.deploy(spec);
+    sim.converge();
+    sim.register(node("fr", "FR", "FR", 4));
+    let rule = sovereign("migrate");
+    sim.policy(&[&rule]);
+    // Processes that may exist: what should run, and what was told to stop but not confirmed.
+    let processes = |sim: &Sim| {
+        sim.state
+            .allocations
+            .values()
+            .filter(|a| a.desired == Desired::Run || a.status != AllocStatus::Stopped)
+            .count()
+    };
+    for _ in 0..30 {
+        sim.round();
+        assert!(processes(&sim) <= 3, "{:#?}", sim.state.allocations);
+        // The French agent reports at once; the Irish one, holding the old replicas, later.
+        sim.agents(|n| n == "fr");
+        sim.round();
+        assert!(processes(&sim) <= 3, "{:#?}", sim.state.allocations);
+        if !sim.agents(|_| true) && sim.round().is_none() {
+            break;
+        }
+    }
+    assert_eq!(sim.nodes_of("open-eu"), BTreeSet::from(["fr".to_string()]));
+}
+
 #[test]
 fn surplus_replicas_are_stopped_those_not_serving_first() {
     let mut sim = Sim::new();

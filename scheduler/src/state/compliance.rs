@@ -177,7 +177,23 @@ impl<'s> NodesUp<'s> {
 
     /// [`live`], from the precomputed node states.
     pub fn live(&self, a: &Allocation) -> bool {
-        a.desired == Desired::Run && self.up.get(a.node.as_str()).copied().unwrap_or(false)
+        a.desired == Desired::Run && self.node_up(&a.node)
+    }
+
+    /// Whether `node` is registered and not down (or the cluster is disrupted).
+    pub fn node_up(&self, node: &str) -> bool {
+        self.up.get(node).copied().unwrap_or(false)
+    }
+
+    /// Whether the allocation `r` replaced is told to stop and its agent, still reachable, has
+    /// not confirmed it yet: the move is not over, since both processes may still run.
+    pub fn replaced_still_stopping(&self, state: &State, r: &Allocation) -> bool {
+        !r.replaces.is_empty()
+            && state.allocations.get(&r.replaces).is_some_and(|old| {
+                old.desired == Desired::Stop
+                    && old.status != super::AllocStatus::Stopped
+                    && self.node_up(&old.node)
+            })
     }
 }
 
