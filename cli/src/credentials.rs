@@ -261,9 +261,12 @@ pub fn token_transport(
         )));
     };
     let ca = ca.expect("read above");
-    let header = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| UsageError("the bearer token holds characters a header cannot".into()))?;
+    let mut header: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| UsageError("the bearer token holds characters a header cannot".into()))?;
+    // Kept out of debug output and HTTP/2 header compression tables.
+    header.set_sensitive(true);
     Ok(crate::client::Transport::Token {
         advice: format!(
             "check that {} is this cluster's CA and that the endpoint is a scheduler of this \
