@@ -853,19 +853,26 @@ fn a_disruption_of_most_nodes_moves_nothing() {
     assert_eq!(sim.state.nodes_down, 1);
 }
 
-#[test]
-fn max_parallel_bounds_the_replacements_in_flight() {
+/// `open-eu` with `replicas` on the Irish node of a US-parented operator, then a French node
+/// and the migrate rule that moves them there, `max_parallel` at a time.
+fn moving_off_ie(replicas: u32, max_parallel: u32) -> Sim {
     let mut sim = Sim::new();
     sim.register(node("ie", "IE", "US", 4));
     sim.policy(&[]);
-    let mut spec = deployment("open-eu", 4, "EAR99", &["EU27"]);
+    let mut spec = deployment("open-eu", replicas, "EAR99", &["EU27"]);
     spec.placement.spread = crate::state::Spread::None;
-    spec.migration.max_parallel = 2;
+    spec.migration.max_parallel = max_parallel;
     sim.deploy(spec);
     sim.converge();
     sim.register(node("fr", "FR", "FR", 4));
     let rule = sovereign("migrate");
     sim.policy(&[&rule]);
+    sim
+}
+
+#[test]
+fn max_parallel_bounds_the_replacements_in_flight() {
+    let mut sim = moving_off_ie(4, 2);
     let mut most_in_flight = 0;
     for _ in 0..20 {
         sim.round();
@@ -898,17 +905,7 @@ fn max_parallel_bounds_the_replacements_in_flight() {
 /// max_parallel processes ever exist, however late that agent reports.
 #[test]
 fn the_next_move_waits_until_the_old_replica_is_confirmed_stopped() {
-    let mut sim = Sim::new();
-    sim.register(node("ie", "IE", "US", 4));
-    sim.policy(&[]);
-    let mut spec = deployment("open-eu", 2, "EAR99", &["EU27"]);
-    spec.placement.spread = crate::state::Spread::None;
-    spec.migration.max_parallel = 1;
-    sim.deploy(spec);
-    sim.converge();
-    sim.register(node("fr", "FR", "FR", 4));
-    let rule = sovereign("migrate");
-    sim.policy(&[&rule]);
+    let mut sim = moving_off_ie(2, 1);
     // Processes that may exist: what should run, and what was told to stop but not confirmed.
     let processes = |sim: &Sim| {
         sim.state
