@@ -482,15 +482,8 @@ fn a_migrate_rule_moves_replicas_make_before_break() {
 
 #[test]
 fn a_plan_gives_a_migrating_replica_one_replacement_only() {
-    let mut sim = Sim::new();
-    sim.register(node("ie", "IE", "US", 2));
-    sim.policy(&[]);
-    sim.deploy(deployment("open-eu", 1, "EAR99", &["EU27"]));
-    sim.converge();
-    sim.register(node("fr", "FR", "FR", 2));
+    let mut sim = moving_off_ie(1, 1);
     let old = sim.alloc_on("open-eu", "ie");
-    let rule = sovereign("migrate");
-    sim.policy(&[&rule]);
 
     // A plan naming the same old replica twice (as a buggy or replayed plan could): apply
     // takes the first replacement and refuses the second.
