@@ -15,8 +15,9 @@
 //! Without TLS (only in-process tests construct such a server: `sov-scheduler run` refuses to
 //! start without certificates) there is no caller and every call is allowed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use sov_proto::identity::{Identity, Role};
@@ -206,8 +207,8 @@ fn decide(roles: &Roles, path: &str, credentials: Credentials<'_>) -> Result<Arc
         credentials.certs.and_then(|c| c.first()),
         credentials.token,
     ) {
-        (Some(der), _) => match sov_proto::tls::identity_of(der) {
-            Ok(identity) => (identity, sov_proto::tls::fingerprint(der)),
+        (Some(der), _) => match identify(der) {
+            Ok(known) => known,
             Err(e) => return refuse(format!("your certificate is not a sov identity: {e}")),
         },
         (None, Some((token, verifier))) => {
@@ -243,6 +244,34 @@ fn decide(roles: &Roles, path: &str, credentials: Credentials<'_>) -> Result<Arc
         fingerprint,
         identity,
     }))
+}
+
+/// Most client certificates whose identity [`identify`] remembers (forgotten all at once when
+/// full: a fleet has few certificates, a wildcard one for thousands of virtual nodes).
+const CERT_IDENTITIES_MAX: usize = 1_024;
+
+type Identified = Result<(Identity, String), String>;
+
+/// The identity and fingerprint of a client certificate, remembered by its bytes: parsing the
+/// X.509 and hashing it for every call (every agent heartbeat) took 2-3 % of a loaded leader's
+/// CPU. A pure function of the bytes (rustls checked the chain and dates at the handshake), so
+/// remembering it changes no decision.
+fn identify(der: &[u8]) -> Identified {
+    type Seen = Mutex<HashMap<Vec<u8>, Identified, foldhash::fast::RandomState>>;
+    static SEEN: OnceLock<Seen> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(known) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
+        return known.clone();
+    }
+    let known = sov_proto::tls::identity_of(der)
+        .map(|identity| (identity, sov_proto::tls::fingerprint(der)))
+        .map_err(|e| e.to_string());
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() >= CERT_IDENTITIES_MAX {
+        seen.clear();
+    }
+    seen.insert(der.to_vec(), known.clone());
+    known
 }
 
 /// The token of an `authorization: Bearer TOKEN` header, if any.
