@@ -5,6 +5,11 @@ use sov_scheduler::config::{LogFormat, RunArgs};
 use sov_scheduler::{dev, keygen, restore, server};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: a loaded scheduler or fleet spends a third of its CPU
+/// allocating and freeing small objects, and glibc's allocator was most of that (perf profile in
+/// docs/benchmarks.md, "Rule changes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "sov-scheduler",
