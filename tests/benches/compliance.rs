@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use sov_e2e::bench::{Extra, Loaded, env_usize, metric};
+use sov_e2e::bench::{Extra, Loaded, env_usize, metric, metrics};
 use sov_e2e::{Timeline, cpu_seconds, sovctl};
 
 struct Row {
@@ -43,7 +43,24 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
     let (http, leader_pid, total) = (loaded.http, loaded.leader_pid, loaded.replicas_total());
     std::thread::sleep(Duration::from_secs(3));
 
+    // `SOV_BENCH_PERF=FILE`: a system-wide `perf record` of the reaction alone (from the apply
+    // to (b)), for `perf report -i FILE --sort comm,dso,sym`.
+    let perf = std::env::var("SOV_BENCH_PERF").ok().map(|out| {
+        std::process::Command::new("perf")
+            .args(["record", "-a", "-F", "499", "-o", &out])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("SOV_BENCH_PERF is set but perf cannot be started")
+    });
     let cpu0 = cpu_seconds(leader_pid);
+    let wall0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    tl.log(format_args!(
+        "applying the rule at {} (t=0)",
+        sov_e2e::rfc3339(wall0)
+    ));
     let t0 = Instant::now();
     let version = loaded.apply_policy(Extra::Sites(variant));
     let answered = t0.elapsed();
@@ -68,10 +85,25 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
+    // The curve of the wait, a line each time the counts change (at most every 100 ms): where
+    // the time goes between (a) and (b).
+    let mut last = (u64::MAX, u64::MAX);
     let acknowledged = loop {
-        let stopping = metric(http, "sov_allocations_stopping").unwrap_or(u64::MAX);
-        let migrating =
-            metric(http, "sov_allocations_by_standing{standing=\"migrating\"}").unwrap_or(u64::MAX);
+        let now = metrics(
+            http,
+            &[
+                "sov_allocations_stopping",
+                "sov_allocations_by_standing{standing=\"migrating\"}",
+            ],
+        );
+        let (stopping, migrating) = (now[0].unwrap_or(u64::MAX), now[1].unwrap_or(u64::MAX));
+        if (stopping, migrating) != last {
+            last = (stopping, migrating);
+            tl.log(format_args!(
+                "t={:.2} s: {stopping} stopping, {migrating} migrating",
+                t0.elapsed().as_secs_f64()
+            ));
+        }
         if stopping == 0 && migrating == 0 {
             break t0.elapsed();
         }
@@ -82,7 +114,18 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
         std::thread::sleep(Duration::from_millis(100));
     };
     let leader_cpu = (cpu_seconds(leader_pid) - cpu0) / acknowledged.as_secs_f64().max(1e-3);
+    if let Some(mut perf) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+    }
     let log = std::fs::read_to_string(&loaded.leader_log).unwrap_or_default();
+    // `SOV_BENCH_LEADER_LOG=DIR`: keeps the leader's log of each run there.
+    if let Ok(dir) = std::env::var("SOV_BENCH_LEADER_LOG") {
+        let keep = std::path::Path::new(&dir).join(format!("leader-{variant}-{}.log", wall0));
+        std::fs::write(&keep, &log).expect("SOV_BENCH_LEADER_LOG: cannot write the copy");
+    }
     for line in log
         .lines()
         .filter(|l| l.contains("reconcile round applied"))

@@ -80,10 +80,20 @@ pub fn bundle(extra: Extra) -> std::collections::HashMap<String, String> {
 }
 
 pub fn metric(http_port: u16, name: &str) -> Option<u64> {
-    let (_, body) = http_get(http_port, "/metrics").ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
+    metrics(http_port, &[name])[0]
+}
+
+/// Several gauges from one scrape (each scrape costs the leader a pass over every allocation).
+pub fn metrics(http_port: u16, names: &[&str]) -> Vec<Option<u64>> {
+    let body = http_get(http_port, "/metrics").map_or(String::new(), |(_, body)| body);
+    names
+        .iter()
+        .map(|name| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
 }
 
 /// A three-scheduler cluster with `sov-agent fleet` virtual nodes (the ten-site fleet), loaded
