@@ -22,9 +22,9 @@
 //!
 //! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench compliance`
 //! (`SOV_BENCH_VARIANTS=stop-now,migrate`, `SOV_BENCH_RUNS` per variant, default 3;
-//! `SOV_BENCH_PERF=FILE` for a system-wide `perf record` of the reaction (the last run's), `SOV_BENCH_LEADER_LOG=DIR`
-//! to keep each run's leader log). Results go to docs/benchmarks.md by hand. Without `--bench`
-//! it does nothing.
+//! `SOV_BENCH_PERF=FILE` for a system-wide `perf record` of the reaction, the last run's;
+//! `SOV_BENCH_LEADER_LOG=DIR` to keep each run's leader log). Results go to docs/benchmarks.md
+//! by hand. Without `--bench` it does nothing.
 
 use std::time::{Duration, Instant};
 
