@@ -16,11 +16,12 @@ use sov_agent::config::AgentConfig;
 use sov_agent::credentials::{Credentials, TlsFlags, utc_date};
 use tokio::sync::watch;
 
-/// mimalloc instead of glibc's malloc: a loaded scheduler or fleet spends a third of its CPU
-/// allocating and freeing small objects, and glibc's allocator was most of that (perf profile in
+/// mimalloc instead of glibc's malloc: under the rule-change benchmark's load, glibc's malloc and
+/// free were a quarter of the leader's and the fleet's CPU, mimalloc's an eighth (perf profiles in
 /// docs/benchmarks.md, "Rule changes").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sov-agent",

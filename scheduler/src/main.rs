@@ -5,11 +5,12 @@ use sov_scheduler::config::{LogFormat, RunArgs};
 use sov_scheduler::{dev, keygen, restore, server};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: a loaded scheduler or fleet spends a third of its CPU
-/// allocating and freeing small objects, and glibc's allocator was most of that (perf profile in
+/// mimalloc instead of glibc's malloc: under the rule-change benchmark's load, glibc's malloc and
+/// free were a quarter of the leader's and the fleet's CPU, mimalloc's an eighth (perf profiles in
 /// docs/benchmarks.md, "Rule changes").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sov-scheduler",
