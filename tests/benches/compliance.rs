@@ -56,9 +56,7 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
             .expect("SOV_BENCH_PERF is set but perf cannot be started")
     });
     let cpu0 = cpu_seconds(leader_pid);
-    let wall0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let wall0 = sov_e2e::now_ms();
     tl.log(format_args!(
         "applying the rule at {} (t=0)",
         sov_e2e::rfc3339(wall0)

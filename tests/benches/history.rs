@@ -24,20 +24,13 @@
 use std::time::{Duration, Instant};
 
 use sov_e2e::bench::{Loaded, env_usize};
-use sov_e2e::{Timeline, cluster_status, cpu_seconds, rfc3339, sovctl, u64_field};
+use sov_e2e::{Timeline, cluster_status, cpu_seconds, now_ms, rfc3339, sovctl, u64_field};
 use sov_proto::v1 as pb;
 use sov_proto::v1::history_service_client::HistoryServiceClient;
 
 /// The number of history events the scheduler at `endpoint` has stored.
 fn history_size(endpoint: &str) -> u64 {
     u64_field(&cluster_status(endpoint).expect("status"), "history_size")
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

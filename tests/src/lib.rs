@@ -72,6 +72,14 @@ impl Timeline {
     }
 }
 
+/// This machine's wall clock, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
 /// RFC 3339 (UTC, milliseconds) of a Unix time in ms, without a date crate.
 pub fn rfc3339(ms: i64) -> String {
     let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
