@@ -42,8 +42,6 @@ pub const EVENT_ASSIGNMENTS_MAX: usize = 512;
 const STREAM_BUFFER: usize = 8;
 /// How long a stream waits for this replica to apply the revision the agent already saw.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
-/// How often an idle stream checks that this scheduler still leads.
-const LEADERSHIP_CHECK: Duration = Duration::from_secs(1);
 
 pub struct AgentApi {
     replica: Arc<Replica>,
@@ -214,10 +212,11 @@ async fn serve_assignments(
     tx: mpsc::Sender<Result<pb::AssignmentEvent, Status>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut revisions = replica.sm.subscribe();
+    // Subscribed before the first read, so no change between the two is missed.
+    let mut touches = replica.sm.watch_node(&node);
+    let mut leading = replica.leading();
     let mut sent = from_revision;
     let mut first = true;
-    let mut check = tokio::time::interval(LEADERSHIP_CHECK);
     loop {
         let events = {
             let applied = replica.sm.read();
@@ -244,8 +243,8 @@ async fn serve_assignments(
             }
         }
         tokio::select! {
-            changed = revisions.changed() => if changed.is_err() { return },
-            _ = check.tick() => {}
+            changed = touches.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => {}
             () = tx.closed() => return,
         }
@@ -257,7 +256,7 @@ async fn serve_assignments(
                 .await;
             return;
         }
-        if !replica.is_leader() {
+        if !*leading.borrow_and_update() {
             let mut status = write_error_status(WriteError::NotLeader {
                 leader: replica.leader(),
             });

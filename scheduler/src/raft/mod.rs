@@ -186,6 +186,8 @@ pub struct Replica {
     membership_change: tokio::sync::Mutex<()>,
     storage_closed: StorageClosed,
     pub log_flushes: Arc<log_store::FlushStats>,
+    /// Whether this replica leads, changed only when that changes: see [`Replica::leading`].
+    leading: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Tells when both redb files of a replica are closed, i.e. every task that used them is gone.
@@ -199,6 +201,25 @@ impl StorageClosed {
     pub fn is_closed(&self) -> bool {
         self.log.strong_count() == 0 && self.state.strong_count() == 0
     }
+}
+
+/// Follows Raft's metrics in one task and publishes only whether this replica leads.
+fn watch_leadership(raft: &SovRaft) -> tokio::sync::watch::Receiver<bool> {
+    let mut metrics = raft.metrics();
+    let leads = |m: &RaftMetrics| m.state == ServerState::Leader;
+    let (tx, rx) = tokio::sync::watch::channel(leads(&metrics.borrow_watched()));
+    tokio::spawn(async move {
+        loop {
+            let now = leads(&metrics.borrow_watched());
+            tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+            if metrics.changed().await.is_err() {
+                // Raft stopped: nobody leads here any more.
+                tx.send_replace(false);
+                return;
+            }
+        }
+    });
+    rx
 }
 
 impl Replica {
@@ -224,6 +245,7 @@ impl Replica {
         let network = NetworkFactory::new(peers.clone());
         let config = Arc::new(tuning.openraft_config()?);
         let raft = SovRaft::new(id, config, network, log_store, sm.clone()).await?;
+        let leading = watch_leadership(&raft);
         Ok(Arc::new(Self {
             id,
             node,
@@ -234,7 +256,16 @@ impl Replica {
             membership_change: tokio::sync::Mutex::new(()),
             storage_closed,
             log_flushes,
+            leading,
         }))
+    }
+
+    /// Changes when this replica starts or stops leading; ends (`changed()` fails) when Raft
+    /// shuts down. For tasks that must stop when leadership goes (the assignment streams):
+    /// Raft's metrics change on every commit, and 10,000 streams waking for each would cost
+    /// more than the commits.
+    pub fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leading.clone()
     }
 
     /// Makes this node the sole voter of a new cluster, unless it already belongs to one. The

@@ -13,9 +13,10 @@
 //! count on start, and travels with a snapshot sent to a follower (the stored snapshot holds
 //! the state only: the events are already in the store).
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -56,10 +57,25 @@ struct Inner {
     applied: RwLock<Applied>,
     db: Database,
     history: HistoryStore,
-    /// The state revision after the last apply, for watchers (assignment streams) that must
-    /// not poll.
+    /// The state revision after the last apply, for watchers that must not poll.
     revision: tokio::sync::watch::Sender<u64>,
+    /// One wake-up per node with an assignment stream: see [`StateMachineStore::watch_node`].
+    node_watches: Mutex<NodeWatches>,
 }
+
+/// The channels behind [`StateMachineStore::watch_node`], by node name. A channel whose
+/// streams are all gone is dropped the next time its node is touched, or by a sweep once the
+/// map has doubled since the last one, so it never holds many more than the live streams'
+/// nodes.
+#[derive(Default)]
+struct NodeWatches {
+    by_node: HashMap<String, tokio::sync::watch::Sender<u64>>,
+    /// Size at which the next sweep of channels without receivers runs.
+    sweep_at: usize,
+}
+
+/// Fewest channels before sweeping is worth it.
+const NODE_WATCHES_SWEEP_MIN: usize = 1_024;
 
 /// Cheap to clone; all clones share the same state and database.
 #[derive(Clone)]
@@ -108,6 +124,7 @@ impl StateMachineStore {
                 db,
                 history,
                 revision,
+                node_watches: Mutex::default(),
             }),
         })
     }
@@ -128,13 +145,69 @@ impl StateMachineStore {
         self.inner.revision.subscribe()
     }
 
-    fn publish_revision(&self) {
-        let revision = self.read().state.revision;
-        self.inner.revision.send_if_modified(|r| {
-            let moved = *r != revision;
-            *r = revision;
-            moved
-        });
+    /// Changes when an applied command changes the assignments of `node` (its
+    /// `assignments_revision`), or when a snapshot replaces the state. An assignment stream
+    /// waits on this rather than on [`Self::subscribe`]: every commit woke every stream before,
+    /// 10,000 wake-ups (each taking the read lock) per agent report batch in a 10,000-node
+    /// cluster, although a commit touches the assignments of few nodes or none.
+    pub fn watch_node(&self, node: &str) -> tokio::sync::watch::Receiver<u64> {
+        let mut watches = self
+            .inner
+            .node_watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = watches.by_node.get(node) {
+            return tx.subscribe();
+        }
+        if watches.by_node.len() >= watches.sweep_at {
+            watches.by_node.retain(|_, tx| tx.receiver_count() > 0);
+            watches.sweep_at = (watches.by_node.len() * 2).max(NODE_WATCHES_SWEEP_MIN);
+        }
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        watches.by_node.insert(node.to_string(), tx);
+        rx
+    }
+
+    /// Tells watchers that the state moved: [`Self::subscribe`]'s always, [`Self::watch_node`]'s
+    /// for each node whose assignments changed since the last call (every node's after a
+    /// snapshot replaced the state).
+    fn publish_revision(&self, snapshot: bool) {
+        let applied = self.read();
+        let revision = applied.state.revision;
+        let before = self.inner.revision.send_replace(revision);
+        if revision == before && !snapshot {
+            return;
+        }
+        let mut watches = self
+            .inner
+            .node_watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if watches.by_node.is_empty() {
+            return;
+        }
+        // One pass over the nodes (about a tenth of a millisecond at 10,000): cheaper than
+        // tracking the touched ones in every apply.
+        if snapshot {
+            watches.by_node.retain(|_, tx| {
+                tx.send_modify(|_| {});
+                tx.receiver_count() > 0
+            });
+            return;
+        }
+        let mut gone = Vec::new();
+        for (name, node) in &applied.state.nodes {
+            let touched = node.assignments_revision;
+            if touched > before
+                && let Some(tx) = watches.by_node.get(name)
+                && tx.send(touched).is_err()
+            {
+                gone.push(name);
+            }
+        }
+        for name in gone {
+            watches.by_node.remove(name);
+        }
     }
 
     /// Read access to the applied state. Hold the guard only for a synchronous read.
@@ -292,7 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(response);
             }
         }
-        self.publish_revision();
+        self.publish_revision(false);
         Ok(())
     }
 
@@ -347,7 +420,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state: body.state,
         };
         drop(applied);
-        self.publish_revision();
+        self.publish_revision(true);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())
     }
@@ -369,5 +442,129 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await
         .map_err(io_err)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::raft::Entry;
+    use crate::state::{Allocation, Command, Deployment, DeploymentSpec, Proposal, node::Node};
+
+    /// At revision 5: nodes "busy" (deployment "d"'s one allocation) and "idle" (nothing).
+    fn two_nodes() -> State {
+        let mut state = State::default();
+        let spec = DeploymentSpec {
+            name: "d".into(),
+            model: "m".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        state.deployments.insert(
+            "d".into(),
+            Deployment {
+                spec,
+                generation: 1,
+                created_at_ms: 1,
+                updated_at_ms: 1,
+                revision: 1,
+                moves: Default::default(),
+            },
+        );
+        for name in ["busy", "idle"] {
+            let node = Node {
+                name: name.into(),
+                ..Default::default()
+            };
+            state.nodes.insert(name.into(), node);
+        }
+        let allocation = Allocation {
+            id: "d-1-0".into(),
+            deployment: "d".into(),
+            node: "busy".into(),
+            revision: 1,
+            ..Default::default()
+        };
+        state.allocations.insert(allocation.id.clone(), allocation);
+        state.revision = 5;
+        state
+    }
+
+    fn entry(index: u64, proposal: Proposal) -> Result<EntryResponder<TypeConfig>, io::Error> {
+        let payload = EntryPayload::Normal(Command {
+            at_ms: 10,
+            proposal,
+        });
+        let entry = Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload,
+        };
+        Ok((entry, None))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_wakes_only_the_streams_of_the_nodes_whose_assignments_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachineStore::open(dir.path()).unwrap();
+        let mut busy = sm.watch_node("busy");
+        let mut idle = sm.watch_node("idle");
+
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 1, 5)),
+            last_membership: StoredMembership::default(),
+        };
+        let body = SnapshotBody {
+            state: two_nodes(),
+            history: Vec::new(),
+        };
+        sm.install_snapshot(&meta, serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap();
+        assert!(busy.has_changed().unwrap(), "a snapshot wakes every stream");
+        assert!(idle.has_changed().unwrap(), "a snapshot wakes every stream");
+        busy.mark_unchanged();
+        idle.mark_unchanged();
+
+        // Deleting "d" stops its allocation: "busy"'s assignments change, "idle"'s do not.
+        let delete = Proposal::DeleteDeployment { name: "d".into() };
+        sm.apply(futures::stream::iter([entry(6, delete)]))
+            .await
+            .unwrap();
+        assert!(busy.has_changed().unwrap());
+        assert_eq!(*busy.borrow_and_update(), 6, "the revision that touched it");
+        assert!(
+            !idle.has_changed().unwrap(),
+            "an untouched node's stream sleeps"
+        );
+
+        // A commit that changes no node's assignments wakes nobody, though the revision moved.
+        let mut revisions = sm.subscribe();
+        revisions.mark_unchanged();
+        let spec = DeploymentSpec {
+            name: "e".into(),
+            model: "m".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        let create = Proposal::ApplyDeployment {
+            spec: Box::new(spec),
+            expected_generation: None,
+        };
+        sm.apply(futures::stream::iter([entry(7, create)]))
+            .await
+            .unwrap();
+        assert!(revisions.has_changed().unwrap());
+        assert!(!busy.has_changed().unwrap() && !idle.has_changed().unwrap());
+
+        // Channels whose streams are all gone are swept once the map has grown enough.
+        let watched = |sm: &StateMachineStore| sm.inner.node_watches.lock().unwrap().by_node.len();
+        for i in 2..NODE_WATCHES_SWEEP_MIN {
+            drop(sm.watch_node(&format!("gone-{i}")));
+        }
+        assert_eq!(watched(&sm), NODE_WATCHES_SWEEP_MIN);
+        let _again = sm.watch_node("again");
+        assert_eq!(watched(&sm), 3, "busy, idle (still watched) and again");
     }
 }
