@@ -143,6 +143,7 @@ fn dry_run(
             hash,
             changed,
             impact,
+            ..
         } => (version, hash, changed, impact),
         Outcome::Rejected(r) => return Err(rejection_status(r)),
         other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -213,26 +214,48 @@ impl PolicyService for PolicyApi {
         if let Some(by) = by {
             bundle.author = by;
         }
+        let (author, comment) = (bundle.author.clone(), bundle.comment.clone());
         let proposal = Proposal::ApplyPolicy {
             bundle: Box::new(bundle),
             expected_plan_hash: (!req.plan_hash.is_empty()).then_some(req.plan_hash),
         };
-        let (version, changed, impact) = match propose(&self.replica, proposal).await?.1 {
-            Outcome::PolicyApplied {
-                version,
-                changed,
-                impact,
-                ..
-            } => (version, changed, impact),
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        let (index, outcome) = propose(&self.replica, proposal).await?;
+        let Outcome::PolicyApplied {
+            version,
+            hash,
+            activated_at_ms,
+            changed,
+            impact,
+        } = outcome
+        else {
+            return Err(Status::internal(format!("unexpected outcome {outcome:?}")));
         };
-        let applied = self.replica.sm.read();
-        let stored = applied
-            .state
-            .policies
-            .get(version as usize - 1)
-            .ok_or_else(|| Status::internal(format!("version {version} missing after apply")))?;
-        let mut out = version_to_pb(stored, Some(&compiled), false);
+        // A new version is described from the outcome and the bundle sent, without the state
+        // machine's lock: right after a rule change the leader copies the state for the round
+        // that carries it out, and an apply waiting behind that copy would hold this answer
+        // (part of the benchmark's "plan committed"; docs/benchmarks.md, Rule changes).
+        let mut out = if changed {
+            let stored = PolicyVersion {
+                version,
+                files: Default::default(),
+                hash,
+                author,
+                comment,
+                activated_at_ms,
+                revision: index,
+            };
+            version_to_pb(&stored, Some(&compiled), false)
+        } else {
+            let applied = self.replica.sm.read();
+            let stored = applied
+                .state
+                .policies
+                .get(version as usize - 1)
+                .ok_or_else(|| {
+                    Status::internal(format!("version {version} missing after apply"))
+                })?;
+            version_to_pb(stored, Some(&compiled), false)
+        };
         out.changed = changed;
         out.impact = impact.changes.iter().map(change_to_pb).collect();
         out.plan_hash = impact.plan_hash;

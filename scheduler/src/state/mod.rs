@@ -590,6 +590,9 @@ pub enum Outcome {
     PolicyApplied {
         version: u64,
         hash: String,
+        /// When the version in force was activated (the command's time when `changed`).
+        #[serde(default)]
+        activated_at_ms: i64,
         changed: bool,
         /// What the new version did to running allocations, in the same entry.
         impact: Box<compliance::Impact>,

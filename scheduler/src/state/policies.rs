@@ -132,6 +132,7 @@ pub(super) fn apply_policy(
         return Outcome::PolicyApplied {
             version: active.version,
             hash: active.hash.clone(),
+            activated_at_ms: active.activated_at_ms,
             changed: false,
             impact: Box::new(Impact {
                 changes: Vec::new(),
@@ -195,6 +196,7 @@ pub(super) fn apply_policy(
     Outcome::PolicyApplied {
         version,
         hash,
+        activated_at_ms: at_ms,
         changed: true,
         impact: Box::new(impact),
     }
