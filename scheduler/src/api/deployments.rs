@@ -133,18 +133,22 @@ pub fn statuses(state: &State, only: Option<&str>) -> BTreeMap<String, Deploymen
     statuses
 }
 
-/// Runs `render` with a copy of the applied state and the statuses of its deployments (or of
-/// `only`), off the async workers and outside the state machine's lock: the statuses plan the
-/// fleet, which takes a while on a large cluster, and applies must not wait for it.
+/// Runs `render` with the applied state and the statuses of its deployments (or of `only`),
+/// off the async workers (the statuses plan the fleet, which takes a while on a large cluster).
+/// Applies wait meanwhile, as they waited for the copy of the state this used to make: at
+/// 100,000 allocations the statuses of 1,000 deployments take about as long as that copy
+/// (55.7 ms against 40-116 ms on a loaded machine, `cargo bench -p sov-scheduler --bench
+/// compliance`), and there is no copy left to free.
 pub async fn with_statuses<T: Send + 'static>(
     replica: &Replica,
     only: Option<String>,
     render: impl FnOnce(&State, &BTreeMap<String, DeploymentStatus>) -> T + Send + 'static,
 ) -> Result<T, Status> {
-    let state = replica.sm.read().state.clone();
+    let sm = replica.sm.clone();
     tokio::task::spawn_blocking(move || {
-        let statuses = statuses(&state, only.as_deref());
-        render(&state, &statuses)
+        let applied = sm.read();
+        let statuses = statuses(&applied.state, only.as_deref());
+        render(&applied.state, &statuses)
     })
     .await
     .map_err(|e| Status::internal(format!("computing deployment statuses failed: {e}")))

@@ -53,8 +53,8 @@ impl Web {
         }
     }
 
-    /// Deployments per compliance state, at most [`COMPLIANCE_SAMPLE_MAX_AGE`] old: computed on
-    /// a copy of the state, so applies wait only for the copy.
+    /// Deployments per compliance state, at most [`COMPLIANCE_SAMPLE_MAX_AGE`] old: computed
+    /// under the read lock, like `api::deployments::with_statuses` (no copy of the state).
     fn compliance_counts(&self) -> BTreeMap<&'static str, u64> {
         let mut sample = self.compliance.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, counts)) = sample.as_ref()
@@ -62,9 +62,9 @@ impl Web {
         {
             return counts.clone();
         }
-        let state = self.replica.sm.read().state.clone();
+        let applied = self.replica.sm.read();
         let mut counts = BTreeMap::new();
-        for status in crate::api::deployments::statuses(&state, None).values() {
+        for status in crate::api::deployments::statuses(&applied.state, None).values() {
             *counts.entry(status.compliance().as_str()).or_insert(0u64) += 1;
         }
         *sample = Some((Instant::now(), counts.clone()));
