@@ -10,10 +10,12 @@
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements and `PLAN_STOPS_MAX` stops
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
 //! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Each
-//! round runs in a blocking task: it first asks the applied state, under the read lock, whether
-//! there is anything to do (`reconcile::idle`, no copy); only then it plans, on a copy of the
-//! state, with the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a
-//! steady cluster asks Cedar nothing new.
+//! round first asks the applied state, in a blocking task and under the read lock, whether
+//! there is anything to do (`reconcile::idle`, no copy); only then it copies the state and
+//! plans on the copy, on a thread of its own (`plan_yielding`, at a lower CPU priority while
+//! stops await their agents' confirmation), with
+//! the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster
+//! asks Cedar nothing new.
 
 pub mod liveness;
 
@@ -92,6 +94,63 @@ struct Planned {
     copied: Duration,
 }
 
+/// Nice value of the thread that plans a round while stops await their agents' confirmation
+/// (Linux; 0 is the process's own).
+const PLAN_NICE: i32 = 10;
+
+/// Whether some replica told to stop, on a node that is up, has not been confirmed stopped
+/// by its agent yet.
+fn stops_pending(state: &crate::state::State) -> bool {
+    state.allocations.values().any(|a| {
+        a.desired == crate::state::Desired::Stop
+            && state
+                .nodes
+                .get(&a.node)
+                .is_some_and(|n| n.status == crate::state::node::NodeStatus::Ready)
+    })
+}
+
+/// Plans a round on `state` (a copy) on a thread of its own. While stops await their agents'
+/// confirmation, that thread yields the CPU to the rest of the scheduler: on a busy leader,
+/// serving the agents (the confirmations, heartbeats, assignment streams) and committing comes
+/// before placing replacements, so a replica a rule forbids is known to be stopped sooner.
+/// After a stop-now rule change that stops 20,000 replicas, the plan of their replacements (a
+/// second of CPU on a loaded two-vCPU leader) otherwise delayed the confirmations, which then
+/// also queued behind its entry in the log (docs/benchmarks.md, Rule changes). Otherwise, and on
+/// an idle core, it plans at the process's priority. The lock is not held meanwhile, so the
+/// lower priority delays no apply.
+async fn plan_yielding(state: crate::state::State, copied: Duration, now: i64) -> Option<Planned> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sov-plan".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            if stops_pending(&state) {
+                // SAFETY: setpriority only reads its arguments; the id is this thread's own.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, PLAN_NICE);
+                }
+            }
+            let mut gate = PolicyGate::for_state(&state, &compliance::today(&state));
+            let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
+            let before = asked(&gate);
+            let round = reconcile::round(&state, &mut gate, now, Limits::default());
+            let _ = tx.send(Planned {
+                revision: state.revision,
+                round,
+                cedar_requests: asked(&gate) - before,
+                copied,
+            });
+            // The copy is freed here too, off the async workers.
+            drop(state);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the planning thread; will retry");
+        return None;
+    }
+    rx.await.ok()
+}
+
 /// Brings every deployment to what it wants: runs a reconcile round on a copy of the applied
 /// state (stops, replacements, missing replicas), proposes it as one `ApplyPlan`, repeats while
 /// the state changes. Also proposes `CheckCompliance` when the leader's clock enters a new UTC
@@ -151,34 +210,26 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
             // every commit), so most no longer copy, and free, the whole state.
             let planned = if plan {
                 let sm = replica.sm.clone();
-                tokio::task::spawn_blocking(move || {
-                    let (state, copied) = {
-                        let applied = sm.read();
-                        if let Some(round) = reconcile::idle(&applied.state, now) {
-                            return Planned {
-                                revision: applied.state.revision,
-                                round,
-                                cedar_requests: 0,
-                                copied: Duration::ZERO,
-                            };
-                        }
-                        let t = std::time::Instant::now();
-                        let state = applied.state.clone();
-                        (state, t.elapsed())
-                    };
-                    let mut gate = PolicyGate::for_state(&state, &compliance::today(&state));
-                    let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
-                    let before = asked(&gate);
-                    let round = reconcile::round(&state, &mut gate, now, Limits::default());
-                    Planned {
-                        revision: state.revision,
-                        round,
-                        cedar_requests: asked(&gate) - before,
-                        copied,
+                let copy = tokio::task::spawn_blocking(move || {
+                    let applied = sm.read();
+                    if let Some(round) = reconcile::idle(&applied.state, now) {
+                        return Err(Planned {
+                            revision: applied.state.revision,
+                            round,
+                            cedar_requests: 0,
+                            copied: Duration::ZERO,
+                        });
                     }
+                    let t = std::time::Instant::now();
+                    let state = applied.state.clone();
+                    Ok((state, t.elapsed()))
                 })
-                .await
-                .ok()
+                .await;
+                match copy {
+                    Ok(Err(idle)) => Some(idle),
+                    Ok(Ok((state, copied))) => plan_yielding(state, copied, now).await,
+                    Err(_) => None,
+                }
             } else {
                 None
             };
@@ -258,5 +309,43 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
         if !next_round(&replica, &mut metrics, &mut tick, &shutdown, wake).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stops_pending;
+    use crate::state::node::{Node, NodeStatus};
+    use crate::state::{Allocation, Desired, State};
+
+    #[test]
+    fn stops_are_pending_only_on_nodes_that_are_up() {
+        let mut state = State::default();
+        for (name, status) in [("up", NodeStatus::Ready), ("down", NodeStatus::Down)] {
+            let node = Node {
+                name: name.into(),
+                status,
+                ..Default::default()
+            };
+            state.nodes.insert(name.into(), node);
+        }
+        let mut allocation = |id: &str, node: &str, desired| {
+            let a = Allocation {
+                id: id.into(),
+                node: node.into(),
+                desired,
+                ..Default::default()
+            };
+            state.allocations.insert(id.into(), a);
+        };
+        allocation("a", "up", Desired::Run);
+        allocation("b", "down", Desired::Stop);
+        allocation("c", "gone", Desired::Stop);
+        assert!(
+            !stops_pending(&state),
+            "running, on a down node, on no node"
+        );
+        state.allocations.get_mut("a").unwrap().desired = Desired::Stop;
+        assert!(stops_pending(&state));
     }
 }
