@@ -13,9 +13,8 @@
 //! round first asks the applied state, in a blocking task and under the read lock, whether
 //! there is anything to do (`reconcile::idle`, no copy); only then it copies the state and
 //! plans on the copy, on a thread of its own (`plan_yielding`, at a lower CPU priority while
-//! stops await their agents' confirmation), with
-//! the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady cluster
-//! asks Cedar nothing new.
+//! stops await their agents' confirmation), with the policy evaluator kept beside the state
+//! (`state::plan::PolicyGate`), so a steady cluster asks Cedar nothing new.
 
 pub mod liveness;
 
