@@ -29,6 +29,22 @@ struct Node {
     bound: Option<Listeners>,
 }
 
+/// Binds a restarted node's old address again. The port was free while the node was down, and
+/// another socket of this test process (an outgoing connection's ephemeral port, a parallel
+/// test's listener) may hold it for a moment: retry for up to 10 s before failing.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind {addr} again for the restarted node: {e}"),
+        }
+    }
+}
+
 impl Node {
     fn api(&self) -> SocketAddr {
         self.config.api_listen
@@ -61,9 +77,9 @@ impl Node {
         let listeners = match self.bound.take() {
             Some(listeners) => listeners,
             None => Listeners {
-                api: TcpListener::bind(self.config.api_listen).await.unwrap(),
-                raft: TcpListener::bind(self.config.raft_listen).await.unwrap(),
-                http: TcpListener::bind(self.config.http_listen).await.unwrap(),
+                api: rebind(self.config.api_listen).await,
+                raft: rebind(self.config.raft_listen).await,
+                http: rebind(self.config.http_listen).await,
             },
         };
         self.running = Some(server::start(&self.config, listeners).await.unwrap());
