@@ -11,8 +11,8 @@
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
 //! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Each
 //! round first asks the applied state, in a blocking task and under the read lock, whether
-//! there is anything to do (`reconcile::idle`, no copy); only then it copies the state and
-//! plans on the copy, on a thread of its own (`plan_yielding`, at a lower CPU priority while
+//! there is anything to do (`reconcile::idle`); only then it copies the state (cheap: the
+//! maps are copy-on-write, `state::Shared`) and plans on the copy, on a thread of its own (`plan_yielding`, at a lower CPU priority while
 //! stops await their agents' confirmation), with the policy evaluator kept beside the state
 //! (`state::plan::PolicyGate`), so a steady cluster asks Cedar nothing new.
 
@@ -205,8 +205,9 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
             // allocations); only a round with work plans, and on a copy: a plan that places
             // thousands of replicas takes a hundred milliseconds or more, and holding the lock
             // that long would stall every commit, and every read queued behind a commit
-            // (heartbeats, assignment streams). Most rounds find nothing (the loop runs after
-            // every commit), so most no longer copy, and free, the whole state.
+            // (heartbeats, assignment streams). The copy shares the state's maps
+            // (`state::Shared`): it takes references, and an apply that changes a map while
+            // the plan still holds the copy copies that map then, once.
             let planned = if plan {
                 let sm = replica.sm.clone();
                 let copy = tokio::task::spawn_blocking(move || {

@@ -18,6 +18,7 @@ pub mod node;
 mod nodes;
 pub mod plan;
 pub mod policies;
+pub mod shared;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::history;
+pub use shared::Shared;
 pub use validate::{
     MAX_DEPLOYMENTS, MOVE_DEADLINE_MS_MAX, PLAN_STOPS_MAX, REPORT_NODES_MAX, REPORTS_MAX,
     REPORTS_TOTAL_MAX, STATUS_BATCH_MAX, ValidationError, is_certification_name, is_date,
@@ -354,9 +356,11 @@ pub struct Allocation {
 #[serde(default)]
 pub struct State {
     pub cluster: ClusterMeta,
-    pub deployments: BTreeMap<String, Deployment>,
-    pub nodes: BTreeMap<String, node::Node>,
-    pub allocations: BTreeMap<String, Allocation>,
+    /// The three maps are [`Shared`]: a copy of the state (the leader's planner takes one
+    /// every round) shares them until `apply` changes one.
+    pub deployments: Shared<BTreeMap<String, Deployment>>,
+    pub nodes: Shared<BTreeMap<String, node::Node>>,
+    pub allocations: Shared<BTreeMap<String, Allocation>>,
     /// Every accepted policy bundle, oldest first; the last one is in force.
     pub policies: Vec<policies::PolicyVersion>,
     /// Raft index of the last command applied (0 before any).
