@@ -13,6 +13,7 @@
 //!        │
 //!        ├─ on a down node ─────────────────────────────▶ stop (node-down); placed elsewhere
 //!        ├─ migrating, its replacement reports running ─▶ stop (replaced)      make-before-break
+//!        │    (normally already done by the apply of that report: `state::nodes`)
 //!        ├─ migrating, deadline passed ─────────────────▶ stop (deadline-passed)
 //!        ├─ migrating, replacement starting ────────────▶ wait (in flight, ≤ max_parallel)
 //!        ├─ a replacement whose old one is still stopping ▶ in flight until its agent confirms

@@ -460,24 +460,59 @@ fn a_migrate_rule_moves_replicas_make_before_break() {
     // While the replacement starts, nothing else happens.
     assert!(sim.round().is_none());
     assert_eq!(sim.alloc_on("open-eu", "ie").desired, Desired::Run);
-    // The replacement runs: the old one is stopped, never before.
+    // The replacement runs: the old one is stopped, never before, and in the same entry as
+    // the report that says so (no round in between).
+    let ie_revision = sim.state.nodes["ie"].assignments_revision;
     sim.agents(|n| n == "fr");
-    assert_eq!(sim.running("open-eu").len(), 2);
-    let Some(Outcome::PlanApplied { stopped, .. }) = sim.round() else {
-        panic!()
-    };
-    assert_eq!(stopped, std::slice::from_ref(&old.id));
+    assert_eq!(sim.running("open-eu"), [(new.id.clone(), "fr".to_string())]);
     let old_now = sim.alloc_on("open-eu", "ie");
     assert_eq!(old_now.desired, Desired::Stop);
     assert_eq!(
         old_now.stop_reason,
         format!("moved: replaced by {} on fr", new.id)
     );
+    assert_eq!(old_now.revision, sim.state.revision);
+    assert!(
+        sim.state.nodes["ie"].assignments_revision > ie_revision,
+        "the old node's agent is told"
+    );
+    let last: Vec<(&str, u64)> = sim.state.journal.sealed[sim.state.journal.sealed.len() - 2..]
+        .iter()
+        .map(|r| (r.event.what.kind(), r.event.raft_index))
+        .collect();
+    assert_eq!(
+        last,
+        [
+            ("allocation.healthy", sim.state.revision),
+            ("allocation.migrated", sim.state.revision)
+        ]
+    );
+    assert!(sim.round().is_none(), "the round has nothing left to stop");
     // Nothing moves any more: the counters start again from 0/0.
     assert_eq!(sim.state.deployments["open-eu"].moves, Default::default());
     sim.converge();
     assert_eq!(sim.running("open-eu"), [(new.id, "fr".to_string())]);
     assert_eq!(sim.state.deployments["open-eu"].moves, Default::default());
+}
+
+/// The round still ends a move whose replacement runs without the report having done it (a
+/// state written before reports ended moves, or a replacement already running when it was
+/// linked).
+#[test]
+fn the_round_stops_an_old_replica_whose_running_replacement_did_not_stop_it() {
+    let mut sim = moving_off_ie(1, 1);
+    let old = sim.alloc_on("open-eu", "ie");
+    sim.round().expect("a replacement is placed");
+    let new = sim.alloc_on("open-eu", "fr");
+    sim.state.allocations.get_mut(&new.id).unwrap().status = AllocStatus::Running;
+    let Some(Outcome::PlanApplied { stopped, .. }) = sim.round() else {
+        panic!("the round stops the old one")
+    };
+    assert_eq!(stopped, std::slice::from_ref(&old.id));
+    assert_eq!(
+        sim.alloc_on("open-eu", "ie").stop_reason,
+        format!("moved: replaced by {} on fr", new.id)
+    );
 }
 
 #[test]

@@ -705,12 +705,14 @@ fn apply_proposal(state: &mut State, index: u64, command: &Command) -> Outcome {
             plan::apply_plan(state, index, command.at_ms, placements, stops)
         }
         Proposal::ReportAllocations { node, reports } => {
-            nodes::report_allocations(state, command.at_ms, node, reports)
+            nodes::report_allocations(state, index, command.at_ms, node, reports)
         }
         Proposal::ReportMany { nodes } => Outcome::ReportsApplied {
             per_node: nodes
                 .iter()
-                .map(|n| nodes::report_allocations(state, command.at_ms, &n.node, &n.reports))
+                .map(|n| {
+                    nodes::report_allocations(state, index, command.at_ms, &n.node, &n.reports)
+                })
                 .collect(),
         },
         Proposal::SetNodeStatus { names, status } => {
