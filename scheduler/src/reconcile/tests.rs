@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use super::{Limits, round};
 use crate::placement::fit::Free;
 use crate::policy::{self, OnChange};
+use crate::state::NodeReports;
 use crate::state::compliance::{Action, DAY_MS, StopWhy, today};
 use crate::state::node::{Gpu, Inventory, NodeFacts, NodeStatus};
 use crate::state::plan::PolicyGate;
@@ -513,6 +514,51 @@ fn the_round_stops_an_old_replica_whose_running_replacement_did_not_stop_it() {
         sim.alloc_on("open-eu", "ie").stop_reason,
         format!("moved: replaced by {} on fr", new.id)
     );
+}
+
+/// In a `ReportMany` (the agents' reports of many nodes in one entry) every replacement
+/// reported running ends its move, whichever node's reports name it; reports of the old
+/// node in the same entry do not undo it.
+#[test]
+fn one_entry_of_many_nodes_reports_ends_every_move_it_completes() {
+    let mut sim = moving_off_ie(3, 3);
+    sim.round().expect("replacements are placed");
+    let replacements: Vec<crate::state::Allocation> = sim
+        .state
+        .allocations
+        .values()
+        .filter(|a| !a.replaces.is_empty())
+        .cloned()
+        .collect();
+    assert_eq!(replacements.len(), 3);
+    let report = |id: &str| AllocReport {
+        id: id.into(),
+        status: AllocStatus::Running,
+        ..Default::default()
+    };
+    let nodes = vec![
+        NodeReports {
+            node: "fr".into(),
+            reports: replacements.iter().map(|r| report(&r.id)).collect(),
+        },
+        NodeReports {
+            node: "ie".into(),
+            reports: replacements.iter().map(|r| report(&r.replaces)).collect(),
+        },
+    ];
+    let Outcome::ReportsApplied { per_node } = sim.exec(Proposal::ReportMany { nodes }) else {
+        panic!()
+    };
+    assert_eq!(per_node.len(), 2);
+    for r in &replacements {
+        let old = &sim.state.allocations[&r.replaces];
+        assert_eq!(old.desired, Desired::Stop, "{} still runs", old.id);
+        assert_eq!(
+            old.stop_reason,
+            format!("moved: replaced by {} on fr", r.id)
+        );
+    }
+    assert_eq!(sim.state.deployments["open-eu"].moves, Default::default());
 }
 
 #[test]

@@ -705,16 +705,22 @@ fn apply_proposal(state: &mut State, index: u64, command: &Command) -> Outcome {
             plan::apply_plan(state, index, command.at_ms, placements, stops)
         }
         Proposal::ReportAllocations { node, reports } => {
-            nodes::report_allocations(state, index, command.at_ms, node, reports)
+            let mut moved = Vec::new();
+            let out = nodes::report_allocations(state, command.at_ms, node, reports, &mut moved);
+            nodes::end_moves(state, index, command.at_ms, &moved);
+            out
         }
-        Proposal::ReportMany { nodes } => Outcome::ReportsApplied {
-            per_node: nodes
+        Proposal::ReportMany { nodes } => {
+            let mut moved = Vec::new();
+            let per_node = nodes
                 .iter()
                 .map(|n| {
-                    nodes::report_allocations(state, index, command.at_ms, &n.node, &n.reports)
+                    nodes::report_allocations(state, command.at_ms, &n.node, &n.reports, &mut moved)
                 })
-                .collect(),
-        },
+                .collect();
+            nodes::end_moves(state, index, command.at_ms, &moved);
+            Outcome::ReportsApplied { per_node }
+        }
         Proposal::SetNodeStatus { names, status } => {
             nodes::set_status(state, index, command.at_ms, names, *status)
         }

@@ -144,19 +144,14 @@ pub(super) fn touch_assignments(state: &mut State, node: &str, index: u64) {
 /// this node are ignored, not rejected: an agent may report on a process it stopped after the
 /// scheduler already forgot it, and one stale report must not drop the others.
 ///
-/// A replacement reported `running` ends its move here, in the same entry: the allocation it
-/// takes over from is told to stop (`StopWhy::Replaced`, through the reconcile round's own
-/// [`super::compliance::apply_stops`], so with the same checks and history event), instead of
-/// in the leader's next round. That round, a copy of the state, a plan and one more entry
-/// through Raft, cost a migration of 20,000 replicas most of a second before the old replicas'
-/// agents were even told (docs/benchmarks.md, Rule changes). The round still stops any that
-/// this misses (a replacement that was running before it moved in).
+/// A replacement reported `running` ends its move in the same entry: its stop is added to
+/// `moved`, for [`end_moves`] once the entry's reports are all applied.
 pub(super) fn report_allocations(
     state: &mut State,
-    index: u64,
     at_ms: i64,
     node: &str,
     reports: &[AllocReport],
+    moved: &mut Vec<PlannedStop>,
 ) -> Outcome {
     if !state.nodes.contains_key(node) {
         return Outcome::Rejected(Rejection::NodeNotFound(node.to_string()));
@@ -164,7 +159,6 @@ pub(super) fn report_allocations(
     let mut updated = 0;
     let mut removed = 0;
     let mut ignored = Vec::new();
-    let mut moved = Vec::new();
     for r in reports {
         let Some(alloc) = state.allocations.get_mut(&r.id).filter(|a| a.node == node) else {
             ignored.push(r.id.clone());
@@ -224,15 +218,27 @@ pub(super) fn report_allocations(
             history::record(state, event);
         }
     }
-    // After the reports' own events: the history shows the replacement healthy, then the move.
-    // A stop whose reason no longer holds (the old one already stopped, or not migrating to
-    // this replacement) is simply not made.
-    compliance::apply_stops(state, index, at_ms, &moved);
     Outcome::AllocationsReported {
         updated,
         removed,
         ignored,
     }
+}
+
+/// Ends the moves whose replacements the entry's reports turned `running`: the allocation each
+/// one takes over from is told to stop (`StopWhy::Replaced`, through the reconcile round's own
+/// [`compliance::apply_stops`], so with the same checks and history event), in this entry
+/// instead of the leader's next round. That round, a copy of the state, a plan and one more
+/// entry through Raft, cost a migration of 20,000 replicas most of a second before the old
+/// replicas' agents were even told (docs/benchmarks.md, Rule changes). The round still stops
+/// any this misses (a replacement that was running before it was linked).
+///
+/// Called once per entry, after every report in it: the history shows the replacements
+/// healthy, then the moves, and the per-stop bookkeeping that passes over every allocation
+/// (`settle_moves`) runs once, not once per node (with 1,000 nodes in one `ReportMany`, that was
+/// seconds). A stop whose reason no longer holds is simply not made.
+pub(super) fn end_moves(state: &mut State, index: u64, at_ms: i64, moved: &[PlannedStop]) {
+    compliance::apply_stops(state, index, at_ms, moved);
 }
 
 /// Applies the leader's liveness decision to a batch of nodes. Unknown names are skipped: the
