@@ -110,7 +110,7 @@ fn stops_pending(state: &crate::state::State) -> bool {
 }
 
 /// Plans a round on `state` (a copy) on a thread of its own. While stops await their agents'
-/// confirmation, that thread yields the CPU to the rest of the scheduler: on a busy leader,
+/// confirmation (`stops_pending`, computed from `state` by the caller), that thread yields the CPU to the rest of the scheduler: on a busy leader,
 /// serving the agents (the confirmations, heartbeats, assignment streams) and committing comes
 /// before placing replacements, so a replica a rule forbids is known to be stopped sooner.
 /// After a stop-now rule change that stops 20,000 replicas, the plan of their replacements (a
@@ -118,13 +118,18 @@ fn stops_pending(state: &crate::state::State) -> bool {
 /// also queued behind its entry in the log (docs/benchmarks.md, Rule changes). Otherwise, and on
 /// an idle core, it plans at the process's priority. The lock is not held meanwhile, so the
 /// lower priority delays no apply.
-async fn plan_yielding(state: crate::state::State, copied: Duration, now: i64) -> Option<Planned> {
+async fn plan_yielding(
+    state: crate::state::State,
+    stops_pending: bool,
+    copied: Duration,
+    now: i64,
+) -> Option<Planned> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("sov-plan".into())
         .spawn(move || {
             #[cfg(target_os = "linux")]
-            if stops_pending(&state) {
+            if stops_pending {
                 // SAFETY: setpriority only reads its arguments; the id is this thread's own.
                 unsafe {
                     libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, PLAN_NICE);
@@ -207,7 +212,8 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
             // that long would stall every commit, and every read queued behind a commit
             // (heartbeats, assignment streams). The copy shares the state's maps
             // (`state::Shared`): it takes references, and an apply that changes a map while
-            // the plan still holds the copy copies that map then, once.
+            // the plan still holds the copy copies that map then, once. Only while stops
+            // await confirmation, when such applies are sure to come, is the copy made at once.
             let planned = if plan {
                 let sm = replica.sm.clone();
                 let copy = tokio::task::spawn_blocking(move || {
@@ -221,13 +227,22 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                         });
                     }
                     let t = std::time::Instant::now();
-                    let state = applied.state.clone();
-                    Ok((state, t.elapsed()))
+                    let mut state = applied.state.clone();
+                    let stopping = stops_pending(&state);
+                    if stopping {
+                        // Agents' confirmations are about to be applied while this round
+                        // plans: copy the maps now, before they arrive, rather than in the
+                        // apply of the first one (which would then wait for the copy).
+                        state.detach();
+                    }
+                    Ok((state, stopping, t.elapsed()))
                 })
                 .await;
                 match copy {
                     Ok(Err(idle)) => Some(idle),
-                    Ok(Ok((state, copied))) => plan_yielding(state, copied, now).await,
+                    Ok(Ok((state, stopping, copied))) => {
+                        plan_yielding(state, stopping, copied, now).await
+                    }
                     Err(_) => None,
                 }
             } else {

@@ -385,6 +385,14 @@ pub struct State {
 pub const DISRUPTION_NODES_MIN: u32 = 2;
 
 impl State {
+    /// Makes this copy share nothing with the state it was copied from (a deep copy of the
+    /// [`Shared`] maps, made now rather than by the first change to either).
+    pub fn detach(&mut self) {
+        self.deployments.detach();
+        self.nodes.detach();
+        self.allocations.detach();
+    }
+
     /// More than half of the registered nodes are down (and at least
     /// [`DISRUPTION_NODES_MIN`]): a disruption that is far more likely the network or the
     /// schedulers themselves (a partition, a starved leader) than that many machines failing

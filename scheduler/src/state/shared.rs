@@ -34,6 +34,17 @@ impl<T> Shared<T> {
     pub fn is_shared(&self) -> bool {
         Arc::strong_count(&self.0) > 1
     }
+
+    /// Stops sharing: copies the value now if another handle shares it, so that no change
+    /// made through the others later has to.
+    pub fn detach(&mut self)
+    where
+        T: Clone,
+    {
+        if self.is_shared() {
+            self.0 = Arc::new(T::clone(&self.0));
+        }
+    }
 }
 
 impl<T> Clone for Shared<T> {
@@ -114,6 +125,9 @@ mod tests {
         assert!(!original.is_shared(), "the change copied the map first");
         assert_eq!(copy.len(), 1, "the copy does not see the change");
         assert_eq!(original.len(), 2);
+        let mut detached = copy.clone();
+        detached.detach();
+        assert!(!detached.is_shared() && *detached == *copy);
         drop(copy);
         let before: *const BTreeMap<String, u32> = &*original;
         original.insert("c".into(), 3);
