@@ -726,3 +726,54 @@ fn location_facts_are_named_as_certificates_name_them_and_trusted_one_by_one() {
     facts.set_trust(|_| true);
     assert_eq!(facts.location_trust, LocationTrust::OperatorCertificate);
 }
+
+/// Move counters are reset only for deployments with nothing moving any more, judged from
+/// their own allocations alone, including when another deployment's name extends theirs (its
+/// allocations lie among theirs in the map).
+#[test]
+fn settled_moves_are_judged_by_each_deployments_own_allocations() {
+    let mut state = State::default();
+    for name in ["web", "web-2", "webx"] {
+        let deployment = Deployment {
+            spec: spec(name),
+            generation: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            revision: 1,
+            moves: Moves {
+                started: 1,
+                finished: 0,
+            },
+        };
+        state.deployments.insert(name.into(), deployment);
+    }
+    let migrating = Standing::Migrating {
+        rules: vec!["r".into()],
+        drain: false,
+        since_ms: 0,
+        deadline_ms: 1,
+        policy_version: 1,
+        replacement: String::new(),
+    };
+    let mut allocation = |deployment: &str, id: &str, standing: Standing| {
+        let a = Allocation {
+            id: id.into(),
+            deployment: deployment.into(),
+            standing,
+            ..Default::default()
+        };
+        state.allocations.insert(id.into(), a);
+    };
+    // "web-2-7-0" sorts between web's allocations; "webx" is outside web's range.
+    allocation("web", "web-1-0", Standing::Compliant);
+    allocation("web-2", "web-2-7-0", migrating.clone());
+    allocation("web", "web-9-0", Standing::Compliant);
+    allocation("webx", "webx-3-0", migrating);
+    compliance::settle_moves(
+        &mut state,
+        vec!["web".into(), "web-2".into(), "webx".into(), "gone".into()],
+    );
+    assert_eq!(state.deployments["web"].moves, Moves::default());
+    assert_eq!(state.deployments["web-2"].moves.started, 1);
+    assert_eq!(state.deployments["webx"].moves.started, 1);
+}
