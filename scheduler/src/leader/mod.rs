@@ -11,10 +11,11 @@
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
 //! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Each
 //! round first asks the applied state, in a blocking task and under the read lock, whether
-//! there is anything to do (`reconcile::idle`); only then it copies the state (cheap: the
-//! maps are copy-on-write, `state::Shared`) and plans on the copy, on a thread of its own (`plan_yielding`, at a lower CPU priority while
-//! stops await their agents' confirmation), with the policy evaluator kept beside the state
-//! (`state::plan::PolicyGate`), so a steady cluster asks Cedar nothing new.
+//! there is anything to do (`reconcile::idle`); only then it copies the state (cheap: the maps
+//! are copy-on-write, `state::Shared`) and plans on the copy, on a thread of its own
+//! (`plan_yielding`, at a lower CPU priority while stops await their agents' confirmation),
+//! with the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady
+//! cluster asks Cedar nothing new.
 
 pub mod liveness;
 
@@ -110,9 +111,10 @@ fn stops_pending(state: &crate::state::State) -> bool {
 }
 
 /// Plans a round on `state` (a copy) on a thread of its own. While stops await their agents'
-/// confirmation (`stops_pending`, computed from `state` by the caller), that thread yields the CPU to the rest of the scheduler: on a busy leader,
-/// serving the agents (the confirmations, heartbeats, assignment streams) and committing comes
-/// before placing replacements, so a replica a rule forbids is known to be stopped sooner.
+/// confirmation (`stops_pending`, computed from `state` by the caller), that thread yields the
+/// CPU to the rest of the scheduler: on a busy leader, serving the agents (the confirmations,
+/// heartbeats, assignment streams) and committing comes before placing replacements, so a
+/// replica a rule forbids is known to be stopped sooner.
 /// After a stop-now rule change that stops 20,000 replicas, the plan of their replacements (a
 /// second of CPU on a loaded two-vCPU leader) otherwise delayed the confirmations, which then
 /// also queued behind its entry in the log (docs/benchmarks.md, Rule changes). Otherwise, and on
