@@ -6,9 +6,27 @@
 #
 #   fuzz/run.sh [SECONDS]        # per target; default 20 (the test command's budget)
 #   fuzz/run.sh 3600             # a longer hunt; or, with nightly: cargo fuzz run TARGET
+#
+# Runs of up to 60 s a target build the `quick` profile (nothing optimized but libFuzzer: the
+# build is most of such a run), longer ones `release` (optimized: more executions a second);
+# SOV_FUZZ_PROFILE=release|quick chooses.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-20}"
+if [ -n "${SOV_FUZZ_PROFILE:-}" ]; then
+    profile="$SOV_FUZZ_PROFILE"
+elif [ "$seconds" -le 60 ]; then
+    profile=quick
+else
+    profile=release
+fi
+case "$profile" in
+release | quick) ;;
+*)
+    echo "SOV_FUZZ_PROFILE must be release or quick, not '$profile'" >&2
+    exit 2
+    ;;
+esac
 targets=(deployment_spec spec_file policy_bundle history_verifier)
 
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -16,8 +34,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 # An explicit --target keeps these flags off build scripts and proc macros (as cargo-fuzz does).
 host="$(rustc -vV | sed -n 's/^host: //p')"
-cargo build --release --bins --quiet --target "$host"
-bin="target/$host/release"
+echo "building the fuzz targets (profile $profile)"
+cargo build --profile "$profile" --bins --quiet --target "$host"
+bin="target/$host/$profile"
 
 # Seeds: the shipped policy bundle (files joined name\0content\0...), the example spec files
 # for sovctl's reader (the API takes protobuf, so the request target starts from nothing and
