@@ -139,6 +139,9 @@ fn round(state: &mut State) -> Option<Round> {
     let r = reconcile::round(&copy, &mut gate, AT_MS, Limits::default());
     drop(gate);
     let plan_took = t.elapsed();
+    // As on the leader, the copy is gone before the round's entry is applied (the state's maps
+    // are copy-on-write: applying while it lived would copy them).
+    drop(copy);
     if r.is_empty() {
         return None;
     }
@@ -220,7 +223,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn react(base: &State, action: &str) {
+    // A state of its own, as a scheduler's is: sharing its maps with `base` would make the
+    // first apply copy them (copy-on-write), which no scheduler pays.
     let mut state = base.clone();
+    state.detach();
     let (out, took) = exec(&mut state, policy(Some(action)));
     let Outcome::PolicyApplied { impact, .. } = out else {
         panic!("{out:?}")

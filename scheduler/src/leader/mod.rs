@@ -141,14 +141,24 @@ async fn plan_yielding(
             let asked = |g: &PolicyGate| g.evaluator().map_or(0, |e| e.cedar_requests());
             let before = asked(&gate);
             let round = reconcile::round(&state, &mut gate, now, Limits::default());
-            let _ = tx.send(Planned {
+            let planned = Planned {
                 revision: state.revision,
                 round,
                 cedar_requests: asked(&gate) - before,
                 copied,
-            });
-            // The copy is freed here too, off the async workers.
-            drop(state);
+            };
+            drop(gate);
+            if stops_pending {
+                // A copy of its own (detached): freed off the async workers, after the
+                // round is on its way.
+                let _ = tx.send(planned);
+                drop(state);
+            } else {
+                // Shared with the applied state: let go of it before the round is proposed,
+                // or the apply of its entry would copy every map it changes.
+                drop(state);
+                let _ = tx.send(planned);
+            }
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the planning thread; will retry");
