@@ -713,22 +713,18 @@ fn apply_proposal(state: &mut State, index: u64, command: &Command) -> Outcome {
             plan::apply_plan(state, index, command.at_ms, placements, stops)
         }
         Proposal::ReportAllocations { node, reports } => {
-            let mut moved = Vec::new();
-            let out = nodes::report_allocations(state, command.at_ms, node, reports, &mut moved);
-            nodes::end_moves(state, index, command.at_ms, &moved);
-            out
+            nodes::report_entry(state, index, command.at_ms, [(node.as_str(), &reports[..])])
+                .pop()
+                .expect("one outcome per node reported")
         }
-        Proposal::ReportMany { nodes } => {
-            let mut moved = Vec::new();
-            let per_node = nodes
-                .iter()
-                .map(|n| {
-                    nodes::report_allocations(state, command.at_ms, &n.node, &n.reports, &mut moved)
-                })
-                .collect();
-            nodes::end_moves(state, index, command.at_ms, &moved);
-            Outcome::ReportsApplied { per_node }
-        }
+        Proposal::ReportMany { nodes } => Outcome::ReportsApplied {
+            per_node: nodes::report_entry(
+                state,
+                index,
+                command.at_ms,
+                nodes.iter().map(|n| (n.node.as_str(), &n.reports[..])),
+            ),
+        },
         Proposal::SetNodeStatus { names, status } => {
             nodes::set_status(state, index, command.at_ms, names, *status)
         }

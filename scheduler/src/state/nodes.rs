@@ -145,8 +145,8 @@ pub(super) fn touch_assignments(state: &mut State, node: &str, index: u64) {
 /// scheduler already forgot it, and one stale report must not drop the others.
 ///
 /// A replacement reported `running` ends its move in the same entry: its stop is added to
-/// `moved`, for [`end_moves`] once the entry's reports are all applied.
-pub(super) fn report_allocations(
+/// `moved`, for [`report_entry`] to make once the entry's reports are all applied.
+fn report_allocations(
     state: &mut State,
     at_ms: i64,
     node: &str,
@@ -225,7 +225,11 @@ pub(super) fn report_allocations(
     }
 }
 
-/// Ends the moves whose replacements the entry's reports turned `running`: the allocation each
+/// Applies the agents' reports of one entry (one node's for `ReportAllocations`, many for
+/// `ReportMany`), each node's on its own ([`report_allocations`]): one outcome per node, in
+/// order.
+///
+/// Then ends the moves whose replacements those reports turned `running`: the allocation each
 /// one takes over from is told to stop (`StopWhy::Replaced`, through the reconcile round's own
 /// [`compliance::apply_stops`], so with the same checks and history event), in this entry
 /// instead of the leader's next round. That round, a copy of the state, a plan and one more
@@ -233,12 +237,23 @@ pub(super) fn report_allocations(
 /// replicas' agents were even told (docs/benchmarks.md, Rule changes). The round still stops
 /// any this misses (a replacement that was running before it was linked).
 ///
-/// Called once per entry, after every report in it: the history shows the replacements
-/// healthy, then the moves, and the per-stop bookkeeping that passes over every allocation
-/// (`settle_moves`) runs once, not once per node (with 1,000 nodes in one `ReportMany`, that was
+/// The moves end once per entry, after every report in it: the history shows the replacements
+/// healthy, then the moves, and the per-stop bookkeeping (`settle_moves`) runs once, not once
+/// per node (when it passed over every allocation, 1,000 nodes in one `ReportMany` took
 /// seconds). A stop whose reason no longer holds is simply not made.
-pub(super) fn end_moves(state: &mut State, index: u64, at_ms: i64, moved: &[PlannedStop]) {
-    compliance::apply_stops(state, index, at_ms, moved);
+pub(super) fn report_entry<'r>(
+    state: &mut State,
+    index: u64,
+    at_ms: i64,
+    nodes: impl IntoIterator<Item = (&'r str, &'r [AllocReport])>,
+) -> Vec<Outcome> {
+    let mut moved = Vec::new();
+    let outcomes = nodes
+        .into_iter()
+        .map(|(node, reports)| report_allocations(state, at_ms, node, reports, &mut moved))
+        .collect();
+    compliance::apply_stops(state, index, at_ms, &moved);
+    outcomes
 }
 
 /// Applies the leader's liveness decision to a batch of nodes. Unknown names are skipped: the
