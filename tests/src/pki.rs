@@ -2,7 +2,8 @@
 //! the same code as `sovctl ca`), and from it a certificate for every scheduler, agent and
 //! client a test starts. Every connection in these tests is mutual TLS, as in production.
 //!
-//! Layout under a temporary directory kept for the life of the process:
+//! Layout under a temporary directory kept for the life of the process and removed when it
+//! exits (the CA's private key included; a process killed outright leaves it behind):
 //! - `ca/`: the CA;
 //! - `client/`: `ca.crt` and the identities `operator`, `deployer`, `auditor` (sovctl picks the
 //!   one a command needs; [`crate::sovctl`] points `SOV_TLS_DIR` here);
@@ -25,6 +26,17 @@ pub struct Pki {
     issuing: Mutex<()>,
 }
 
+/// The test PKI's directory, once made: what [`remove_at_exit`] removes.
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Removes the test PKI's directory; run by `exit` (statics are never dropped), after the
+/// tests, whose clusters have stopped their processes by then.
+extern "C" fn remove_at_exit() {
+    if let Some(root) = ROOT.get() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
 /// The process's test PKI, made on first use.
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
@@ -34,6 +46,12 @@ pub fn pki() -> &'static Pki {
             .tempdir()
             .expect("cannot create the test PKI dir")
             .keep();
+        if ROOT.set(root.clone()).is_ok() {
+            // SAFETY: registers a plain function with no arguments, once per process.
+            unsafe {
+                libc::atexit(remove_at_exit);
+            }
+        }
         let ca = Ca::init(&root.join("ca"), "sov end-to-end test CA").expect("test CA");
         let pki = Pki {
             ca,
