@@ -30,7 +30,8 @@ use crate::state::{self, Outcome, State};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 /// Applies that take at least this long are logged (with the command), so an operator can see
-/// what holds the state machine's lock.
+/// what holds the state machine's lock; so are stores of a batch's history events, which the
+/// batch's answers wait for.
 const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 const KEY_META: &str = "meta";
 const KEY_DATA: &str = "data";
@@ -360,7 +361,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     (responder, CommandResponse { index, outcome })
                 })
                 .collect::<Vec<_>>();
+            // Stored before anyone is answered: what an answer acknowledges is in the history.
+            let started = std::time::Instant::now();
             this.inner.history.append(&recorded)?;
+            let took = started.elapsed();
+            if took >= SLOW_APPLY {
+                tracing::info!(
+                    events = recorded.len(),
+                    store_ms = took.as_millis() as u64,
+                    "slow history store"
+                );
+            }
             Ok::<_, io::Error>(answered)
         })
         .await
