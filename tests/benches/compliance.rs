@@ -20,6 +20,12 @@
 //! - (b) every virtual agent acknowledged its stops: the leader's `sov_allocations_stopping`
 //!   back at 0 and, for migrate, no allocation left migrating.
 //!
+//! Beside (a), the leader's own side of it, from its log: when it finished applying the entry
+//! that carries the plan (its `slow apply` line: stop-now, the policy entry; migrate, the first
+//! plan that placed replacements). What the client sees comes later: the answer waits for the
+//! entry's history events to be stored and is encoded and sent while the leader pushes the
+//! stops to the agents; the gauge is scraped every 100 ms.
+//!
 //! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench compliance`
 //! (`SOV_BENCH_VARIANTS=stop-now,migrate`, `SOV_BENCH_RUNS` per variant, default 3;
 //! `SOV_BENCH_PERF=FILE` for a system-wide `perf record` of the reaction, the last run's;
@@ -37,6 +43,48 @@ struct Row {
     committed_s: f64,
     acknowledged_s: f64,
     leader_cpu: f64,
+    /// From the leader's log: when its apply of the policy entry ended, and of the first plan
+    /// after it that placed replacements. `None` when the log has no such line.
+    policy_applied_s: Option<f64>,
+    plan_applied_s: Option<f64>,
+}
+
+impl Row {
+    /// (a) on the leader's side: its apply of the entry that carries the plan ended.
+    fn applied_s(&self, variant: &str) -> Option<f64> {
+        if variant == "stop-now" {
+            self.policy_applied_s
+        } else {
+            self.plan_applied_s
+        }
+    }
+}
+
+/// Seconds from `wall0` (milliseconds since the epoch) to the time of a leader log line
+/// (`2026-12-02T11:30:01.173074Z  INFO ...`); `None` for a line before it, or not a log line.
+fn seconds_after(line: &str, wall0: i64) -> Option<f64> {
+    const DAY_MS: i64 = 86_400_000;
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let mut hms = time.strip_suffix('Z')?.split(':');
+    let (h, m): (i64, i64) = (hms.next()?.parse().ok()?, hms.next()?.parse().ok()?);
+    let s: f64 = hms.next()?.parse().ok()?;
+    let of_day = h * 3_600_000 + m * 60_000 + (s * 1000.0).round() as i64;
+    // Past midnight since wall0 is fine; a line before wall0 comes out almost a day later.
+    let after = (of_day - wall0.rem_euclid(DAY_MS)).rem_euclid(DAY_MS);
+    (after < DAY_MS / 2).then_some(after as f64 / 1000.0)
+}
+
+/// When the leader finished applying the first entry after `wall0` whose command starts with
+/// `command` (`apply-policy(`, `apply-plan(`) and places something, from its log.
+fn applied_on_leader(log: &str, command: &str, wall0: i64) -> Option<f64> {
+    // `slow apply` lines (applies of 100 ms or more) are written as the apply ends, before the
+    // entry's history events are stored and its proposer answered.
+    let command = format!("command={command}");
+    log.lines()
+        .filter(|l| {
+            l.contains("slow apply") && l.contains(&command) && !l.contains("(0 placements")
+        })
+        .find_map(|l| seconds_after(l, wall0))
 }
 
 fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
@@ -155,12 +203,18 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
     }
     let _ = sovctl(&loaded.endpoints, &["cluster", "status"]);
     Row {
+        policy_applied_s: applied_on_leader(&log, "apply-policy(", wall0),
+        plan_applied_s: applied_on_leader(&log, "apply-plan(", wall0),
         allocations: total,
         forbidden,
         committed_s: committed.as_secs_f64(),
         acknowledged_s: acknowledged.as_secs_f64(),
         leader_cpu,
     }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map_or("- (not in its log by then)".into(), |s| format!("{s:.3} s"))
 }
 
 fn main() {
@@ -185,8 +239,14 @@ fn main() {
             .map(|_| {
                 let row = run(variant, nodes, deployments, replicas);
                 println!(
-                    "run: {} of {} allocations forbidden; (a) plan committed {:.3} s, (b) every stop acknowledged {:.3} s after the apply was sent; leader CPU {:.2} cores",
-                    row.forbidden, row.allocations, row.committed_s, row.acknowledged_s, row.leader_cpu
+                    "run: {} of {} allocations forbidden; (a) plan committed {:.3} s, (b) every stop acknowledged {:.3} s after the apply was sent; leader CPU {:.2} cores; leader's log: policy entry applied at {}, first replacements at {}",
+                    row.forbidden,
+                    row.allocations,
+                    row.committed_s,
+                    row.acknowledged_s,
+                    row.leader_cpu,
+                    seconds(row.policy_applied_s),
+                    seconds(row.plan_applied_s),
                 );
                 row
             })
@@ -195,9 +255,12 @@ fn main() {
         let median = &rows[rows.len() / 2];
         let mut committed: Vec<f64> = rows.iter().map(|r| r.committed_s).collect();
         committed.sort_by(f64::total_cmp);
+        let mut applied: Vec<f64> = rows.iter().filter_map(|r| r.applied_s(variant)).collect();
+        applied.sort_by(f64::total_cmp);
         println!(
-            "median ({variant}): (a) {:.3} s, (b) {:.3} s",
+            "median ({variant}): (a) {:.3} s (applied on the leader at {}), (b) {:.3} s",
             committed[committed.len() / 2],
+            seconds(applied.get(applied.len() / 2).copied()),
             median.acknowledged_s
         );
     }
