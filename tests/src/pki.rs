@@ -26,7 +26,8 @@ pub struct Pki {
     issuing: Mutex<()>,
 }
 
-/// The test PKI's directory, once made: what [`remove_at_exit`] removes.
+/// The test PKI's directory, once made: what [`remove_at_exit`] removes. Kept beside
+/// `Pki::root` because it is set before the CA is made, so a set-up that fails is removed too.
 static ROOT: OnceLock<PathBuf> = OnceLock::new();
 
 /// Removes the test PKI's directory; run by `exit` (statics are never dropped), after the
