@@ -9,6 +9,15 @@
 //! snapshot writes the rest again, byte for byte. A follower that installs a snapshot receives
 //! the events with it.
 //!
+//! Writing happens on a thread of its own (the writer), in the order batches were handed to it
+//! by [`HistoryStore::append`], so the state machine answers and goes on applying while a
+//! batch is stored (20,000 events of a policy change take 40-200 ms). Every read waits first
+//! for the writer to store what was handed to it before the read began ([`HistoryStore::settle`]),
+//! so a read after an acknowledged write sees that write's events, as when applies stored them
+//! themselves. The queue holds at most [`WRITE_QUEUE_MAX`] batches: an apply that would queue
+//! more waits. A failed write stops the writer; the next append and every read then fail with
+//! its error (the state machine's apply fails, which stops Raft on this scheduler).
+//!
 //! Tables:
 //! - `events`: seq -> the event's canonical JSON (the leaf's bytes);
 //! - `nodes`: level << 56 | index -> hash of that perfect subtree, for levels 4 and up (a
@@ -26,7 +35,8 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -56,6 +66,12 @@ const NODE_LEVEL_MIN: u32 = 4;
 const REPLACE_BATCH: usize = 50_000;
 /// Recomputed nodes a reader keeps (an export asks for the same low nodes over and over).
 const NODE_CACHE_MAX: usize = 4_096;
+/// Batches handed to the writer and not yet stored, at most; an append beyond waits.
+pub const WRITE_QUEUE_MAX: usize = 8;
+/// How long a read waits for the writer to store what it needs before it fails.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+/// A batch stored in at least this long is logged (`slow history store`).
+const SLOW_STORE: Duration = Duration::from_millis(100);
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -218,10 +234,127 @@ mod hex_vec {
     }
 }
 
-/// Cheap to clone: every clone shares one redb database.
+/// Cheap to clone: every clone shares one redb database and one writer.
 #[derive(Clone)]
 pub struct HistoryStore {
     db: Arc<Database>,
+    progress: Arc<Progress>,
+    writer: Arc<Writer>,
+}
+
+/// How far the writer got, as event counts: handed to it (`queued`) and stored (`stored`).
+#[derive(Default)]
+struct Progress {
+    counts: Mutex<Counts>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    queued: u64,
+    stored: u64,
+    /// The error that stopped the writer.
+    failed: Option<String>,
+}
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets both counts (nothing is queued: the caller settled first).
+    fn reset(&self, size: u64) {
+        let mut counts = self.lock();
+        counts.queued = size;
+        counts.stored = size;
+        self.changed.notify_all();
+    }
+}
+
+/// The writer thread's queue. Dropped with the last clone of the store: the queue closes, the
+/// writer stores what is left and ends, and the drop waits for it (so the database file is
+/// closed once every clone is gone, as a restart in the same process needs).
+struct Writer {
+    tx: Option<mpsc::SyncSender<Vec<Recorded>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer: stores each batch in order, then tells waiting readers.
+fn write_loop(db: Arc<Database>, progress: Arc<Progress>, rx: mpsc::Receiver<Vec<Recorded>>) {
+    for batch in rx {
+        let started = Instant::now();
+        let result = store_batch(&db, &batch);
+        let took = started.elapsed();
+        if took >= SLOW_STORE {
+            tracing::info!(
+                events = batch.len(),
+                store_ms = took.as_millis() as u64,
+                "slow history store"
+            );
+        }
+        let mut counts = progress.lock();
+        match result {
+            Ok(()) => counts.stored = batch.last().map_or(counts.stored, |r| r.event.seq + 1),
+            Err(e) => {
+                tracing::error!(error = %e, "history store: writing failed; this scheduler stops applying");
+                counts.failed = Some(e.to_string());
+                progress.changed.notify_all();
+                return;
+            }
+        }
+        progress.changed.notify_all();
+    }
+}
+
+/// Writes one batch (consecutive events that continue the store) in one transaction, without
+/// an fsync.
+fn store_batch(db: &Database, recorded: &[Recorded]) -> io::Result<()> {
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let mut txn = db.begin_write().map_err(io_err)?;
+    txn.set_durability(Durability::None).map_err(io_err)?;
+    {
+        let mut events = txn.open_table(EVENTS).map_err(io_err)?;
+        let mut nodes = txn.open_table(NODES).map_err(io_err)?;
+        let mut postings = txn.open_table(POSTINGS).map_err(io_err)?;
+        let mut meta = txn.open_table(META).map_err(io_err)?;
+        let size = meta.get(KEY_SIZE).map_err(io_err)?.map_or(0, |v| v.value());
+        if recorded[0].event.seq != size {
+            return Err(io_err(format!(
+                "history store holds {size} events but the next to store is number {}; the store and the state disagree",
+                recorded[0].event.seq
+            )));
+        }
+        for r in recorded {
+            events
+                .insert(r.event.seq, r.json.as_bytes())
+                .map_err(io_err)?;
+            for (level, i, hash) in r.nodes.iter().filter(|n| n.0 >= NODE_LEVEL_MIN) {
+                nodes
+                    .insert(node_key(*level, *i), hash.as_slice())
+                    .map_err(io_err)?;
+            }
+        }
+        write_postings(
+            &mut postings,
+            recorded
+                .iter()
+                .map(|r| (r.event.seq, index_names(&r.event))),
+        )?;
+        let last = recorded[recorded.len() - 1].event.seq;
+        meta.insert(KEY_SIZE, last + 1).map_err(io_err)?;
+    }
+    txn.commit().map_err(io_err)
 }
 
 /// Events of a query, each with its stored JSON, and the seq to continue from when there may
@@ -414,7 +547,26 @@ impl HistoryStore {
         txn.open_table(CHECKPOINTS).map_err(io_err)?;
         txn.open_table(META).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        Ok(HistoryStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let progress = Arc::new(Progress::default());
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_MAX);
+        let thread = std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn({
+                let (db, progress) = (db.clone(), progress.clone());
+                move || write_loop(db, progress, rx)
+            })?;
+        let store = HistoryStore {
+            db,
+            progress,
+            writer: Arc::new(Writer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        };
+        let size = store.stored_size()?;
+        store.progress.reset(size);
+        Ok(store)
     }
 
     /// A handle that tells when every clone has been dropped (the file is closed).
@@ -422,63 +574,105 @@ impl HistoryStore {
         Arc::downgrade(&self.db)
     }
 
+    /// A read transaction, once everything appended before the call is stored.
     pub fn reader(&self) -> io::Result<Reader> {
+        self.settle()?;
         Ok(Reader {
             txn: self.db.begin_read().map_err(io_err)?,
             low: Default::default(),
         })
     }
 
-    /// Events stored.
+    /// Events stored, once everything appended before the call is stored.
     pub fn size(&self) -> io::Result<u64> {
+        self.settle()?;
+        self.stored_size()
+    }
+
+    fn stored_size(&self) -> io::Result<u64> {
         let txn = self.db.begin_read().map_err(io_err)?;
         let meta = txn.open_table(META).map_err(io_err)?;
         Ok(meta.get(KEY_SIZE).map_err(io_err)?.map_or(0, |v| v.value()))
     }
 
-    /// Appends what applies recorded (in order, continuing the store), without an fsync.
-    pub fn append(&self, recorded: &[Recorded]) -> io::Result<()> {
-        if recorded.is_empty() {
-            return Ok(());
-        }
-        let mut txn = self.db.begin_write().map_err(io_err)?;
-        txn.set_durability(Durability::None).map_err(io_err)?;
-        {
-            let mut events = txn.open_table(EVENTS).map_err(io_err)?;
-            let mut nodes = txn.open_table(NODES).map_err(io_err)?;
-            let mut postings = txn.open_table(POSTINGS).map_err(io_err)?;
-            let mut meta = txn.open_table(META).map_err(io_err)?;
-            let size = meta.get(KEY_SIZE).map_err(io_err)?.map_or(0, |v| v.value());
-            if recorded[0].event.seq != size {
+    /// Events appended but not stored yet (the writer's lag).
+    pub fn lag(&self) -> u64 {
+        let counts = self.progress.lock();
+        counts.queued - counts.stored
+    }
+
+    /// Waits until everything appended before the call is stored.
+    pub fn settle(&self) -> io::Result<()> {
+        let queued = self.progress.lock().queued;
+        self.wait_stored(queued)
+    }
+
+    /// Waits until the store holds at least `size` events (at most [`SETTLE_MAX`]; the events
+    /// must have been appended or be about to be).
+    pub fn wait_stored(&self, size: u64) -> io::Result<()> {
+        let deadline = Instant::now() + SETTLE_MAX;
+        let mut counts = self.progress.lock();
+        loop {
+            if let Some(failed) = &counts.failed {
                 return Err(io_err(format!(
-                    "history store holds {size} events but the next to store is number {}; the store and the state disagree",
-                    recorded[0].event.seq
+                    "the history store's writer failed: {failed}"
                 )));
             }
-            for r in recorded {
-                events
-                    .insert(r.event.seq, r.json.as_bytes())
-                    .map_err(io_err)?;
-                for (level, i, hash) in r.nodes.iter().filter(|n| n.0 >= NODE_LEVEL_MIN) {
-                    nodes
-                        .insert(node_key(*level, *i), hash.as_slice())
-                        .map_err(io_err)?;
-                }
+            if counts.stored >= size {
+                return Ok(());
             }
-            write_postings(
-                &mut postings,
-                recorded
-                    .iter()
-                    .map(|r| (r.event.seq, index_names(&r.event))),
-            )?;
-            let last = recorded[recorded.len() - 1].event.seq;
-            meta.insert(KEY_SIZE, last + 1).map_err(io_err)?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io_err(format!(
+                    "the history store holds {} events; waited {} s for it to hold {size}",
+                    counts.stored,
+                    SETTLE_MAX.as_secs()
+                )));
+            }
+            counts = self
+                .progress
+                .changed
+                .wait_timeout(counts, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
-        txn.commit().map_err(io_err)
+    }
+
+    /// Hands what applies recorded (in order, continuing what was appended before) to the
+    /// writer, which stores it without an fsync; returns at once unless the writer's queue is
+    /// full. A batch that does not continue the store is refused here, and nothing changes.
+    pub fn append(&self, recorded: Vec<Recorded>) -> io::Result<()> {
+        let (Some(first), Some(last)) = (recorded.first(), recorded.last()) else {
+            return Ok(());
+        };
+        let (first, next) = (first.event.seq, last.event.seq + 1);
+        {
+            let mut counts = self.progress.lock();
+            if let Some(failed) = &counts.failed {
+                return Err(io_err(format!(
+                    "the history store's writer failed: {failed}"
+                )));
+            }
+            if first != counts.queued {
+                return Err(io_err(format!(
+                    "history store holds {} events but the next to store is number {first}; the store and the state disagree",
+                    counts.queued
+                )));
+            }
+            counts.queued = next;
+        }
+        let tx = self
+            .writer
+            .tx
+            .as_ref()
+            .expect("the writer's queue lives as long as the store");
+        tx.send(recorded)
+            .map_err(|_| io_err("the history store's writer has stopped"))
     }
 
     /// Makes everything appended so far durable (one fsync).
     pub fn flush(&self) -> io::Result<()> {
+        self.settle()?;
         let txn = self.db.begin_write().map_err(io_err)?;
         txn.commit().map_err(io_err)
     }
@@ -490,6 +684,12 @@ impl HistoryStore {
         if stored <= size {
             return Ok(());
         }
+        self.truncate_stored(size, stored)?;
+        self.progress.reset(size);
+        Ok(())
+    }
+
+    fn truncate_stored(&self, size: u64, stored: u64) -> io::Result<()> {
         let txn = self.db.begin_write().map_err(io_err)?;
         {
             let mut events = txn.open_table(EVENTS).map_err(io_err)?;
@@ -553,6 +753,7 @@ impl HistoryStore {
 
     /// The first `size` events' JSON, for a snapshot sent to a follower.
     pub fn events_up_to(&self, size: u64) -> io::Result<Vec<String>> {
+        self.wait_stored(size)?;
         let txn = self.db.begin_read().map_err(io_err)?;
         let events = txn.open_table(EVENTS).map_err(io_err)?;
         let mut out = Vec::with_capacity(size as usize);
@@ -566,6 +767,13 @@ impl HistoryStore {
     /// Replaces the whole store with `events` (a snapshot installed from the leader): the tree
     /// and the indexes are rebuilt from them. Returns the root they make.
     pub fn replace_all(&self, events: &[String]) -> io::Result<Hash> {
+        self.settle()?;
+        let root = self.replace_stored(events)?;
+        self.progress.reset(events.len() as u64);
+        Ok(root)
+    }
+
+    fn replace_stored(&self, events: &[String]) -> io::Result<Hash> {
         let txn = self.db.begin_write().map_err(io_err)?;
         let mut frontier = Frontier::default();
         {
@@ -698,8 +906,8 @@ mod tests {
         let store = HistoryStore::open(dir.path()).unwrap();
         let mut frontier = Frontier::default();
         let all = events(&mut frontier, 40);
-        store.append(&all[..17]).unwrap();
-        store.append(&all[17..]).unwrap();
+        store.append(all[..17].to_vec()).unwrap();
+        store.append(all[17..].to_vec()).unwrap();
         assert_eq!(store.size().unwrap(), 40);
 
         let reader = store.reader().unwrap();
@@ -820,10 +1028,72 @@ mod tests {
         let store = HistoryStore::open(dir.path()).unwrap();
         let mut frontier = Frontier::default();
         let all = events(&mut frontier, 6);
-        store.append(&all[..3]).unwrap();
-        let err = store.append(&all[4..]).unwrap_err();
+        store.append(all[..3].to_vec()).unwrap();
+        let err = store.append(all[4..].to_vec()).unwrap_err();
         assert!(err.to_string().contains("holds 3 events"), "{err}");
         assert_eq!(store.size().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_read_after_an_append_sees_every_event_appended_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path()).unwrap();
+        let mut frontier = Frontier::default();
+        let mut appended = 0;
+        for n in [1, 300, 7, 2_000, 1, 40] {
+            let batch = events(&mut frontier, n);
+            store.append(batch).unwrap();
+            appended += n;
+            // No wait in between: the read waits for the writer.
+            let reader = store.reader().unwrap();
+            assert_eq!(reader.size().unwrap(), appended);
+            assert!(reader.event(appended - 1).unwrap().is_some());
+            assert_eq!(store.lag(), 0);
+        }
+        assert_eq!(store.events_up_to(appended).unwrap().len() as u64, appended);
+        assert_eq!(
+            merkle::root_at(&store.reader().unwrap(), appended).unwrap(),
+            frontier.root()
+        );
+    }
+
+    #[test]
+    fn a_failed_write_fails_the_next_append_and_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path()).unwrap();
+        let mut frontier = Frontier::default();
+        store.append(events(&mut frontier, 3)).unwrap();
+        store.settle().unwrap();
+        // The file moved on behind the writer's back: its next write finds it disagreeing.
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(KEY_SIZE, 99).unwrap();
+        txn.commit().unwrap();
+        store.append(events(&mut frontier, 2)).unwrap();
+        let err = store.reader().err().expect("a read after a failed write");
+        assert!(err.to_string().contains("writer failed"), "{err}");
+        assert!(err.to_string().contains("holds 99 events"), "{err}");
+        let err = store.append(events(&mut frontier, 1)).unwrap_err();
+        assert!(err.to_string().contains("writer failed"), "{err}");
+        assert!(store.flush().is_err());
+    }
+
+    #[test]
+    fn the_last_clone_dropped_closes_the_file_after_storing_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut frontier = Frontier::default();
+        let store = HistoryStore::open(dir.path()).unwrap();
+        let probe = store.closed_probe();
+        let other = store.clone();
+        for _ in 0..WRITE_QUEUE_MAX * 2 {
+            store.append(events(&mut frontier, 500)).unwrap();
+        }
+        drop(store);
+        assert!(probe.upgrade().is_some(), "a clone still holds it");
+        drop(other);
+        assert!(probe.upgrade().is_none(), "the writer still holds the file");
+        // Opened again at once in the same process: redb refuses a file still open.
+        let store = HistoryStore::open(dir.path()).unwrap();
+        assert_eq!(store.size().unwrap(), frontier.size);
     }
 
     #[test]
@@ -832,7 +1102,7 @@ mod tests {
         let store = HistoryStore::open(dir.path()).unwrap();
         let mut frontier = Frontier::default();
         let all = events(&mut frontier, 37);
-        store.append(&all).unwrap();
+        store.append(all.to_vec()).unwrap();
         for cut in [36, 32, 21, 16, 1, 0] {
             store.truncate(cut).unwrap();
             assert_eq!(store.size().unwrap(), cut);
@@ -856,8 +1126,8 @@ mod tests {
             // Append the rest again (in two batches): same root as the uncut tree, every proof
             // still checks, every posting found once.
             let half = (cut as usize + all.len()) / 2;
-            store.append(&all[cut as usize..half]).unwrap();
-            store.append(&all[half..]).unwrap();
+            store.append(all[cut as usize..half].to_vec()).unwrap();
+            store.append(all[half..].to_vec()).unwrap();
             let reader = store.reader().unwrap();
             assert_eq!(seqs(&reader.query(&on_n1, 0, 1000).unwrap()), expect(37));
             assert_eq!(merkle::root_at(&reader, 37).unwrap(), frontier.root());
@@ -883,7 +1153,7 @@ mod tests {
         {
             let store = HistoryStore::open(dir.path()).unwrap();
             let mut other = Frontier::default();
-            store.append(&events(&mut other, 9)[..4]).unwrap();
+            store.append(events(&mut other, 9)[..4].to_vec()).unwrap();
             let jsons: Vec<String> = all.iter().map(|r| r.json.clone()).collect();
             assert_eq!(store.replace_all(&jsons).unwrap(), frontier.root());
             assert_eq!(store.events_up_to(25).unwrap(), jsons);

@@ -8,7 +8,8 @@
 //! committed entries after it, so a restart lands on exactly the pre-crash state.
 //!
 //! Applying is delegated to the pure [`crate::state::apply`]; this module only moves bytes. The
-//! events each apply records go to the history store (`history_store.rs`) after every batch;
+//! events each apply records go to the history store's writer (`history_store.rs`) after every
+//! batch, which stores them while the next batch applies;
 //! it is flushed before a snapshot that counts them is written, cut back to the snapshot's
 //! count on start, and travels with a snapshot sent to a follower (the stored snapshot holds
 //! the state only: the events are already in the store).
@@ -30,8 +31,7 @@ use crate::state::{self, Outcome, State};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 /// Applies that take at least this long are logged (with the command), so an operator can see
-/// what holds the state machine's lock; so are stores of a batch's history events, which the
-/// batch's answers wait for.
+/// what holds the state machine's lock.
 const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 const KEY_META: &str = "meta";
 const KEY_DATA: &str = "data";
@@ -286,6 +286,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let m = meta.clone();
         let data = tokio::task::spawn_blocking(move || {
             // Every event the snapshot counts must survive a crash before the snapshot does.
+            // The copy may count events of a batch still being applied: wait for those too.
+            this.inner.history.wait_stored(body.state.history.size)?;
             this.inner.history.flush()?;
             let data = serde_json::to_vec(&body).map_err(io_err)?;
             this.write_snapshot(&m, &data)?;
@@ -361,17 +363,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     (responder, CommandResponse { index, outcome })
                 })
                 .collect::<Vec<_>>();
-            // Stored before anyone is answered: what an answer acknowledges is in the history.
-            let started = std::time::Instant::now();
-            this.inner.history.append(&recorded)?;
-            let took = started.elapsed();
-            if took >= SLOW_APPLY {
-                tracing::info!(
-                    events = recorded.len(),
-                    store_ms = took.as_millis() as u64,
-                    "slow history store"
-                );
-            }
+            // Handed to the history store's writer before anyone is answered: a history read
+            // after an answer waits for the writer to store what the answer acknowledges, and
+            // the next batch applies while this one is stored.
+            this.inner.history.append(recorded)?;
             Ok::<_, io::Error>(answered)
         })
         .await

@@ -330,6 +330,12 @@ pub fn render_metrics(web: &Web) -> String {
         "Migrating allocations with no replacement placed yet (no node can take one, or max_parallel is reached).",
         unreplaced,
     );
+    gauge_line(
+        &mut out,
+        "sov_history_store_lag_events",
+        "Placement history events applied but not yet written to the history store (its writer thread's queue).",
+        replica.sm.history().lag(),
+    );
     let flushes = replica
         .log_flushes
         .flushes
