@@ -23,8 +23,10 @@
 //! Beside (a), the leader's own side of it, from its log: when it finished applying the entry
 //! that carries the plan (its `slow apply` line: stop-now, the policy entry; migrate, the first
 //! plan that placed replacements). What the client sees comes later: the answer waits for the
-//! entry's history events to be stored and is encoded and sent while the leader pushes the
-//! stops to the agents; the gauge is scraped every 100 ms.
+//! entry's history events to be handed to the history store's writer and is encoded and sent
+//! while the leader pushes the stops to the agents; the gauge is scraped every 100 ms, and a
+//! scrape waits for the state machine's lock (the last scrapes' times are printed: under the
+//! load of a migration one takes up to a second).
 //!
 //! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench compliance`
 //! (`SOV_BENCH_VARIANTS=stop-now,migrate`, `SOV_BENCH_RUNS` per variant, default 3;
@@ -121,9 +123,22 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
     let committed = if variant == "stop-now" {
         answered
     } else {
+        // Each scrape's start and duration, the last few printed: how much of (a) is the
+        // scrape itself (it waits for the state machine's lock and a blocking thread).
+        let mut scrapes: Vec<(f64, f64)> = Vec::new();
         loop {
+            let sent = t0.elapsed();
             let unreplaced = metric(http, "sov_allocations_moving_unreplaced").unwrap_or(u64::MAX);
+            scrapes.push((sent.as_secs_f64(), (t0.elapsed() - sent).as_secs_f64()));
             if unreplaced == 0 {
+                let last: Vec<String> = scrapes[scrapes.len().saturating_sub(4)..]
+                    .iter()
+                    .map(|(at, took)| format!("{at:.2}+{took:.2}"))
+                    .collect();
+                tl.log(format_args!(
+                    "gauge scrapes (sent at + took, s), the last: {}",
+                    last.join(", ")
+                ));
                 break t0.elapsed();
             }
             assert!(
