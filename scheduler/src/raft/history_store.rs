@@ -257,6 +257,18 @@ struct Counts {
     failed: Option<String>,
 }
 
+impl Counts {
+    /// The writer's error, once it has stopped on one.
+    fn check(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(failed) => Err(io_err(format!(
+                "the history store's writer failed: {failed}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
@@ -613,11 +625,7 @@ impl HistoryStore {
         let deadline = Instant::now() + SETTLE_MAX;
         let mut counts = self.progress.lock();
         loop {
-            if let Some(failed) = &counts.failed {
-                return Err(io_err(format!(
-                    "the history store's writer failed: {failed}"
-                )));
-            }
+            counts.check()?;
             if counts.stored >= size {
                 return Ok(());
             }
@@ -648,11 +656,7 @@ impl HistoryStore {
         let (first, next) = (first.event.seq, last.event.seq + 1);
         {
             let mut counts = self.progress.lock();
-            if let Some(failed) = &counts.failed {
-                return Err(io_err(format!(
-                    "the history store's writer failed: {failed}"
-                )));
-            }
+            counts.check()?;
             if first != counts.queued {
                 return Err(io_err(format!(
                     "history store holds {} events but the next to store is number {first}; the store and the state disagree",
