@@ -50,6 +50,9 @@ const REASON_LEN_MAX: usize = 1_024;
 const WATCHDOG_EVERY: Duration = Duration::from_millis(250);
 /// Heartbeat interval until the scheduler says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The shortest interval a fail-closed deployment's `stop_after_disconnect` makes the agent
+/// heartbeat at.
+const HEARTBEAT_FLOOR: Duration = Duration::from_millis(250);
 const HEALTH_INTERVAL_DEFAULT_MS: u32 = 10_000;
 const HEALTH_TIMEOUT_DEFAULT_MS: u32 = 2_000;
 /// Contact this recent counts as "connected" for lifting fail-closed stops.
@@ -78,6 +81,18 @@ impl Assignments {
         if event.revision > 0 {
             self.revision = event.revision;
         }
+    }
+
+    /// How often to heartbeat when `asked` to: never slower than a third of the tightest
+    /// `stop_after_disconnect` among what should run (at least [`HEARTBEAT_FLOOR`]), so that a
+    /// leader that stretches the fleet's pace never leaves this agent's contact clock stale
+    /// long enough to fail closed with a scheduler in reach.
+    fn heartbeat_every(&self, asked: Duration) -> Duration {
+        self.by_id
+            .values()
+            .filter(|a| a.desired == "run" && a.stop_after_disconnect_ms > 0)
+            .map(|a| Duration::from_millis(a.stop_after_disconnect_ms / 3).max(HEARTBEAT_FLOOR))
+            .fold(asked, Duration::min)
     }
 }
 
@@ -459,10 +474,7 @@ async fn session(
     );
 
     let heartbeats = async {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             let last_seen_revision = lock(&shared.assignments).revision;
             let request = pb::HeartbeatRequest {
                 name: cfg.name.clone(),
@@ -477,11 +489,17 @@ async fn session(
                         && Duration::from_millis(resp.heartbeat_interval_ms) != interval
                     {
                         interval = Duration::from_millis(resp.heartbeat_interval_ms);
-                        tick = tokio::time::interval(interval);
+                        tracing::info!(
+                            heartbeat_interval_ms = resp.heartbeat_interval_ms,
+                            heartbeat_ttl_ms = resp.heartbeat_ttl_ms,
+                            "the leader asks for another heartbeat pace"
+                        );
                     }
                 }
                 Err(status) => return status,
             }
+            let every = lock(&shared.assignments).heartbeat_every(interval);
+            tokio::time::sleep(every).await;
         }
     };
     let events = async {
@@ -725,6 +743,36 @@ mod tests {
         });
         assert_eq!(a.revision, 9);
         assert_eq!(a.by_id.keys().collect::<Vec<_>>(), ["z"]);
+    }
+
+    #[test]
+    fn fail_closed_deployments_keep_the_heartbeat_within_a_third_of_their_limit() {
+        let asked = Duration::from_secs(10);
+        let mut a = Assignments::default();
+        assert_eq!(a.heartbeat_every(asked), asked);
+        let mut tight = assignment("t", "run");
+        tight.stop_after_disconnect_ms = 6_000;
+        let mut loose = assignment("l", "run");
+        loose.stop_after_disconnect_ms = 60_000;
+        // A stopped allocation's limit no longer matters.
+        let mut stopped = assignment("s", "stop");
+        stopped.stop_after_disconnect_ms = 1_000;
+        a.apply(pb::AssignmentEvent {
+            revision: 1,
+            full: true,
+            assignments: vec![tight, loose, stopped],
+            removed: vec![],
+        });
+        assert_eq!(a.heartbeat_every(asked), Duration::from_secs(2));
+        // Never faster than the floor, never slower than asked.
+        let mut tightest = assignment("x", "run");
+        tightest.stop_after_disconnect_ms = 300;
+        a.by_id.insert("x".into(), tightest);
+        assert_eq!(a.heartbeat_every(asked), HEARTBEAT_FLOOR);
+        assert_eq!(
+            a.heartbeat_every(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

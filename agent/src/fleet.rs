@@ -448,9 +448,17 @@ async fn virtual_node(
                     _ = tick.tick() => {
                         let hb = pb::HeartbeatRequest { name: name.clone(), last_seen_revision: revision };
                         match client.heartbeat(with_timeout(hb)).await {
-                            Ok(_) => {
+                            Ok(resp) => {
                                 counters.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
                                 set_healthy(true, &mut healthy);
+                                // The leader stretches the pace as the fleet grows: keep to
+                                // what it asks now (the next beat one new interval from now).
+                                let asked = Duration::from_millis(resp.into_inner().heartbeat_interval_ms);
+                                if heartbeat_override.is_none() && !asked.is_zero() && asked != interval {
+                                    interval = asked;
+                                    tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                                }
                             }
                             Err(status) => {
                                 counters.heartbeat_errors.fetch_add(1, Ordering::Relaxed);

@@ -159,6 +159,12 @@ pub struct RunArgs {
     /// How often agents are told to heartbeat [default: 1000]
     #[arg(long, env = "SOV_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// The most heartbeats a second the leader asks of the whole fleet: in a larger fleet the
+    /// interval agents are told stretches to nodes / this, and the TTL to at least four such
+    /// intervals (10,000 nodes at 1000: every 10 s, down after 40 s). 0 = never stretch
+    /// [default: 1000]
+    #[arg(long, env = "SOV_MAX_HEARTBEATS_PER_S", value_name = "N")]
+    pub max_heartbeats_per_s: Option<u64>,
     /// The cluster's Ed25519 signing key file, for signed history checkpoints and exports
     /// (`sov-scheduler keygen` makes one; give every scheduler the same file).
     #[arg(long, env = "SOV_SIGNING_KEY", value_name = "FILE")]
@@ -220,6 +226,9 @@ impl RunArgs {
         }
         if let Some(interval) = self.heartbeat_interval_ms {
             config.liveness.heartbeat_interval_ms = interval;
+        }
+        if let Some(rate) = self.max_heartbeats_per_s {
+            config.liveness.max_heartbeats_per_s = rate;
         }
         if self.signing_key.is_some() {
             config.signing_key.clone_from(&self.signing_key);
@@ -323,7 +332,7 @@ mod tests {
         let path = dir.path().join("s.toml");
         std::fs::write(
             &path,
-            "node_id = 3\napi_listen = \"127.0.0.1:9000\"\n[raft]\nsnapshot_logs_since_last = 50\n",
+            "node_id = 3\napi_listen = \"127.0.0.1:9000\"\n[raft]\nsnapshot_logs_since_last = 50\n[liveness]\nmax_heartbeats_per_s = 500\n",
         )
         .unwrap();
         let args = RunArgs {
@@ -344,6 +353,7 @@ mod tests {
         assert_eq!(c.node_id, 4, "flag beats file");
         assert_eq!(c.api_listen.port(), 9000, "file beats default");
         assert_eq!(c.raft.snapshot_logs_since_last, 50);
+        assert_eq!(c.liveness.max_heartbeats_per_s, 500);
         assert_eq!(c.raft_listen.port(), RAFT_PORT);
         assert_eq!(c.api_advertise().unwrap(), "127.0.0.1:9000");
 
@@ -364,6 +374,11 @@ mod tests {
         let c = load_file(&path).unwrap();
         c.check().unwrap();
         assert_eq!(c.api_advertise().unwrap(), "sched-1.example.eu:7400");
+        assert_eq!(
+            c.liveness,
+            crate::leader::liveness::LivenessConfig::default(),
+            "the example shows the defaults"
+        );
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub async fn start(config: &Config, listeners: Listeners) -> anyhow::Result<Sche
             signing_key
                 .as_ref()
                 .map(|k| sov_proto::evidence::key_id(&k.verifying_key())),
+            config.liveness,
         ),
     )
     .with_graceful_shutdown(stopped(shutdown_rx.clone()));

@@ -4,7 +4,9 @@
 //!
 //! Set-up, all real processes on this machine: three `sov-scheduler run` (release when run
 //! through `cargo bench`) and `sov-agent fleet` with `SOV_BENCH_NODES` virtual nodes (default
-//! 10,000) that register, heartbeat every second and acknowledge their assignments like real
+//! 10,000) that register, heartbeat at the pace the leader asks (every 10 s for 10,000 nodes by
+//! its default `max_heartbeats_per_s`; `SOV_BENCH_SCHEDULER_ARGS="--max-heartbeats-per-s 0"`
+//! for the 1 s of the figures before 2026-12-07) and acknowledge their assignments like real
 //! agents (one `ReportStatuses` call per assignment event). The nodes are ten groups of equal
 //! size, `site-0` to `site-9`, every node 64 cores; `SOV_BENCH_DEPLOYMENTS` deployments
 //! (default 1,000) of `SOV_BENCH_REPLICAS` replicas each (default 100) at 4 cores a replica
@@ -31,6 +33,7 @@
 //! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench compliance`
 //! (`SOV_BENCH_VARIANTS=stop-now,migrate`, `SOV_BENCH_RUNS` per variant, default 3;
 //! `SOV_BENCH_PERF=FILE` for a system-wide `perf record` of the reaction, the last run's;
+//! `SOV_BENCH_SCHEDULER_ARGS` for extra `sov-scheduler run` flags;
 //! `SOV_BENCH_LEADER_LOG=DIR` to keep each run's leader log). Results go to docs/benchmarks.md
 //! by hand. Without `--bench` it does nothing.
 

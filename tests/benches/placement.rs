@@ -4,8 +4,9 @@
 //! Set-up, all real processes on this machine: three `sov-scheduler run` (release when run
 //! through `cargo bench`), `sov-agent fleet` with `SOV_BENCH_NODES` virtual nodes (default
 //! 10,000; 13 countries, 13 operators, 4 hardware profiles, 52 kinds of node in all) that
-//! register, heartbeat every second and acknowledge and report their assignments like real
-//! agents. Then:
+//! register, heartbeat at the pace the leader asks (every 10 s for 10,000 nodes, by its default
+//! `max_heartbeats_per_s`; figures in docs/benchmarks.md before 2026-12-07 were taken at 1 s)
+//! and acknowledge and report their assignments like real agents. Then:
 //! 1. a *hold* bundle is applied: the shipped bundle plus one rule that forbids everything, so
 //!    nothing can be placed yet;
 //! 2. `SOV_BENCH_DEPLOYMENTS` deployments (default 1,000; EU27/EEA/country residency, some
@@ -21,7 +22,7 @@
 //!
 //! With `SOV_BENCH_AGENTS=none` the nodes are registered through the API instead and nothing
 //! heartbeats (the schedulers run with a TTL of an hour): the same placements without the
-//! fleet simulator and 10,000 heartbeats a second sharing the machine's cores.
+//! fleet simulator and its heartbeats sharing the machine's cores.
 //!
 //! Run: `cargo build --release --bins && cargo bench -p sov-e2e --bench placement`
 //! (`SOV_BENCH_RUNS` repeats the whole measurement on fresh clusters, default 3). Results go

@@ -135,7 +135,16 @@ impl Loaded {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let mut cluster = Cluster::start(3, tl);
+        // `SOV_BENCH_SCHEDULER_ARGS`: extra `sov-scheduler run` flags, split on whitespace (to
+        // compare settings, such as the heartbeat pace, without editing the bench).
+        let extra = std::env::var("SOV_BENCH_SCHEDULER_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        if !extra.is_empty() {
+            tl.log(format_args!(
+                "scheduler flags from SOV_BENCH_SCHEDULER_ARGS: {extra:?}"
+            ));
+        }
+        let mut cluster = Cluster::start_with(3, tl, &extra);
         let endpoints = cluster.endpoints();
         let leader = u64_field(&cluster_status(&endpoints).expect("status"), "leader_id");
         let node = cluster.node(leader);

@@ -298,13 +298,14 @@ impl AgentService for AgentApi {
             Outcome::NodeRegistered { node, .. } => {
                 // Registering is a sign of life; it spares the first heartbeat a race with the
                 // TTL when the leader handled the registration itself.
-                self.liveness
-                    .heartbeat(&name, NodeStatus::Ready, Instant::now());
-                let c = &self.liveness.config;
+                let nodes = self.replica.sm.read().state.nodes.len();
+                let pace = self
+                    .liveness
+                    .heartbeat(&name, NodeStatus::Ready, nodes, Instant::now());
                 Ok(Response::new(pb::RegisterNodeResponse {
                     revision: node.revision,
-                    heartbeat_ttl_ms: c.heartbeat_ttl_ms,
-                    heartbeat_interval_ms: c.heartbeat_interval_ms,
+                    heartbeat_ttl_ms: pace.ttl_ms,
+                    heartbeat_interval_ms: pace.interval_ms,
                 }))
             }
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
@@ -321,7 +322,7 @@ impl AgentService for AgentApi {
         if !self.replica.is_leader() {
             return Err(self.not_leader());
         }
-        let (status, revision) = {
+        let (status, revision, nodes) = {
             let applied = self.replica.sm.read();
             let Some(node) = applied.state.nodes.get(&req.name) else {
                 return Err(Status::not_found(format!(
@@ -329,15 +330,20 @@ impl AgentService for AgentApi {
                     req.name
                 )));
             };
-            (node.status, applied.state.revision)
+            (
+                node.status,
+                applied.state.revision,
+                applied.state.nodes.len(),
+            )
         };
-        self.liveness.heartbeat(&req.name, status, Instant::now());
-        let c = &self.liveness.config;
+        let pace = self
+            .liveness
+            .heartbeat(&req.name, status, nodes, Instant::now());
         Ok(Response::new(pb::HeartbeatResponse {
             leader_id: self.replica.id,
             status: status.as_str().into(),
-            heartbeat_ttl_ms: c.heartbeat_ttl_ms,
-            heartbeat_interval_ms: c.heartbeat_interval_ms,
+            heartbeat_ttl_ms: pace.ttl_ms,
+            heartbeat_interval_ms: pace.interval_ms,
             revision,
         }))
     }

@@ -20,6 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::leader::liveness::LivenessConfig;
 use crate::raft::Replica;
 
 mod diff;
@@ -41,14 +42,17 @@ pub struct Web {
     replica: Arc<Replica>,
     /// The id of the key this scheduler signs history checkpoints with, if it has one.
     key_id: Option<String>,
+    /// For the heartbeat pace the leader asks of a fleet of the current size.
+    liveness: LivenessConfig,
     compliance: Arc<Mutex<Option<ComplianceSample>>>,
 }
 
 impl Web {
-    pub fn new(replica: Arc<Replica>, key_id: Option<String>) -> Self {
+    pub fn new(replica: Arc<Replica>, key_id: Option<String>, liveness: LivenessConfig) -> Self {
         Web {
             replica,
             key_id,
+            liveness,
             compliance: Arc::default(),
         }
     }
@@ -73,8 +77,8 @@ impl Web {
 }
 
 /// The HTTP routes; `key_id` is the signing key's id (`None` without a key), for the
-/// checkpoint page.
-pub fn router(replica: Arc<Replica>, key_id: Option<String>) -> Router {
+/// checkpoint page; `liveness` for the heartbeat pace in `/metrics`.
+pub fn router(replica: Arc<Replica>, key_id: Option<String>, liveness: LivenessConfig) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -87,7 +91,7 @@ pub fn router(replica: Arc<Replica>, key_id: Option<String>) -> Router {
         .route("/policies/{version}", get(policies::version))
         .route("/checkpoint", get(pages::checkpoint))
         .fallback(pages::fallback)
-        .with_state(Web::new(replica, key_id))
+        .with_state(Web::new(replica, key_id, liveness))
 }
 
 async fn healthz(State(web): State<Web>) -> impl IntoResponse {
@@ -276,6 +280,17 @@ pub fn render_metrics(web: &Web) -> String {
         "sov_nodes_down",
         "Registered nodes marked down (no heartbeat within the TTL).",
         nodes_down as u64,
+    );
+    let pace = web.liveness.pace(nodes_ready + nodes_down);
+    gauge(
+        "sov_heartbeat_interval_ms",
+        "How often the leader asks agents to heartbeat, for the fleet's size (liveness.max_heartbeats_per_s).",
+        pace.interval_ms,
+    );
+    gauge(
+        "sov_heartbeat_ttl_ms",
+        "How long a silent node stays ready, for the fleet's size.",
+        pace.ttl_ms,
     );
     gauge(
         "sov_disrupted",
