@@ -246,6 +246,7 @@ impl Replica {
         let config = Arc::new(tuning.openraft_config()?);
         let raft = SovRaft::new(id, config, network, log_store, sm.clone()).await?;
         let leading = watch_leadership(&raft);
+        sm.set_leading(leading.clone());
         Ok(Arc::new(Self {
             id,
             node,

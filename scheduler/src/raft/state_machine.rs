@@ -62,6 +62,47 @@ struct Inner {
     revision: tokio::sync::watch::Sender<u64>,
     /// One wake-up per node with an assignment stream: see [`StateMachineStore::watch_node`].
     node_watches: Mutex<NodeWatches>,
+    /// Whether this replica leads (`Replica::leading`), once Raft runs: a follower applies at a
+    /// lower CPU priority ([`FOLLOWER_APPLY_NICE`]).
+    leading: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Nice value of the thread a follower applies on (Linux; 0 is the process's own). Nobody
+/// waits for a follower's apply: a commit needs the followers' log appends, not their applies,
+/// and clients and agents are served by the leader. When schedulers share CPUs (the dev
+/// cluster, the benchmarks' two vCPUs), the leader's apply and planning, which everyone waits
+/// for, then get the CPU first, and the followers catch up right after. On machines of their
+/// own it changes nothing.
+const FOLLOWER_APPLY_NICE: i32 = 10;
+
+/// Runs `work` (an apply) off the async workers: on the blocking pool, or, when `yield_cpu`,
+/// on a thread of its own at [`FOLLOWER_APPLY_NICE`] (a thread's nice value cannot be lowered
+/// again without privileges, so pool threads are never niced).
+async fn off_workers<T: Send + 'static>(
+    yield_cpu: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    if !yield_cpu {
+        return tokio::task::spawn_blocking(work).await.map_err(io_err);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sov-apply-follower".into())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority only reads its arguments; the id is this thread's own.
+            unsafe {
+                libc::setpriority(
+                    libc::PRIO_PROCESS,
+                    libc::gettid() as libc::id_t,
+                    FOLLOWER_APPLY_NICE,
+                );
+            }
+            let _ = tx.send(work());
+        })
+        .map_err(io_err)?;
+    rx.await
+        .map_err(|_| io_err("the follower's apply thread ended without an answer"))
 }
 
 /// The channels behind [`StateMachineStore::watch_node`], by node name. A channel whose
@@ -89,6 +130,12 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 impl StateMachineStore {
+    /// Tells the store whether its replica leads (`Replica::leading`), once Raft runs; until
+    /// then, and on the leader, it applies at the process's priority.
+    pub fn set_leading(&self, leading: tokio::sync::watch::Receiver<bool>) {
+        let _ = self.inner.leading.set(leading);
+    }
+
     /// Opens the snapshot database and restores the state from the latest snapshot, if any.
     pub fn open(dir: &Path) -> io::Result<Self> {
         let db = super::log_store::open_db(&dir.join("raft-state.redb"))?;
@@ -126,6 +173,7 @@ impl StateMachineStore {
                 history,
                 revision,
                 node_watches: Mutex::default(),
+                leading: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -321,10 +369,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             batch.push(item);
         }
         // Applying is synchronous and can take a while (a plan of 5,000 placements over
-        // 100,000 allocations): on the blocking pool, so the async workers keep answering Raft
-        // heartbeats and votes meanwhile, and a busy apply never costs the cluster its leader.
+        // 100,000 allocations): off the async workers, so they keep answering Raft heartbeats
+        // and votes meanwhile, and a busy apply never costs the cluster its leader.
         let this = self.clone();
-        let answered = tokio::task::spawn_blocking(move || {
+        let following = self.inner.leading.get().is_some_and(|l| !*l.borrow());
+        let answered = off_workers(following, move || {
             let mut recorded = Vec::new();
             let answered = batch
                 .into_iter()
@@ -369,8 +418,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             this.inner.history.append(recorded)?;
             Ok::<_, io::Error>(answered)
         })
-        .await
-        .map_err(io_err)??;
+        .await??;
         for (responder, response) in answered {
             if let Some(responder) = responder {
                 responder.send(response);
@@ -463,6 +511,25 @@ mod tests {
     use super::*;
     use crate::raft::Entry;
     use crate::state::{Allocation, Command, Deployment, DeploymentSpec, Proposal, node::Node};
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_follower_applies_on_a_thread_of_lower_priority_the_leader_on_the_pool() {
+        fn thread_and_nice() -> (Option<String>, i32) {
+            // SAFETY: getpriority only reads its arguments; the id is this thread's own.
+            let nice =
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+            (std::thread::current().name().map(String::from), nice)
+        }
+        let (pool_name, pool_nice) = off_workers(false, thread_and_nice).await.unwrap();
+        assert_ne!(pool_name.as_deref(), Some("sov-apply-follower"));
+        let (name, nice) = off_workers(true, thread_and_nice).await.unwrap();
+        assert_eq!(name.as_deref(), Some("sov-apply-follower"));
+        assert_eq!(nice, (pool_nice + FOLLOWER_APPLY_NICE).min(19));
+        // The pool's threads are never niced: the leader's next apply runs at full priority.
+        let (_, again) = off_workers(false, thread_and_nice).await.unwrap();
+        assert_eq!(again, pool_nice);
+    }
 
     /// At revision 5: nodes "busy" (deployment "d"'s one allocation) and "idle" (nothing).
     fn two_nodes() -> State {
