@@ -91,7 +91,7 @@ fn events(rng: &mut Rng, next_alloc: &mut u64, n: usize) -> Vec<What> {
             allocation: a.allocation.clone(),
             deployment: a.deployment.clone(),
             node: a.node.clone(),
-            facts: facts(node),
+            facts: facts(node).into(),
             eligible: "no rule of policy version 2 forbids it on these facts, and the node was ready with the resources".into(),
             replaces: String::new(),
         });

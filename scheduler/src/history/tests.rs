@@ -327,3 +327,48 @@ proptest! {
         prop_assert_eq!(crate::state::encode(&a), crate::state::encode(&b));
     }
 }
+
+#[test]
+fn shared_facts_encode_to_the_bytes_of_the_facts_in_events_too() {
+    let facts = Facts {
+        country: "FR".into(),
+        site: "par-1".into(),
+        operator: "Ovh \"Cloud\"".into(),
+        location_trust: "attested".into(),
+        fact_trust: [("country".to_string(), "attested".to_string())].into(),
+        certifications: vec!["secnumcloud".into()],
+        ..Facts::default()
+    };
+    let plain = serde_json::to_string(&facts).unwrap();
+    let shared = SharedFacts::new(facts.clone());
+    assert_eq!(serde_json::to_string(&shared).unwrap(), plain);
+    // Twice (the second from the cached encoding), and inside an event: flattened, tagged.
+    assert_eq!(serde_json::to_string(&shared).unwrap(), plain);
+    let event = Event {
+        seq: 1,
+        raft_index: 2,
+        at_ms: 3,
+        policy_version: 4,
+        what: What::AllocationPlaced {
+            allocation: "a".into(),
+            deployment: "d".into(),
+            node: "n".into(),
+            facts: shared.clone(),
+            eligible: "e".into(),
+            replaces: String::new(),
+        },
+    };
+    let json = serde_json::to_string(&event).unwrap();
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"seq":1,"raft_index":2,"at_ms":3,"policy_version":4,"kind":"allocation.placed","allocation":"a","deployment":"d","node":"n","facts":{plain},"eligible":"e"}}"#
+        )
+    );
+    let read: Event = serde_json::from_str(&json).unwrap();
+    assert_eq!(read, event);
+    let What::AllocationPlaced { facts: back, .. } = &read.what else {
+        panic!("{read:?}")
+    };
+    assert_eq!(**back, facts);
+}

@@ -869,7 +869,8 @@ mod tests {
                         facts: Facts {
                             country: if seq.is_multiple_of(2) { "FR" } else { "US" }.into(),
                             ..Default::default()
-                        },
+                        }
+                        .into(),
                         eligible: "test".into(),
                         replaces: String::new(),
                     },

@@ -321,10 +321,24 @@ pub(super) fn apply_plan(
     drop(up);
     drop(gate);
     let today = compliance::today(state);
+    let eligible = crate::history::eligibility(policy_version);
+    // Each node's facts, made and encoded once however many replicas this plan puts there.
+    let mut facts: HashMap<String, crate::history::SharedFacts> = HashMap::new();
     let mut placed = Vec::with_capacity(accepted.len());
     for allocation in accepted {
         if let Some(node) = state.nodes.get(&allocation.node) {
-            let event = crate::history::placed(&allocation, node, &today, policy_version);
+            let node_facts = match facts.get(allocation.node.as_str()) {
+                Some(known) => known.clone(),
+                None => {
+                    let made = crate::history::SharedFacts::new(crate::history::Facts::of(
+                        &node.facts,
+                        &today,
+                    ));
+                    facts.insert(allocation.node.clone(), made.clone());
+                    made
+                }
+            };
+            let event = crate::history::placed(&allocation, node_facts, eligible.clone());
             crate::history::record(state, event);
         }
         super::nodes::touch_assignments(state, &allocation.node, index);

@@ -467,7 +467,8 @@ mod tests {
                 facts: Facts {
                     country: country.into(),
                     ..Facts::default()
-                },
+                }
+                .into(),
                 eligible: String::new(),
                 replaces: String::new(),
             },
