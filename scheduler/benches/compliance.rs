@@ -10,7 +10,8 @@
 //! - the leader's next rounds (a copy of the state, `reconcile::round`) and the apply of each
 //!   round's `ApplyPlan`, until nothing is left to do (agents' reports simulated in between);
 //! - a copy of the state, the leader's check that a round has nothing to do (which spares it
-//!   the copy), and the derived statuses the API and metrics compute.
+//!   the copy), the derived statuses the API and metrics compute, and the pass over the
+//!   allocations each `/metrics` scrape makes under the read lock.
 //!
 //! Run: `cargo bench -p sov-scheduler --bench compliance` (`-- --nodes N --replicas R` for
 //! other sizes). Without `--bench` it runs a small fleet once as a smoke pass. Figures go to
@@ -314,6 +315,13 @@ fn main() {
     println!(
         "statuses of {} deployments (outlook included): {}",
         statuses.len(),
+        ms(t.elapsed())
+    );
+    let t = Instant::now();
+    let counts = sov_scheduler::web::AllocationCounts::of(&state);
+    assert_eq!(counts.placed, state.allocations.len() as u64);
+    println!(
+        "the /metrics pass over the allocations (web::AllocationCounts): {}",
         ms(t.elapsed())
     );
     for action in ["stop-now", "migrate"] {

@@ -237,6 +237,15 @@ pub enum AllocStatus {
 }
 
 impl AllocStatus {
+    /// Every status, in declaration order (`status as usize` indexes it).
+    pub const ALL: [AllocStatus; 5] = [
+        AllocStatus::Pending,
+        AllocStatus::Starting,
+        AllocStatus::Running,
+        AllocStatus::Failed,
+        AllocStatus::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AllocStatus::Pending => "pending",
