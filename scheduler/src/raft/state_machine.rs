@@ -65,6 +65,7 @@ struct Inner {
     /// Whether this replica leads (`Replica::leading`), once Raft runs: a follower applies at a
     /// lower CPU priority ([`FOLLOWER_APPLY_NICE`]).
     leading: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>>,
+    follower_applier: FollowerApplier,
 }
 
 /// Nice value of the thread a follower applies on (Linux; 0 is the process's own). Nobody
@@ -75,34 +76,83 @@ struct Inner {
 /// own it changes nothing.
 const FOLLOWER_APPLY_NICE: i32 = 10;
 
+/// Work for the follower's apply thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread a follower applies on, at [`FOLLOWER_APPLY_NICE`]: started on first use and kept
+/// (a thread's nice value cannot be lowered again without privileges, so the blocking pool's
+/// threads are never niced; and one long-lived thread keeps its allocator's pages, where a
+/// thread per apply made the kernel zero fresh pages for each, a tenth of the CPU of a large
+/// migration). It ends when the store is dropped.
+#[derive(Default)]
+struct FollowerApplier {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl FollowerApplier {
+    fn start() -> io::Result<std::sync::mpsc::Sender<Job>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sov-apply-follower".into())
+            .spawn(move || {
+                #[cfg(target_os = "linux")]
+                // SAFETY: setpriority only reads its arguments; the id is this thread's own.
+                unsafe {
+                    libc::setpriority(
+                        libc::PRIO_PROCESS,
+                        libc::gettid() as libc::id_t,
+                        FOLLOWER_APPLY_NICE,
+                    );
+                }
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(io_err)?;
+        Ok(tx)
+    }
+
+    /// Runs `work` on the thread (started, or started again if it is gone) and waits for it.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = answer.send(work());
+        });
+        {
+            let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = match jobs.as_ref() {
+                Some(tx) => tx.send(job).map_err(|e| e.0),
+                None => Err(job),
+            };
+            if let Err(job) = sent {
+                // Not started yet, or ended by a panicking apply: start it (again).
+                let tx = Self::start()?;
+                tx.send(job)
+                    .map_err(|_| io_err("the follower's apply thread did not start"))?;
+                *jobs = Some(tx);
+            }
+        }
+        answered
+            .await
+            .map_err(|_| io_err("the follower's apply thread ended without an answer"))
+    }
+}
+
 /// Runs `work` (an apply) off the async workers: on the blocking pool, or, when `yield_cpu`,
-/// on a thread of its own at [`FOLLOWER_APPLY_NICE`] (a thread's nice value cannot be lowered
-/// again without privileges, so pool threads are never niced).
+/// on the follower's apply thread ([`FollowerApplier`]).
 async fn off_workers<T: Send + 'static>(
+    follower: &FollowerApplier,
     yield_cpu: bool,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
-    if !yield_cpu {
-        return tokio::task::spawn_blocking(work).await.map_err(io_err);
+    if yield_cpu {
+        follower.run(work).await
+    } else {
+        tokio::task::spawn_blocking(work).await.map_err(io_err)
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("sov-apply-follower".into())
-        .spawn(move || {
-            #[cfg(target_os = "linux")]
-            // SAFETY: setpriority only reads its arguments; the id is this thread's own.
-            unsafe {
-                libc::setpriority(
-                    libc::PRIO_PROCESS,
-                    libc::gettid() as libc::id_t,
-                    FOLLOWER_APPLY_NICE,
-                );
-            }
-            let _ = tx.send(work());
-        })
-        .map_err(io_err)?;
-    rx.await
-        .map_err(|_| io_err("the follower's apply thread ended without an answer"))
 }
 
 /// The channels behind [`StateMachineStore::watch_node`], by node name. A channel whose
@@ -174,6 +224,7 @@ impl StateMachineStore {
                 revision,
                 node_watches: Mutex::default(),
                 leading: std::sync::OnceLock::new(),
+                follower_applier: FollowerApplier::default(),
             }),
         })
     }
@@ -373,7 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // and votes meanwhile, and a busy apply never costs the cluster its leader.
         let this = self.clone();
         let following = self.inner.leading.get().is_some_and(|l| !*l.borrow());
-        let answered = off_workers(following, move || {
+        let answered = off_workers(&self.inner.follower_applier, following, move || {
             let mut recorded = Vec::new();
             let answered = batch
                 .into_iter()
@@ -515,20 +566,34 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_follower_applies_on_a_thread_of_lower_priority_the_leader_on_the_pool() {
-        fn thread_and_nice() -> (Option<String>, i32) {
+        fn thread_and_nice() -> (Option<String>, i32, std::thread::ThreadId) {
             // SAFETY: getpriority only reads its arguments; the id is this thread's own.
             let nice =
                 unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-            (std::thread::current().name().map(String::from), nice)
+            let me = std::thread::current();
+            (me.name().map(String::from), nice, me.id())
         }
-        let (pool_name, pool_nice) = off_workers(false, thread_and_nice).await.unwrap();
+        let follower = FollowerApplier::default();
+        let (pool_name, pool_nice, _) = off_workers(&follower, false, thread_and_nice)
+            .await
+            .unwrap();
         assert_ne!(pool_name.as_deref(), Some("sov-apply-follower"));
-        let (name, nice) = off_workers(true, thread_and_nice).await.unwrap();
+        let (name, nice, id) = off_workers(&follower, true, thread_and_nice).await.unwrap();
         assert_eq!(name.as_deref(), Some("sov-apply-follower"));
         assert_eq!(nice, (pool_nice + FOLLOWER_APPLY_NICE).min(19));
-        // The pool's threads are never niced: the leader's next apply runs at full priority.
-        let (_, again) = off_workers(false, thread_and_nice).await.unwrap();
+        // The same thread every time, and the pool's threads are never niced: the leader's next
+        // apply runs at full priority.
+        let (_, _, again_id) = off_workers(&follower, true, thread_and_nice).await.unwrap();
+        assert_eq!(again_id, id);
+        let (_, again, _) = off_workers(&follower, false, thread_and_nice)
+            .await
+            .unwrap();
         assert_eq!(again, pool_nice);
+        // A panicking apply ends the thread; the next apply starts it again.
+        let lost = off_workers(&follower, true, || panic!("an apply that panics")).await;
+        assert!(lost.is_err());
+        let (name, _, _) = off_workers(&follower, true, thread_and_nice).await.unwrap();
+        assert_eq!(name.as_deref(), Some("sov-apply-follower"));
     }
 
     /// At revision 5: nodes "busy" (deployment "d"'s one allocation) and "idle" (nothing).
