@@ -14,6 +14,50 @@ use sov_e2e::{Cluster, Timeline, cluster_status, u64_field, wait_until};
 const NODES: usize = 1_000;
 const HOLD: Duration = Duration::from_secs(60);
 
+/// Waits until `nodes` nodes are ready; returns how long that took.
+fn wait_ready(endpoints: &str, nodes: usize, timeout: Duration) -> Duration {
+    wait_until(
+        &format!("{nodes} ready nodes"),
+        timeout,
+        || match node_counts(endpoints, false)? {
+            (ready, _) if ready == nodes => Ok(()),
+            (ready, down) => Err(format!("{ready} ready, {down} down")),
+        },
+    )
+    .1
+}
+
+/// Checks every 5 s for `hold` that the fleet runs and all `nodes` stay ready.
+fn hold_ready(
+    tl: Timeline,
+    endpoints: &str,
+    fleet: &mut std::process::Child,
+    log_path: &std::path::Path,
+    nodes: usize,
+    hold: Duration,
+) {
+    let start = Instant::now();
+    while start.elapsed() < hold {
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(
+            fleet.try_wait().expect("try_wait").is_none(),
+            "the fleet exited; its log:\n{}",
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
+        let (ready, down) = node_counts(endpoints, false).expect("node list");
+        tl.log(format_args!(
+            "t+{:>2}s: {ready} ready, {down} down",
+            start.elapsed().as_secs()
+        ));
+        assert_eq!(
+            (ready, down),
+            (nodes, 0),
+            "every virtual node must stay ready; fleet log:\n{}",
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
+    }
+}
+
 #[test]
 fn a_thousand_virtual_nodes_register_and_stay_ready_for_a_minute() {
     let tl = Timeline::new();
@@ -23,39 +67,12 @@ fn a_thousand_virtual_nodes_register_and_stay_ready_for_a_minute() {
     let mut fleet = start_fleet(NODES, &endpoints, &log_path);
     tl.log(format_args!("started a fleet of {NODES} virtual nodes"));
 
-    let (_, took) = wait_until(
-        &format!("{NODES} ready nodes"),
-        Duration::from_secs(120),
-        || match node_counts(&endpoints, false)? {
-            (ready, _) if ready == NODES => Ok(()),
-            (ready, down) => Err(format!("{ready} ready, {down} down")),
-        },
-    );
+    let took = wait_ready(&endpoints, NODES, Duration::from_secs(120));
     tl.log(format_args!(
         "{NODES} nodes registered and ready after {} ms",
         took.as_millis()
     ));
-
-    let start = Instant::now();
-    while start.elapsed() < HOLD {
-        std::thread::sleep(Duration::from_secs(5));
-        assert!(
-            fleet.try_wait().expect("try_wait").is_none(),
-            "the fleet exited; its log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        let (ready, down) = node_counts(&endpoints, false).expect("node list");
-        tl.log(format_args!(
-            "t+{:>2}s: {ready} ready, {down} down",
-            start.elapsed().as_secs()
-        ));
-        assert_eq!(
-            (ready, down),
-            (NODES, 0),
-            "every virtual node must stay ready; fleet log:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-    }
+    hold_ready(tl, &endpoints, &mut fleet, &log_path, NODES, HOLD);
     let _ = fleet.kill();
     let _ = fleet.wait();
     let summary = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -96,31 +113,12 @@ fn the_leader_stretches_the_heartbeat_pace_past_its_budget_and_the_fleet_follows
     let http = cluster.node(leader).http_port;
     let log_path = cluster.scratch().join("fleet.log");
     let mut fleet = start_fleet(FLEET, &endpoints, &log_path);
-    wait_until(
-        &format!("{FLEET} ready nodes"),
-        Duration::from_secs(60),
-        || match node_counts(&endpoints, false)? {
-            (ready, _) if ready == FLEET => Ok(()),
-            (ready, down) => Err(format!("{ready} ready, {down} down")),
-        },
-    );
+    wait_ready(&endpoints, FLEET, Duration::from_secs(60));
     assert_eq!(metric(http, "sov_heartbeat_interval_ms"), Some(10_000));
     assert_eq!(metric(http, "sov_heartbeat_ttl_ms"), Some(40_000));
     // Held past the configured TTL three times over: nobody goes down at the slower pace.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_secs(5));
-        let (ready, down) = node_counts(&endpoints, false).expect("node list");
-        tl.log(format_args!(
-            "t+{:>2}s: {ready} ready, {down} down",
-            start.elapsed().as_secs()
-        ));
-        assert_eq!(
-            (ready, down),
-            (FLEET, 0),
-            "every virtual node must stay ready"
-        );
-    }
+    let hold = Duration::from_secs(30);
+    hold_ready(tl, &endpoints, &mut fleet, &log_path, FLEET, hold);
     let _ = fleet.kill();
     let _ = fleet.wait();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
