@@ -311,12 +311,20 @@ pub enum Standing {
 }
 
 impl Standing {
-    pub fn as_str(&self) -> &'static str {
+    /// The name of each kind of standing, in declaration order ([`Standing::index`]).
+    pub const NAMES: [&'static str; 3] = ["compliant", "violating", "migrating"];
+
+    /// Its position in [`Standing::NAMES`]: for counting by kind without a map.
+    pub fn index(&self) -> usize {
         match self {
-            Standing::Compliant => "compliant",
-            Standing::Violating { .. } => "violating",
-            Standing::Migrating { .. } => "migrating",
+            Standing::Compliant => 0,
+            Standing::Violating { .. } => 1,
+            Standing::Migrating { .. } => 2,
         }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        Self::NAMES[self.index()]
     }
 
     pub fn is_migrating(&self) -> bool {

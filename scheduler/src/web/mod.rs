@@ -154,8 +154,8 @@ pub struct AllocationCounts {
     pub by_status: [u64; AllocStatus::ALL.len()],
     /// Allocations that should run.
     pub placed: u64,
-    /// Of those, compliant, violating and migrating.
-    pub by_standing: [u64; 3],
+    /// Of those, by standing, in [`Standing::NAMES`] order.
+    pub by_standing: [u64; Standing::NAMES.len()],
     /// Told to stop, not yet confirmed.
     pub stopping: u64,
     /// Migrating without a live replacement.
@@ -170,13 +170,10 @@ impl AllocationCounts {
             match a.desired {
                 Desired::Run => {
                     c.placed += 1;
-                    let standing = match a.standing {
-                        Standing::Compliant => 0,
-                        Standing::Violating { .. } => 1,
-                        Standing::Migrating { .. } => 2,
-                    };
-                    c.by_standing[standing] += 1;
-                    if standing == 2 && crate::state::compliance::live_replacement(s, a).is_none() {
+                    c.by_standing[a.standing.index()] += 1;
+                    if a.standing.is_migrating()
+                        && crate::state::compliance::live_replacement(s, a).is_none()
+                    {
                         c.unreplaced += 1;
                     }
                 }
@@ -347,10 +344,7 @@ pub fn render_metrics(web: &Web) -> String {
         out,
         "# HELP sov_allocations_by_standing Allocations that should run, by how they stand with the rules in force.\n# TYPE sov_allocations_by_standing gauge"
     );
-    for (standing, count) in ["compliant", "violating", "migrating"]
-        .iter()
-        .zip(by_standing)
-    {
+    for (standing, count) in Standing::NAMES.iter().zip(by_standing) {
         let _ = writeln!(
             out,
             "sov_allocations_by_standing{{standing=\"{standing}\"}} {count}"
