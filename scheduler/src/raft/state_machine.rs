@@ -105,7 +105,10 @@ impl FollowerApplier {
                     );
                 }
                 for job in rx {
-                    job();
+                    // A panicking apply drops its answer, so its caller gets an error, and
+                    // the thread goes on to the next job: were it to end instead, a job sent
+                    // while it unwinds would be dropped unanswered.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })
             .map_err(io_err)?;
@@ -128,7 +131,7 @@ impl FollowerApplier {
                 None => Err(job),
             };
             if let Err(job) = sent {
-                // Not started yet, or ended by a panicking apply: start it (again).
+                // Not started yet (or, which should not happen, gone): start it.
                 let tx = Self::start()?;
                 tx.send(job)
                     .map_err(|_| io_err("the follower's apply thread did not start"))?;
@@ -589,11 +592,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, pool_nice);
-        // A panicking apply ends the thread; the next apply starts it again.
-        let lost = off_workers(&follower, true, || panic!("an apply that panics")).await;
-        assert!(lost.is_err());
-        let (name, _, _) = off_workers(&follower, true, thread_and_nice).await.unwrap();
-        assert_eq!(name.as_deref(), Some("sov-apply-follower"));
+        // A panicking apply is answered with an error; the thread lives on for the next ones,
+        // sent at once (while it unwinds) and later.
+        for _ in 0..5 {
+            let lost = off_workers(&follower, true, || panic!("an apply that panics")).await;
+            assert!(lost.is_err());
+            let (name, _, after_id) = off_workers(&follower, true, thread_and_nice).await.unwrap();
+            assert_eq!(name.as_deref(), Some("sov-apply-follower"));
+            assert_eq!(after_id, id);
+        }
     }
 
     /// At revision 5: nodes "busy" (deployment "d"'s one allocation) and "idle" (nothing).
