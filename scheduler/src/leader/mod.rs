@@ -9,8 +9,8 @@
 //!
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements and `PLAN_STOPS_MAX` stops
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
-//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE`. Each
-//! round first asks the applied state, in a blocking task and under the read lock, whether
+//! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE` unless
+//! a policy, deployment, drain or node liveness change is applied meanwhile. Each round first asks the applied state, in a blocking task and under the read lock, whether
 //! there is anything to do (`reconcile::idle`); only then it copies the state (cheap: the maps
 //! are copy-on-write, `state::Shared`) and plans on the copy, on a thread of its own
 //! (`plan_yielding`, at a lower CPU priority while stops await their agents' confirmation),
@@ -35,9 +35,11 @@ use crate::state::{Outcome, Proposal};
 const REPLAN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// After a plan that placed nothing, wait this long before planning again, however many
-/// commits arrive meanwhile: with replicas that fit nowhere, every agent status report would
-/// otherwise start a new full plan (tens of milliseconds at 10,000 nodes). It is also the
-/// longest a new deployment waits for its first plan while the loop is quiet.
+/// agents' reports and registrations arrive meanwhile: with replicas that fit nowhere, every
+/// agent status report would otherwise start a new full plan (tens of milliseconds at 10,000
+/// nodes). A policy, a deployment, a drain or nodes going down or up cut it short
+/// (`Proposal::wakes_planner`): a rule change's migrations and a new deployment's first
+/// replicas are planned as soon as they are applied.
 const QUIET_PAUSE: Duration = Duration::from_millis(250);
 
 /// Waits for the next change of Raft metrics (a commit, an election), a tick, or shutdown.
@@ -178,8 +180,11 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
     // new round until the state moves past it or that deadline passes.
     let mut quiet: Option<(u64, Option<i64>)> = None;
     let mut disrupted = false;
+    let mut wakes = replica.sm.watch_planner_wakes();
     loop {
         if replica.is_leader() {
+            // What is applied from here on is seen by this round or wakes the next one.
+            wakes.mark_unchanged();
             let started = std::time::Instant::now();
             let now = now_ms();
             let (plan, new_day) = {
@@ -269,7 +274,13 @@ pub async fn reconcile_loop(replica: Arc<Replica>, shutdown: watch::Receiver<boo
                             "replicas cannot be placed (`sovctl explain` says why)"
                         );
                     }
-                    tokio::time::sleep(QUIET_PAUSE).await;
+                    // Cut short by a change planned for at once (`Proposal::wakes_planner`):
+                    // a rule change applied just after this round read the state would
+                    // otherwise wait out the pause before its migrations are planned.
+                    tokio::select! {
+                        _ = tokio::time::sleep(QUIET_PAUSE) => {}
+                        _ = wakes.changed() => {}
+                    }
                 }
                 Some(p) => {
                     let (proposed, stops) = (p.round.placements.len(), p.round.stops.len());

@@ -60,6 +60,9 @@ struct Inner {
     history: HistoryStore,
     /// The state revision after the last apply, for watchers that must not poll.
     revision: tokio::sync::watch::Sender<u64>,
+    /// Counts applied batches holding a command that [`state::Proposal::wakes_planner`]: see
+    /// [`StateMachineStore::watch_planner_wakes`].
+    planner_wakes: tokio::sync::watch::Sender<u64>,
     /// One wake-up per node with an assignment stream: see [`StateMachineStore::watch_node`].
     node_watches: Mutex<NodeWatches>,
     /// Whether this replica leads (`Replica::leading`), once Raft runs: a follower applies at a
@@ -225,6 +228,7 @@ impl StateMachineStore {
                 db,
                 history,
                 revision,
+                planner_wakes: tokio::sync::watch::channel(0).0,
                 node_watches: Mutex::default(),
                 leading: std::sync::OnceLock::new(),
                 follower_applier: FollowerApplier::default(),
@@ -246,6 +250,13 @@ impl StateMachineStore {
     /// Changes whenever the applied state's revision moves.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.revision.subscribe()
+    }
+
+    /// Changes after the apply of a command that should be planned for at once
+    /// ([`state::Proposal::wakes_planner`]: a policy, a deployment, a drain, nodes down or up): the
+    /// reconcile loop cuts its pause between quiet rounds short on it.
+    pub fn watch_planner_wakes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.planner_wakes.subscribe()
     }
 
     /// Changes when an applied command changes the assignments of `node` (its
@@ -422,6 +433,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some(item) = entries.try_next().await? {
             batch.push(item);
         }
+        let wakes_planner = batch.iter().any(|(entry, _)| {
+            matches!(&entry.payload, EntryPayload::Normal(c) if c.proposal.wakes_planner())
+        });
         // Applying is synchronous and can take a while (a plan of 5,000 placements over
         // 100,000 allocations): off the async workers, so they keep answering Raft heartbeats
         // and votes meanwhile, and a busy apply never costs the cluster its leader.
@@ -479,6 +493,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         self.publish_revision(false);
+        if wakes_planner {
+            self.inner.planner_wakes.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -677,7 +694,9 @@ mod tests {
         busy.mark_unchanged();
         idle.mark_unchanged();
 
-        // Deleting "d" stops its allocation: "busy"'s assignments change, "idle"'s do not.
+        // Deleting "d" stops its allocation: "busy"'s assignments change, "idle"'s do not. And
+        // the reconcile loop is woken: an engineer's change is planned for at once.
+        let mut wakes = sm.watch_planner_wakes();
         let delete = Proposal::DeleteDeployment { name: "d".into() };
         sm.apply(futures::stream::iter([entry(6, delete)]))
             .await
@@ -688,6 +707,8 @@ mod tests {
             !idle.has_changed().unwrap(),
             "an untouched node's stream sleeps"
         );
+        assert!(wakes.has_changed().unwrap());
+        wakes.mark_unchanged();
 
         // A commit that changes no node's assignments wakes nobody, though the revision moved.
         let mut revisions = sm.subscribe();
@@ -707,6 +728,8 @@ mod tests {
             .unwrap();
         assert!(revisions.has_changed().unwrap());
         assert!(!busy.has_changed().unwrap() && !idle.has_changed().unwrap());
+        assert!(wakes.has_changed().unwrap());
+        wakes.mark_unchanged();
 
         // An entry that applies no command (a leader's blank entry) moves no revision and
         // tells no subscriber.
@@ -719,6 +742,19 @@ mod tests {
             .await
             .unwrap();
         assert!(!revisions.has_changed().unwrap());
+        assert!(!wakes.has_changed().unwrap());
+
+        // What agents send by the thousand moves the revision but leaves the loop its pause.
+        let refused = Proposal::RefuseRegistration {
+            node: "n".into(),
+            reason: "r".into(),
+            by: "b".into(),
+        };
+        sm.apply(futures::stream::iter([entry(9, refused)]))
+            .await
+            .unwrap();
+        assert!(revisions.has_changed().unwrap());
+        assert!(!wakes.has_changed().unwrap());
 
         // Channels whose streams are all gone are swept once the map has grown enough.
         let watched = |sm: &StateMachineStore| sm.inner.node_watches.lock().unwrap().by_node.len();

@@ -502,6 +502,32 @@ pub enum Proposal {
     },
 }
 
+impl Proposal {
+    /// Whether applying this makes the leader plan at once, rather than after its pause
+    /// between rounds that found nothing to do (`leader::QUIET_PAUSE`): what an operator or
+    /// engineer asked for (a policy, a deployment, a drain) and nodes going down or up, which
+    /// are rare, and for which every millisecond until the plan counts (a rule change's
+    /// migrations, a new deployment's first replicas). Agents' reports and registrations, which
+    /// come by the thousand, keep the pause.
+    pub fn wakes_planner(&self) -> bool {
+        match self {
+            Proposal::ApplyDeployment { .. }
+            | Proposal::DeleteDeployment { .. }
+            | Proposal::SetDraining { .. }
+            | Proposal::ApplyPolicy { .. }
+            | Proposal::SetNodeStatus { .. }
+            | Proposal::CheckCompliance {} => true,
+            Proposal::InitCluster { .. }
+            | Proposal::RegisterNode { .. }
+            | Proposal::ApplyPlan { .. }
+            | Proposal::ReportAllocations { .. }
+            | Proposal::ReportMany { .. }
+            | Proposal::RefuseRegistration { .. }
+            | Proposal::RecordMembership { .. } => false,
+        }
+    }
+}
+
 /// One node's reports inside [`Proposal::ReportMany`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeReports {
