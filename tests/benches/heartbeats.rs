@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use sov_e2e::agent::{node_counts, start_fleet};
+use sov_e2e::agent::{node_counts, start_fleet, wait_ready};
 use sov_e2e::{Cluster, Timeline, cluster_status, cpu_seconds, u64_field};
 
 fn ready_count(endpoints: &str) -> usize {
@@ -41,15 +41,7 @@ fn run(nodes: usize, hold: Duration) -> Row {
     let leader_pid = cluster.node(leader).pid().expect("leader pid");
     let log_path = cluster.scratch().join("fleet.log");
     let mut fleet = start_fleet(nodes, &endpoints, &log_path);
-    let started = Instant::now();
-    while ready_count(&endpoints) < nodes {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "{nodes} nodes did not all become ready"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let register_s = started.elapsed().as_secs_f64();
+    let register_s = wait_ready(&endpoints, nodes, Duration::from_secs(300)).as_secs_f64();
     tl.log(format_args!("{nodes} ready after {register_s:.1} s"));
     // Let registration's burst settle before measuring steady state.
     std::thread::sleep(Duration::from_secs(5));

@@ -31,7 +31,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sov_e2e::agent::{node_counts, start_fleet_spec};
+use sov_e2e::agent::{start_fleet_spec, wait_ready};
 use sov_e2e::{Cluster, Timeline, cluster_status, cpu_seconds, http_get, sovctl, u64_field};
 use sov_proto::v1 as pb;
 use sov_proto::v1::agent_service_client::AgentServiceClient;
@@ -300,13 +300,7 @@ fn run(nodes: usize, deployments: usize, live: bool) -> Row {
         runtime.block_on(register_nodes(&leader_api, nodes));
         None
     };
-    while node_counts(&endpoints, true).map_or(0, |(ready, _)| ready) < nodes {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "{nodes} nodes did not all become ready"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_ready(&endpoints, nodes, Duration::from_secs(300));
     tl.log(format_args!(
         "{nodes} nodes ready after {:.1} s",
         started.elapsed().as_secs_f64()

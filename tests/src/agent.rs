@@ -286,6 +286,25 @@ pub fn start_fleet_spec(nodes: usize, spec: &Path, endpoints: &str, log_path: &P
 
 /// (ready, down) among the nodes `sovctl node list` shows (`--stale` reads the answering
 /// scheduler's state without a read barrier: cheaper while measuring).
+/// Waits until at least `nodes` nodes are `ready` (asked once a second, of any scheduler:
+/// listing 10,000 nodes is not free); panics after `timeout` with the last counts. Returns how
+/// long it took.
+pub fn wait_ready(endpoints: &str, nodes: usize, timeout: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let last = match node_counts(endpoints, true) {
+            Ok((ready, _)) if ready >= nodes => return start.elapsed(),
+            Ok((ready, down)) => format!("{ready} ready, {down} down"),
+            Err(e) => e,
+        };
+        assert!(
+            start.elapsed() < timeout,
+            "{nodes} nodes did not all become ready within {timeout:?}; last: {last}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 pub fn node_counts(endpoints: &str, stale: bool) -> Result<(usize, usize), String> {
     let mut args = vec!["node", "list", "-o", "json"];
     if stale {

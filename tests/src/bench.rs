@@ -10,7 +10,7 @@ use sov_proto::v1::deployment_service_client::DeploymentServiceClient;
 use sov_proto::v1::policy_service_client::PolicyServiceClient;
 use tonic::transport::Channel;
 
-use crate::agent::{node_counts, start_fleet_spec};
+use crate::agent::{start_fleet_spec, wait_ready};
 use crate::{Cluster, Timeline, cluster_status, http_get, u64_field};
 
 pub const SITES: usize = 10;
@@ -187,13 +187,7 @@ impl Loaded {
             fleet,
             cluster,
         };
-        while node_counts(&loaded.endpoints, true).map_or(0, |(ready, _)| ready) < nodes {
-            assert!(
-                started.elapsed() < Duration::from_secs(300),
-                "{nodes} nodes did not all become ready"
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        wait_ready(&loaded.endpoints, nodes, Duration::from_secs(300));
         tl.log(format_args!(
             "{nodes} nodes ready after {:.1} s",
             started.elapsed().as_secs_f64()

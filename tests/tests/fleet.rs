@@ -7,25 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use sov_e2e::agent::{node_counts, start_fleet};
+use sov_e2e::agent::{node_counts, start_fleet, wait_ready};
 use sov_e2e::bench::metric;
-use sov_e2e::{Cluster, Timeline, cluster_status, u64_field, wait_until};
+use sov_e2e::{Cluster, Timeline, cluster_status, u64_field};
 
 const NODES: usize = 1_000;
 const HOLD: Duration = Duration::from_secs(60);
-
-/// Waits until `nodes` nodes are ready; returns how long that took.
-fn wait_ready(endpoints: &str, nodes: usize, timeout: Duration) -> Duration {
-    wait_until(
-        &format!("{nodes} ready nodes"),
-        timeout,
-        || match node_counts(endpoints, false)? {
-            (ready, _) if ready == nodes => Ok(()),
-            (ready, down) => Err(format!("{ready} ready, {down} down")),
-        },
-    )
-    .1
-}
 
 /// Checks every 5 s for `hold` that the fleet runs and all `nodes` stay ready.
 fn hold_ready(
