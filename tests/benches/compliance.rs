@@ -190,7 +190,11 @@ fn run(variant: &str, nodes: usize, deployments: usize, replicas: u32) -> Row {
     // `SOV_BENCH_LEADER_LOG=DIR`: keeps the leader's log of each run there.
     if let Ok(dir) = std::env::var("SOV_BENCH_LEADER_LOG") {
         let keep = std::path::Path::new(&dir).join(format!("leader-{variant}-{}.log", wall0));
-        std::fs::write(&keep, &log).expect("SOV_BENCH_LEADER_LOG: cannot write the copy");
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&keep, &log))
+            .unwrap_or_else(|e| {
+                panic!("SOV_BENCH_LEADER_LOG: cannot write {}: {e}", keep.display())
+            });
     }
     for line in log
         .lines()
