@@ -125,6 +125,7 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 fn main() {
+    sov_scheduler::no_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()

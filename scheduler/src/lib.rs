@@ -30,3 +30,31 @@ pub mod restore;
 pub mod server;
 pub mod state;
 pub mod web;
+
+/// Turns transparent huge pages off for this process (Linux; elsewhere it does nothing), first
+/// thing in `main` of `sov-scheduler` and `sov-agent`.
+///
+/// mimalloc asks the kernel for huge pages on its arenas (`MADV_HUGEPAGE`), and the kernel then
+/// zeroes 2 MiB at the first touch of each region the allocator takes, or takes back after
+/// returning it. In the rule-change benchmark's reaction that zeroing (`clear_page_erms`) was a
+/// fifth of all CPU on the machine; with huge pages off, 1 % (docs/benchmarks.md, Rule
+/// changes). The flag holds for the whole process and its children, whatever the allocator
+/// asks for later.
+pub fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_process() {
+        super::no_transparent_huge_pages();
+        // SAFETY: PR_GET_THP_DISABLE only reads a flag of this process.
+        let off = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(off, 1);
+    }
+}
