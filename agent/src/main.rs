@@ -125,7 +125,9 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 fn main() {
-    sov_scheduler::no_transparent_huge_pages();
+    // The workloads it starts inherit the flag: they get the host's setting, whoever started
+    // the agent (`sov-scheduler dev` turned huge pages off for itself).
+    sov_scheduler::transparent_huge_pages(true);
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()

@@ -31,30 +31,46 @@ pub mod server;
 pub mod state;
 pub mod web;
 
-/// Turns transparent huge pages off for this process (Linux; elsewhere it does nothing), first
-/// thing in `main` of `sov-scheduler` and `sov-agent`.
+/// Turns transparent huge pages off (`allowed = false`) or back to the host's setting (`true`)
+/// for this process and the processes it starts afterwards (Linux; elsewhere it does nothing).
 ///
-/// mimalloc asks the kernel for huge pages on its arenas (`MADV_HUGEPAGE`), and the kernel then
-/// zeroes 2 MiB at the first touch of each region the allocator takes, or takes back after
-/// returning it. In the rule-change benchmark's reaction that zeroing (`clear_page_erms`) was a
-/// fifth of all CPU on the machine; with huge pages off, 1 % (docs/benchmarks.md, Rule
-/// changes). The flag holds for the whole process and its children, whatever the allocator
-/// asks for later.
-pub fn no_transparent_huge_pages() {
+/// `sov-scheduler` turns them off first thing in `main`: mimalloc asks the kernel for huge pages
+/// on its arenas (`MADV_HUGEPAGE`), and the kernel then zeroes 2 MiB at the first touch of each
+/// region the allocator takes, or takes back after returning it. In the rule-change benchmark's
+/// reaction that zeroing (`clear_page_erms`) was a fifth of all CPU on the machine; with huge
+/// pages off, about 1 % (docs/benchmarks.md, Rule changes).
+///
+/// `sov-agent` calls it with `true`: the flag is inherited across `fork` and `exec`, and the
+/// agent's children are the operators' workloads, which must get the host's setting even when
+/// the agent itself was started by a scheduler (`sov-scheduler dev`).
+pub fn transparent_huge_pages(allowed: bool) {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; no memory is passed.
     unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            libc::c_ulong::from(!allowed),
+            0,
+            0,
+            0,
+        );
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = allowed;
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    #[test]
-    fn transparent_huge_pages_are_off_for_the_process() {
-        super::no_transparent_huge_pages();
+    fn off() -> i32 {
         // SAFETY: PR_GET_THP_DISABLE only reads a flag of this process.
-        let off = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-        assert_eq!(off, 1);
+        unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) }
+    }
+
+    #[test]
+    fn transparent_huge_pages_turn_off_and_back_to_the_hosts_setting() {
+        super::transparent_huge_pages(false);
+        assert_eq!(off(), 1);
+        super::transparent_huge_pages(true);
+        assert_eq!(off(), 0);
     }
 }

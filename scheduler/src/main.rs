@@ -63,7 +63,7 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() {
-    sov_scheduler::no_transparent_huge_pages();
+    sov_scheduler::transparent_huge_pages(false);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => match args.resolve_to_serve() {
