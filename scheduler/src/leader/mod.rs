@@ -10,8 +10,9 @@
 //! Every round is bounded: at most `PLAN_PLACEMENTS_MAX` placements and `PLAN_STOPS_MAX` stops
 //! per proposal, one proposal in flight, and a round that found nothing to do is not retried
 //! until the state moves on or a move deadline passes, nor sooner than `QUIET_PAUSE` unless
-//! a policy, deployment, drain or node liveness change is applied meanwhile. Each round first asks the applied state, in a blocking task and under the read lock, whether
-//! there is anything to do (`reconcile::idle`); only then it copies the state (cheap: the maps
+//! a policy, deployment, drain or node liveness change is applied meanwhile. Each round first
+//! asks the applied state, in a blocking task and under the read lock, whether there is
+//! anything to do (`reconcile::idle`); only then it copies the state (cheap: the maps
 //! are copy-on-write, `state::Shared`) and plans on the copy, on a thread of its own
 //! (`plan_yielding`, at a lower CPU priority while stops await their agents' confirmation),
 //! with the policy evaluator kept beside the state (`state::plan::PolicyGate`), so a steady
